@@ -1,0 +1,221 @@
+//! Command-line flags → one typed [`ProxyConfig`]. Flag names follow kube-proxy's.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ipnet::IpNet;
+
+use crate::model::convert::parse_cidr_sloppy;
+
+/// kube-nft-proxy: a Kubernetes service proxy that programs nftables through netlink.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "kube-nft-proxy", version, about)]
+pub struct Cli {
+    /// Read cluster objects from these files or directories (YAML or JSON; `-` is stdin)
+    /// instead of an API server.
+    #[arg(long, num_args = 1.., value_name = "PATH")]
+    pub manifests: Vec<PathBuf>,
+
+    /// Program the current network namespace once, then exit.
+    #[arg(long)]
+    pub once: bool,
+
+    /// Print the complete ruleset as nft text and touch nothing (no root needed).
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// The name of this node (default: the host name).
+    #[arg(long, value_name = "NODE")]
+    pub hostname_override: Option<String>,
+
+    /// Pod networks, comma separated (one per family): traffic from outside them to a
+    /// ClusterIP is masqueraded.
+    #[arg(long, value_name = "CIDR[,CIDR]", value_delimiter = ',')]
+    pub cluster_cidr: Vec<String>,
+
+    /// Masquerade all traffic sent to service addresses.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub masquerade_all: Option<bool>,
+
+    /// Where NodePorts answer: `primary` (the node's primary IP of each family) or a
+    /// comma separated list of CIDRs matched against this host's addresses.
+    #[arg(long, value_name = "primary|CIDR,...", value_delimiter = ',')]
+    pub nodeport_addresses: Vec<String>,
+
+    /// The bit of the packet mark that flags traffic for masquerading (0-31).
+    #[arg(long, default_value_t = 14, value_parser = clap::value_parser!(u32).range(0..=31))]
+    pub masquerade_bit: u32,
+
+    /// Delete our nftables tables (and nothing else), then exit.
+    #[arg(long)]
+    pub cleanup: bool,
+
+    /// How often to reconcile everything with the kernel when running continuously.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub sync_period: Duration,
+
+    /// Log verbosity (0: warnings and info, 2: debug, 4+: trace).
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    pub verbosity: u8,
+}
+
+/// Parses a Go-style duration (`30s`, `1m`, `250ms`, `1h`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}")),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Where NodePorts answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NodePortAddresses {
+    /// The node's primary IP of each family.
+    Primary,
+    /// Host addresses inside these networks.
+    Cidrs(Vec<IpNet>),
+}
+
+/// Errors in the command line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A value that is not a CIDR where one is required.
+    #[error("--{flag}: {value:?} is not a CIDR")]
+    BadCidr {
+        /// the flag
+        flag: &'static str,
+        /// the value
+        value: String,
+    },
+    /// Neither manifests nor another source.
+    #[error("no source of cluster objects: pass --manifests PATH")]
+    NoSource,
+}
+
+/// The proxy's configuration, resolved and validated.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// manifest paths
+    pub manifests: Vec<PathBuf>,
+    /// run once
+    pub once: bool,
+    /// print, do not program
+    pub dry_run: bool,
+    /// this node's name
+    pub node_name: String,
+    /// pod networks
+    pub cluster_cidrs: Vec<IpNet>,
+    /// masquerade everything
+    pub masquerade_all: bool,
+    /// NodePort addresses
+    pub nodeport_addresses: NodePortAddresses,
+    /// the masquerade mark (1 << bit)
+    pub masquerade_mark: u32,
+    /// delete our tables and exit
+    pub cleanup: bool,
+    /// full resync period
+    pub sync_period: Duration,
+    /// log verbosity
+    pub verbosity: u8,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_lowercase())
+        .unwrap_or_default()
+}
+
+impl ProxyConfig {
+    /// Validates the command line.
+    pub fn from_cli(cli: Cli) -> Result<ProxyConfig, Error> {
+        let mut cluster_cidrs = Vec::new();
+        for c in cli.cluster_cidr.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            cluster_cidrs.push(parse_cidr_sloppy(c).ok_or_else(|| Error::BadCidr {
+                flag: "cluster-cidr",
+                value: c.to_string(),
+            })?);
+        }
+        let np: Vec<&str> = cli
+            .nodeport_addresses
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .collect();
+        let nodeport_addresses = if np.is_empty() || np == ["primary"] {
+            NodePortAddresses::Primary
+        } else {
+            let mut nets = Vec::new();
+            for c in np {
+                nets.push(parse_cidr_sloppy(c).ok_or_else(|| Error::BadCidr {
+                    flag: "nodeport-addresses",
+                    value: c.to_string(),
+                })?);
+            }
+            NodePortAddresses::Cidrs(nets)
+        };
+        if cli.manifests.is_empty() && !cli.cleanup {
+            return Err(Error::NoSource);
+        }
+        Ok(ProxyConfig {
+            manifests: cli.manifests,
+            once: cli.once,
+            dry_run: cli.dry_run,
+            node_name: cli
+                .hostname_override
+                .map(|h| h.trim().to_lowercase())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(host_name),
+            cluster_cidrs,
+            masquerade_all: cli.masquerade_all.unwrap_or(false),
+            nodeport_addresses,
+            masquerade_mark: 1u32 << cli.masquerade_bit,
+            cleanup: cli.cleanup,
+            sync_period: cli.sync_period,
+            verbosity: cli.verbosity,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ProxyConfig, Error> {
+        let mut v = vec!["kube-nft-proxy"];
+        v.extend_from_slice(args);
+        ProxyConfig::from_cli(Cli::try_parse_from(v).expect("parse"))
+    }
+
+    #[test]
+    fn flags() {
+        let c = parse(&["--manifests", "a.yaml", "--once", "--hostname-override", "Node1",
+            "--cluster-cidr", "10.0.0.0/8,fd00::/64", "--masquerade-all", "--masquerade-bit", "3",
+            "--nodeport-addresses", "192.168.0.2/32,2001:db8::1/128"]).unwrap();
+        assert_eq!(c.node_name, "node1");
+        assert_eq!(c.cluster_cidrs.len(), 2);
+        assert!(c.masquerade_all);
+        assert_eq!(c.masquerade_mark, 8);
+        assert!(matches!(c.nodeport_addresses, NodePortAddresses::Cidrs(ref v) if v.len() == 2));
+        let c = parse(&["--manifests", "a", "--masquerade-all=false", "--nodeport-addresses", "primary"]).unwrap();
+        assert!(!c.masquerade_all);
+        assert_eq!(c.nodeport_addresses, NodePortAddresses::Primary);
+        assert!(parse(&["--manifests", "a", "--cluster-cidr", "nope"]).is_err());
+        assert!(parse(&[]).is_err());
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,12 @@
+//! kube-nft-proxy: a per-node Kubernetes service proxy that programs nftables through
+//! netlink. See `DESIGN.md` in the shared folder and the README for the architecture.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod host;
+pub mod model;
+pub mod netlink;
+pub mod proxier;
+pub mod ruleset;
+pub mod source;
+pub mod topology;

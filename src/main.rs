@@ -1,0 +1,46 @@
+//! Command-line entry point: parse, wire, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kube_nft_proxy::config::{Cli, ProxyConfig};
+use kube_nft_proxy::proxier;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbosity {
+        0 | 1 => tracing::Level::INFO,
+        2 | 3 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let cfg = match ProxyConfig::from_cli(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kube-nft-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = if cfg.cleanup {
+        proxier::cleanup().map(|n| tracing::info!(tables = n, "deleted our tables"))
+    } else if cfg.dry_run {
+        proxier::dry_run(&cfg).map(|text| print!("{text}"))
+    } else if cfg.once {
+        proxier::once(&cfg).map(|r| {
+            tracing::info!(ops = r.ops, elements = r.service_ports, elapsed_ms = r.duration.as_secs_f64() * 1e3, "programmed")
+        })
+    } else {
+        proxier::run_files(&cfg)
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kube-nft-proxy: {}", proxier::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}

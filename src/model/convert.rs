@@ -1,0 +1,432 @@
+//! Kubernetes objects → service ports and endpoints, with validation.
+//!
+//! Every value that comes from the API is checked here. A bad value is skipped (or
+//! defaulted, where kube-proxy defaults it) and reported as a [`Problem`] that names the
+//! object and the reason; it never stops the rest of the cluster from being programmed.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
+
+use super::types::{
+    Endpoint, Protocol, ServiceName, ServicePort, ServicePortName, TrafficDistribution,
+};
+
+/// Label that names the Service an EndpointSlice belongs to.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Services with this label belong to another proxy.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Headless services carry this label on their slices.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// Node label with the node's zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// kube-proxy's default ClientIP affinity timeout (3 hours).
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+
+/// Why a value was skipped. Each one is logged with the object it came from and counted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// `Kind namespace/name`
+    pub object: String,
+    /// what was wrong and what was done about it
+    pub reason: String,
+}
+
+/// Collects problems while converting.
+#[derive(Default, Debug)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, object: &str, reason: impl Into<String>) {
+        self.0.push(Problem {
+            object: object.to_string(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// Parses an IP as upstream's `ParseIPSloppy` does: IPv4 octets may carry leading zeros
+/// (read as decimal), surrounding white space is not accepted.
+pub fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if s.contains(':') {
+        return None;
+    }
+    let mut octets = [0u8; 4];
+    let mut parts = s.split('.');
+    for o in octets.iter_mut() {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *o = p.parse::<u8>().ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(IpAddr::from(octets))
+}
+
+/// Parses a CIDR sloppily (leading zeros in IPv4 octets allowed); the network is
+/// truncated to its prefix.
+pub fn parse_cidr_sloppy(s: &str) -> Option<IpNet> {
+    let (ip, len) = s.split_once('/')?;
+    let ip = parse_ip_sloppy(ip)?;
+    let len: u8 = len.parse().ok()?;
+    IpNet::new(ip, len).ok().map(|n| n.trunc())
+}
+
+/// The node facts the ruleset needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// node name
+    pub name: String,
+    /// InternalIP addresses first, then others, in order (upstream's primary IP per
+    /// family is the first of that family)
+    pub ips: Vec<IpAddr>,
+    /// topology.kubernetes.io/zone
+    pub zone: Option<String>,
+}
+
+impl NodeInfo {
+    /// The primary node IP of a family.
+    pub fn primary(&self, v6: bool) -> Option<IpAddr> {
+        self.ips.iter().copied().find(|ip| ip.is_ipv6() == v6)
+    }
+}
+
+/// Node object → [`NodeInfo`].
+pub fn node_info(node: &Node, problems: &mut Problems) -> NodeInfo {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let object = format!("Node {name}");
+    let mut internal = Vec::new();
+    let mut other = Vec::new();
+    for a in node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        match parse_ip_sloppy(&a.address) {
+            Some(ip) if a.type_ == "InternalIP" => internal.push(ip),
+            Some(ip) if a.type_ == "ExternalIP" => other.push(ip),
+            Some(_) => {}
+            None if a.type_ == "InternalIP" || a.type_ == "ExternalIP" => {
+                problems.add(&object, format!("address {:?} is not an IP; skipped", a.address))
+            }
+            None => {}
+        }
+    }
+    internal.extend(other);
+    let zone = node
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(ZONE_LABEL))
+        .cloned();
+    NodeInfo {
+        name,
+        ips: internal,
+        zone,
+    }
+}
+
+/// ServiceCIDR objects → networks.
+pub fn service_cidrs<'a>(
+    objs: impl Iterator<Item = &'a ServiceCIDR>,
+    problems: &mut Problems,
+) -> Vec<IpNet> {
+    let mut out = Vec::new();
+    for o in objs {
+        let object = format!("ServiceCIDR {}", o.metadata.name.as_deref().unwrap_or(""));
+        for c in o
+            .spec
+            .as_ref()
+            .and_then(|s| s.cidrs.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            match parse_cidr_sloppy(c) {
+                Some(n) => out.push(n),
+                None => problems.add(&object, format!("cidr {c:?} is not a CIDR; skipped")),
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Whether the proxy must ignore this Service entirely (headless, ExternalName, no
+/// cluster IP, or owned by another proxy).
+pub fn ignored_service(svc: &Service) -> bool {
+    if svc
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL))
+    {
+        return true;
+    }
+    let Some(spec) = svc.spec.as_ref() else {
+        return true;
+    };
+    if spec.type_.as_deref() == Some("ExternalName") {
+        return true;
+    }
+    matches!(spec.cluster_ip.as_deref(), None | Some("") | Some("None"))
+}
+
+fn port_u16(v: i32) -> Option<u16> {
+    u16::try_from(v).ok().filter(|p| *p != 0)
+}
+
+/// One Service → its ports. Bad fields are skipped with a problem; a Service whose
+/// cluster IP is unusable yields no ports.
+pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort> {
+    if ignored_service(svc) {
+        return Vec::new();
+    }
+    let name = ServiceName {
+        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
+        name: svc.metadata.name.clone().unwrap_or_default(),
+    };
+    let object = format!("Service {name}");
+    let Some(spec) = svc.spec.as_ref() else {
+        return Vec::new();
+    };
+    let mut cluster_ips: Vec<IpAddr> = Vec::new();
+    let raw_ips: Vec<&String> = match spec.cluster_ips.as_ref() {
+        Some(v) if !v.is_empty() => v.iter().collect(),
+        _ => spec.cluster_ip.iter().collect(),
+    };
+    for s in raw_ips {
+        match parse_ip_sloppy(s) {
+            Some(ip) if !cluster_ips.iter().any(|c| c.is_ipv6() == ip.is_ipv6()) => {
+                cluster_ips.push(ip)
+            }
+            Some(_) => problems.add(&object, format!("second cluster IP {s:?} of one family; skipped")),
+            None => problems.add(&object, format!("cluster IP {s:?} is not an IP; skipped")),
+        }
+    }
+    if cluster_ips.is_empty() {
+        problems.add(&object, "no usable cluster IP; service skipped");
+        return Vec::new();
+    }
+    let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let is_lb = svc_type == "LoadBalancer";
+    let mut external_ips = Vec::new();
+    for s in spec.external_ips.iter().flatten() {
+        match parse_ip_sloppy(s) {
+            Some(ip) => external_ips.push(ip),
+            None => problems.add(&object, format!("external IP {s:?} is not an IP; skipped")),
+        }
+    }
+    let mut load_balancer_ips = Vec::new();
+    if is_lb {
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref());
+        for ing in ingress.into_iter().flatten() {
+            if ing.ip_mode.as_deref() == Some("Proxy") {
+                continue;
+            }
+            let Some(s) = ing.ip.as_deref().filter(|s| !s.is_empty()) else {
+                continue;
+            };
+            match parse_ip_sloppy(s) {
+                Some(ip) => load_balancer_ips.push(ip),
+                None => problems.add(&object, format!("load balancer IP {s:?} is not an IP; skipped")),
+            }
+        }
+    }
+    let mut source_ranges = Vec::new();
+    if is_lb {
+        for s in spec.load_balancer_source_ranges.iter().flatten() {
+            match parse_cidr_sloppy(s.trim()) {
+                Some(n) => source_ranges.push(n),
+                None => problems.add(&object, format!("source range {s:?} is not a CIDR; skipped")),
+            }
+        }
+    }
+    let node_port_type = svc_type == "NodePort" || is_lb;
+    let external_policy_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
+        let t = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds);
+        Some(match t {
+            Some(t) if t > 0 => t as u32,
+            Some(t) => {
+                problems.add(&object, format!("session affinity timeout {t} is not positive; using {DEFAULT_AFFINITY_TIMEOUT}"));
+                DEFAULT_AFFINITY_TIMEOUT
+            }
+            None => DEFAULT_AFFINITY_TIMEOUT,
+        })
+    } else {
+        None
+    };
+    let traffic_distribution = match spec.traffic_distribution.as_deref() {
+        Some("PreferClose") | Some("PreferSameZone") => Some(TrafficDistribution::PreferSameZone),
+        Some("PreferSameNode") => Some(TrafficDistribution::PreferSameNode),
+        _ => None,
+    };
+    let health_check_node_port = if is_lb && external_policy_local {
+        spec.health_check_node_port.and_then(port_u16)
+    } else {
+        None
+    };
+
+    let mut out = Vec::new();
+    for p in spec.ports.iter().flatten() {
+        let port_name = p.name.clone().unwrap_or_default();
+        let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
+            problems.add(&object, format!("port {port_name:?}: protocol {:?} is not TCP, UDP or SCTP; skipped", p.protocol));
+            continue;
+        };
+        let Some(port) = port_u16(p.port) else {
+            problems.add(&object, format!("port {port_name:?}: port {} is outside 1-65535; skipped", p.port));
+            continue;
+        };
+        let node_port = match p.node_port {
+            Some(n) if node_port_type => match port_u16(n) {
+                Some(n) => Some(n),
+                None => {
+                    problems.add(&object, format!("port {port_name:?}: node port {n} is outside 1-65535; ignored"));
+                    None
+                }
+            },
+            _ => None,
+        };
+        out.push(ServicePort {
+            name: ServicePortName {
+                namespace: name.namespace.clone(),
+                name: name.name.clone(),
+                port: port_name,
+                protocol,
+            },
+            cluster_ips: cluster_ips.clone(),
+            port,
+            node_port,
+            external_ips: external_ips.clone(),
+            load_balancer_ips: load_balancer_ips.clone(),
+            source_ranges: source_ranges.clone(),
+            external_policy_local,
+            internal_policy_local,
+            affinity_timeout,
+            health_check_node_port,
+            traffic_distribution,
+        });
+    }
+    out
+}
+
+/// The endpoints of every port of one service, gathered from its slices. Keys are the
+/// port names; endpoints are de-duplicated by `ip:port` (a ready copy wins).
+pub fn slice_endpoints<'a>(
+    slices: impl Iterator<Item = &'a EndpointSlice>,
+    node_name: &str,
+    problems: &mut Problems,
+) -> BTreeMap<(String, Protocol), Vec<Endpoint>> {
+    let mut out: BTreeMap<(String, Protocol), Vec<Endpoint>> = BTreeMap::new();
+    for slice in slices {
+        let object = format!(
+            "EndpointSlice {}/{}",
+            slice.metadata.namespace.as_deref().unwrap_or(""),
+            slice.metadata.name.as_deref().unwrap_or("")
+        );
+        let want_v6 = match slice.address_type.as_str() {
+            "IPv4" => false,
+            "IPv6" => true,
+            _ => continue, // FQDN and unknown types are not ours to program
+        };
+        for sp in slice.ports.iter().flatten() {
+            let pname = sp.name.clone().unwrap_or_default();
+            let Some(proto) = Protocol::parse(sp.protocol.as_deref()) else {
+                problems.add(&object, format!("port {pname:?}: unknown protocol {:?}; skipped", sp.protocol));
+                continue;
+            };
+            let Some(port) = sp.port.and_then(port_u16) else {
+                problems.add(&object, format!("port {pname:?}: port {:?} missing or outside 1-65535; skipped", sp.port));
+                continue;
+            };
+            let list = out.entry((pname.clone(), proto)).or_default();
+            for ep in &slice.endpoints {
+                // Upstream uses only the first address of an endpoint.
+                let Some(addr) = ep.addresses.first() else {
+                    continue;
+                };
+                let Some(ip) = parse_ip_sloppy(addr) else {
+                    problems.add(&object, format!("endpoint address {addr:?} is not an IP; skipped"));
+                    continue;
+                };
+                if ip.is_ipv6() != want_v6 {
+                    problems.add(&object, format!("endpoint address {addr:?} does not match addressType {}; skipped", slice.address_type));
+                    continue;
+                }
+                let c = ep.conditions.as_ref();
+                let ready = c.and_then(|c| c.ready).unwrap_or(true);
+                let serving = c.and_then(|c| c.serving).unwrap_or(ready);
+                let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+                let hints = ep.hints.as_ref();
+                let new = Endpoint {
+                    ip,
+                    port,
+                    ready,
+                    serving,
+                    terminating,
+                    is_local: ep.node_name.as_deref() == Some(node_name) && !node_name.is_empty(),
+                    zone_hints: hints
+                        .and_then(|h| h.for_zones.as_ref())
+                        .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                        .unwrap_or_default(),
+                    node_hints: hints
+                        .and_then(|h| h.for_nodes.as_ref())
+                        .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                        .unwrap_or_default(),
+                };
+                match list.iter_mut().find(|e| e.ip == new.ip && e.port == new.port) {
+                    Some(old) if !old.ready && new.ready => *old = new,
+                    Some(_) => {}
+                    None => list.push(new),
+                }
+            }
+        }
+    }
+    for list in out.values_mut() {
+        list.sort();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sloppy_ips() {
+        assert_eq!(parse_ip_sloppy("010.001.0.7"), Some("10.1.0.7".parse().unwrap()));
+        assert_eq!(parse_ip_sloppy("fd00::1"), Some("fd00::1".parse().unwrap()));
+        assert_eq!(parse_ip_sloppy("1.2.3"), None);
+        assert_eq!(parse_ip_sloppy("1.2.3.256"), None);
+        assert_eq!(parse_ip_sloppy(" 1.2.3.4"), None);
+        assert_eq!(
+            parse_cidr_sloppy("10.0.0.5/8"),
+            Some("10.0.0.0/8".parse().unwrap())
+        );
+        assert_eq!(parse_cidr_sloppy("10.0.0.5"), None);
+        assert_eq!(parse_cidr_sloppy("10.0.0.0/33"), None);
+    }
+}

@@ -1,0 +1,9 @@
+//! Kubernetes objects → service ports and endpoints. Plain data: no I/O, no async.
+
+pub mod convert;
+pub mod state;
+pub mod types;
+
+pub use convert::{NodeInfo, Problem, Problems};
+pub use state::{ClusterState, Object, ProxyModel, ServiceEntry};
+pub use types::*;

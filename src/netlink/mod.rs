@@ -1,0 +1,112 @@
+//! The only module that talks to the kernel: encodes a transaction as one nftnl batch,
+//! sends it with one `sendmsg`, and reads our tables back.
+#![allow(unsafe_code)] // FFI to libnftnl and raw socket calls; each block says why it is sound.
+
+pub mod consts;
+pub mod encode;
+pub mod expr;
+pub mod readback;
+pub mod socket;
+
+use std::io;
+
+use crate::ruleset::diff::Op;
+use crate::ruleset::ir::Family;
+
+pub use encode::{encode, Batch};
+pub use readback::{to_known, RawTable};
+pub use socket::Conn;
+
+/// Errors of the netlink layer, each named for the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Opening the netfilter netlink socket failed.
+    #[error("cannot open a netfilter netlink socket")]
+    Open(#[source] io::Error),
+    /// Sending to the kernel failed.
+    #[error("sending to the kernel failed")]
+    Send(#[source] io::Error),
+    /// Receiving from the kernel failed (or timed out).
+    #[error("receiving from the kernel failed")]
+    Recv(#[source] io::Error),
+    /// The kernel refused a message.
+    #[error("the kernel refused message {seq} ({}){}{}", io::Error::from_raw_os_error(*errno), text.as_ref().map(|t| format!(": {t}")).unwrap_or_default(), op.as_ref().map(|o| format!(" in operation: {o}")).unwrap_or_default())]
+    Rejected {
+        /// errno
+        errno: i32,
+        /// sequence number of the refused message
+        seq: u32,
+        /// the kernel's extended ACK text, if any
+        text: Option<String>,
+        /// the operation that produced the message
+        op: Option<String>,
+    },
+}
+
+impl Error {
+    /// The errno the kernel answered with, if it refused a message.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Rejected { errno, .. } => Some(*errno),
+            _ => None,
+        }
+    }
+}
+
+/// A handle on the kernel's nftables.
+pub struct Kernel {
+    conn: Conn,
+}
+
+fn describe(op: &Op) -> String {
+    match op {
+        Op::AddTable(f) => format!("add table {}", f.nft()),
+        Op::DelTable(f) => format!("delete table {}", f.nft()),
+        Op::FlushChain(f, c) => format!("flush chain {} {c}", f.nft()),
+        Op::DelChain(f, c) => format!("delete chain {} {c}", f.nft()),
+        Op::DelSet(f, s) => format!("delete set {} {s}", f.nft()),
+        Op::AddSet(f, d) => format!("add set {} {}", f.nft(), d.name),
+        Op::AddChain(f, c) => format!("add chain {} {}", f.nft(), c.name),
+        Op::DelElements(f, d, k) => format!("delete {} elements from {} {}", k.len(), f.nft(), d.name),
+        Op::AddElements(f, d, k) => format!("add {} elements to {} {}", k.len(), f.nft(), d.name),
+        Op::AddRule(f, c, r) => format!("add rule {} {c} {}", f.nft(), crate::ruleset::render::rule(r, *f)),
+    }
+}
+
+impl Kernel {
+    /// Opens a socket in the current network namespace.
+    pub fn open() -> Result<Kernel, Error> {
+        Ok(Kernel { conn: Conn::open()? })
+    }
+
+    /// Reads our table of one family back (None: it does not exist).
+    pub fn read(&mut self, family: Family) -> Result<Option<RawTable>, Error> {
+        readback::read_table(&mut self.conn, family)
+    }
+
+    /// Commits the operations as one transaction. Nothing is applied on error.
+    pub fn apply(&mut self, ops: &[Op]) -> Result<(), Error> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let batch = encode(ops);
+        self.commit(&batch, ops)
+    }
+
+    /// Commits an already encoded batch (for benchmarks that time the commit alone).
+    pub fn commit(&mut self, batch: &Batch, ops: &[Op]) -> Result<(), Error> {
+        self.conn.commit(batch).map_err(|e| match e {
+            Error::Rejected { errno, seq, text, .. } => Error::Rejected {
+                errno,
+                seq,
+                text,
+                op: if seq == batch.begin_seq {
+                    Some("commit".into())
+                } else {
+                    batch.op_for_seq(seq).and_then(|i| ops.get(i)).map(describe)
+                },
+            },
+            e => e,
+        })
+    }
+}

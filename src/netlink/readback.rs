@@ -1,0 +1,288 @@
+//! Reads our tables back from the kernel: which chains and sets exist, and every
+//! element of every set, so that a full sync can diff exactly against the kernel.
+
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use nftnl_sys as sys;
+
+use super::consts::*;
+use super::encode::{key_type, set_userdata};
+use super::socket::Conn;
+use super::Error;
+use crate::ruleset::ir::*;
+
+/// One set as the kernel holds it.
+#[derive(Clone, Debug)]
+pub struct RawSet {
+    /// name
+    pub name: String,
+    /// key type number and length
+    pub key: (u32, u32),
+    /// data type number and length (0, 0 for a plain set)
+    pub data: (u32, u32),
+    /// user data
+    pub userdata: Vec<u8>,
+    /// (key bytes, data bytes, user data) of each element
+    pub elements: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+}
+
+/// Our table of one family as the kernel holds it.
+#[derive(Clone, Debug, Default)]
+pub struct RawTable {
+    /// chain names, in kernel order
+    pub chains: Vec<String>,
+    /// sets
+    pub sets: Vec<RawSet>,
+}
+
+fn attr(ty: u16, val: &[u8]) -> Vec<u8> {
+    let len = 4 + val.len();
+    let mut v = Vec::with_capacity((len + 3) & !3);
+    v.extend_from_slice(&(len as u16).to_ne_bytes());
+    v.extend_from_slice(&ty.to_ne_bytes());
+    v.extend_from_slice(val);
+    while v.len() % 4 != 0 {
+        v.push(0);
+    }
+    v
+}
+
+fn strz(s: &str) -> Vec<u8> {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+unsafe fn get_str(p: *const libc::c_char) -> String {
+    if p.is_null() {
+        return String::new();
+    }
+    // Safety: libnftnl returns NUL-terminated strings it owns.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+unsafe fn get_data(
+    getter: impl Fn(*mut u32) -> *const libc::c_void,
+) -> Vec<u8> {
+    let mut len = 0u32;
+    let p = getter(&mut len);
+    if p.is_null() {
+        return Vec::new();
+    }
+    // Safety: libnftnl reports the length of the buffer it returns.
+    unsafe { std::slice::from_raw_parts(p as *const u8, len as usize) }.to_vec()
+}
+
+/// Reads our table of `family`; `None` if it does not exist.
+pub fn read_table(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, Error> {
+    let fam = family.nfproto();
+    let tables = conn.dump(NFT_MSG_GETTABLE, fam, &[])?;
+    let mut exists = false;
+    for m in &tables {
+        // Safety: m is a complete netlink message; the table object is freed below.
+        unsafe {
+            let t = sys::nftnl_table_alloc();
+            if t.is_null() {
+                continue;
+            }
+            if sys::nftnl_table_nlmsg_parse(m.as_ptr() as *const libc::nlmsghdr, t) >= 0 {
+                let name = get_str(sys::nftnl_table_get_str(t, sys::NFTNL_TABLE_NAME as u16));
+                exists |= name == TABLE_NAME;
+            }
+            sys::nftnl_table_free(t);
+        }
+    }
+    if !exists {
+        return Ok(None);
+    }
+    let mut out = RawTable::default();
+    for m in conn.dump(NFT_MSG_GETCHAIN, fam, &attr(1, &strz(TABLE_NAME)))? {
+        // Safety: as above.
+        unsafe {
+            let c = sys::nftnl_chain_alloc();
+            if c.is_null() {
+                continue;
+            }
+            if sys::nftnl_chain_nlmsg_parse(m.as_ptr() as *const libc::nlmsghdr, c) >= 0 {
+                let table = get_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_TABLE as u16));
+                if table == TABLE_NAME {
+                    out.chains.push(get_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_NAME as u16)));
+                }
+            }
+            sys::nftnl_chain_free(c);
+        }
+    }
+    for m in conn.dump(NFT_MSG_GETSET, fam, &attr(1, &strz(TABLE_NAME)))? {
+        // Safety: as above.
+        unsafe {
+            let s = sys::nftnl_set_alloc();
+            if s.is_null() {
+                continue;
+            }
+            if sys::nftnl_set_nlmsg_parse(m.as_ptr() as *const libc::nlmsghdr, s) >= 0 {
+                let table = get_str(sys::nftnl_set_get_str(s, sys::NFTNL_SET_TABLE as u16));
+                if table == TABLE_NAME {
+                    let u32_of = |a: u32| {
+                        if sys::nftnl_set_is_set(s, a as u16) {
+                            sys::nftnl_set_get_u32(s, a as u16)
+                        } else {
+                            0
+                        }
+                    };
+                    out.sets.push(RawSet {
+                        name: get_str(sys::nftnl_set_get_str(s, sys::NFTNL_SET_NAME as u16)),
+                        key: (u32_of(sys::NFTNL_SET_KEY_TYPE), u32_of(sys::NFTNL_SET_KEY_LEN)),
+                        data: (u32_of(sys::NFTNL_SET_DATA_TYPE), u32_of(sys::NFTNL_SET_DATA_LEN)),
+                        userdata: get_data(|l| sys::nftnl_set_get_data(s, sys::NFTNL_SET_USERDATA as u16, l)),
+                        elements: Vec::new(),
+                    });
+                }
+            }
+            sys::nftnl_set_free(s);
+        }
+    }
+    for set in &mut out.sets {
+        let mut req = attr(1, &strz(TABLE_NAME));
+        req.extend(attr(2, &strz(&set.name)));
+        for m in conn.dump(NFT_MSG_GETSETELEM, fam, &req)? {
+            // Safety: parse into a fresh set; iterate its elements; free everything.
+            unsafe {
+                let s = sys::nftnl_set_alloc();
+                if s.is_null() {
+                    continue;
+                }
+                if sys::nftnl_set_elems_nlmsg_parse(m.as_ptr() as *const libc::nlmsghdr, s) >= 0 {
+                    let it = sys::nftnl_set_elems_iter_create(s);
+                    if !it.is_null() {
+                        let mut e = sys::nftnl_set_elems_iter_cur(it);
+                        while !e.is_null() {
+                            let key = get_data(|l| sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, l));
+                            let data = get_data(|l| sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_DATA as u16, l));
+                            let ud = get_data(|l| sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_USERDATA as u16, l));
+                            set.elements.push((key, data, ud));
+                            e = sys::nftnl_set_elems_iter_next(it);
+                        }
+                        sys::nftnl_set_elems_iter_destroy(it);
+                    }
+                }
+                sys::nftnl_set_free(s);
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+fn decode_tuple(types: &[KeyType], family: Family, bytes: &[u8]) -> Option<Vec<Value>> {
+    let concat = types.len() > 1;
+    let mut off = 0usize;
+    let mut out = Vec::with_capacity(types.len());
+    for t in types {
+        let (len, v) = match t {
+            KeyType::Addr => {
+                let n = family.addr_len() as usize;
+                let b = bytes.get(off..off + n)?;
+                let ip: IpAddr = match family {
+                    Family::V4 => Ipv4Addr::new(b[0], b[1], b[2], b[3]).into(),
+                    Family::V6 => {
+                        let mut a = [0u8; 16];
+                        a.copy_from_slice(b);
+                        Ipv6Addr::from(a).into()
+                    }
+                };
+                (n, Value::Addr(ip))
+            }
+            KeyType::Proto => (1, Value::Proto(*bytes.get(off)?)),
+            KeyType::Port => {
+                let b = bytes.get(off..off + 2)?;
+                (2, Value::Port(u16::from_be_bytes([b[0], b[1]])))
+            }
+            KeyType::Index => {
+                let b = bytes.get(off..off + 4)?;
+                (4, Value::Index(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])))
+            }
+        };
+        out.push(v);
+        off += if concat { (len + 3) & !3 } else { len };
+    }
+    (off == bytes.len()).then_some(out)
+}
+
+fn decode_comment(ud: &[u8]) -> Option<String> {
+    let mut off = 0;
+    while off + 2 <= ud.len() {
+        let (ty, len) = (ud[off], ud[off + 1] as usize);
+        let v = ud.get(off + 2..off + 2 + len)?;
+        if ty == 0 {
+            let s = v.split(|b| *b == 0).next().unwrap_or(&[]);
+            return Some(String::from_utf8_lossy(s).into_owned());
+        }
+        off += 2 + len;
+    }
+    None
+}
+
+/// Turns a raw table into the IR shape the diff expects. Sets whose layout does not
+/// match the desired declaration of the same name are given a placeholder declaration
+/// so that the diff replaces them. Chains come back without rules (unknown).
+pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
+    let mut t = Table::new(family);
+    for name in &raw.chains {
+        t.chains.push(Chain {
+            name: name.clone(),
+            kind: desired
+                .chain(name)
+                .map(|c| c.kind)
+                .unwrap_or(ChainKind::Regular),
+            rules: Vec::new(),
+        });
+    }
+    for rs in &raw.sets {
+        let matching = desired.set(&rs.name).map(|s| &s.decl).filter(|d| {
+            key_type(&d.key, family) == rs.key
+                && (if d.is_map() { key_type(&d.data, family) } else { (0, 0) }) == rs.data
+                && set_userdata(d, family) == rs.userdata
+        });
+        let Some(decl) = matching else {
+            t.sets.push(Set {
+                decl: SetDecl {
+                    name: rs.name.clone(),
+                    key: vec![],
+                    data: vec![],
+                    comment: "unknown layout",
+                },
+                elements: BTreeMap::new(),
+            });
+            continue;
+        };
+        let mut elements = BTreeMap::new();
+        let mut bad = false;
+        for (k, d, ud) in &rs.elements {
+            let Some(key) = decode_tuple(&decl.key, family, k) else {
+                bad = true;
+                break;
+            };
+            let data = if decl.is_map() {
+                match decode_tuple(&decl.data, family, d) {
+                    Some(v) => v,
+                    None => {
+                        bad = true;
+                        break;
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            elements.insert(key, ElementData { data, comment: decode_comment(ud) });
+        }
+        let decl = if bad {
+            // Undecodable elements: replace the whole set.
+            SetDecl { name: rs.name.clone(), key: vec![], data: vec![], comment: "unknown layout" }
+        } else {
+            decl.clone()
+        };
+        t.sets.push(Set { decl, elements: if bad { BTreeMap::new() } else { elements } });
+    }
+    t
+}

@@ -1,0 +1,240 @@
+//! The netfilter netlink socket: sending a batch in one `sendmsg`, reading ACKs and
+//! errors, and dump requests.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use super::consts::*;
+use super::encode::Batch;
+use super::Error;
+
+/// One netlink socket bound to the netfilter bus.
+pub struct Conn {
+    sock: mnl::Socket,
+    portid: u32,
+    seq: u32,
+}
+
+fn setsockopt_int(fd: i32, level: i32, opt: i32, val: i32) -> io::Result<()> {
+    // Safety: passing a pointer to a local int of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            &val as *const i32 as *const libc::c_void,
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A parsed netlink message header plus payload.
+struct Msg<'a> {
+    ty: u16,
+    seq: u32,
+    payload: &'a [u8],
+}
+
+fn messages(buf: &[u8]) -> Vec<Msg<'_>> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+        if len < 16 || off + len > buf.len() {
+            break;
+        }
+        let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        let seq = u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
+        out.push(Msg {
+            ty,
+            seq,
+            payload: &buf[off + 16..off + len],
+        });
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+/// Reads an NLMSG_ERROR payload: (errno, seq of the message it answers, extack text).
+fn parse_error(payload: &[u8]) -> Option<(i32, u32, Option<String>)> {
+    if payload.len() < 20 {
+        return None;
+    }
+    let code = i32::from_ne_bytes([payload[0], payload[1], payload[2], payload[3]]);
+    let orig_len = u32::from_ne_bytes([payload[4], payload[5], payload[6], payload[7]]) as usize;
+    let seq = u32::from_ne_bytes([payload[12], payload[13], payload[14], payload[15]]);
+    // With NETLINK_CAP_ACK only the original header (16 bytes) is echoed; extended ACK
+    // attributes (NLMSGERR_ATTR_MSG = 1) follow.
+    let _ = orig_len;
+    let mut msg = None;
+    let mut off = 4 + 16;
+    while off + 4 <= payload.len() {
+        let alen = u16::from_ne_bytes([payload[off], payload[off + 1]]) as usize;
+        let aty = u16::from_ne_bytes([payload[off + 2], payload[off + 3]]) & 0x7fff;
+        if alen < 4 || off + alen > payload.len() {
+            break;
+        }
+        if aty == 1 {
+            let s = &payload[off + 4..off + alen];
+            let s = s.split(|b| *b == 0).next().unwrap_or(&[]);
+            msg = Some(String::from_utf8_lossy(s).into_owned());
+        }
+        off += (alen + 3) & !3;
+    }
+    Some((code, seq, msg))
+}
+
+impl Conn {
+    /// Opens and binds a socket.
+    pub fn open() -> Result<Conn, Error> {
+        let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(Error::Open)?;
+        let fd = sock.as_raw_fd();
+        // Errors echo only the header, not a possibly huge message; extended ACKs carry
+        // the kernel's reason text. Both are optional: old kernels ignore them.
+        let _ = setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1);
+        let _ = setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_EXT_ACK, 1);
+        let tv = libc::timeval {
+            tv_sec: 60,
+            tv_usec: 0,
+        };
+        // Safety: pointer to a local timeval of the right size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const libc::timeval as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+        }
+        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20);
+        let portid = sock.portid();
+        Ok(Conn {
+            sock,
+            portid,
+            seq: 1 << 20,
+        })
+    }
+
+    fn recv<'a>(&self, buf: &'a mut [u8]) -> Result<&'a [u8], Error> {
+        let n = self.sock.recv_raw(buf).map_err(Error::Recv)?;
+        Ok(&buf[..n])
+    }
+
+    /// Sends a batch with one `sendmsg` and waits for its outcome. On failure, returns
+    /// the first error with the sequence number of the message that caused it.
+    pub fn commit(&mut self, batch: &Batch) -> Result<(), Error> {
+        let fd = self.sock.as_raw_fd();
+        let want = i32::try_from(batch.bytes.len() + (1 << 16)).unwrap_or(i32::MAX);
+        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want)
+            .or_else(|_| setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, want))
+            .map_err(Error::Send)?;
+        let mut iov = libc::iovec {
+            iov_base: batch.bytes.as_ptr() as *mut libc::c_void,
+            iov_len: batch.bytes.len(),
+        };
+        // Safety: a zeroed sockaddr_nl addressed to the kernel (pid 0).
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        // Safety: msghdr points at locals that outlive the call.
+        let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
+        mh.msg_name = &mut addr as *mut libc::sockaddr_nl as *mut libc::c_void;
+        mh.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as u32;
+        mh.msg_iov = &mut iov;
+        mh.msg_iovlen = 1;
+        // Safety: valid fd and msghdr.
+        let n = unsafe { libc::sendmsg(fd, &mh, 0) };
+        if n < 0 {
+            return Err(Error::Send(io::Error::last_os_error()));
+        }
+        let mut buf = vec![0u8; 1 << 16];
+        let mut first_err: Option<Error> = None;
+        loop {
+            let data = self.recv(&mut buf)?;
+            for m in messages(data) {
+                if m.ty != NLMSG_ERROR {
+                    continue;
+                }
+                let Some((code, seq, text)) = parse_error(m.payload) else {
+                    continue;
+                };
+                if code != 0 && first_err.is_none() {
+                    first_err = Some(Error::Rejected {
+                        errno: -code,
+                        seq,
+                        text,
+                        op: None,
+                    });
+                }
+                // The ACK'd message is the last one processed; a commit error (reported
+                // against BEGIN) is sent before the per-message replies.
+                if seq == batch.ack_seq {
+                    return match first_err {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Runs a dump request and returns the payloads of every reply message.
+    pub fn dump(&mut self, msg_type: u16, family: u16, payload: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
+        self.seq += 1;
+        let seq = self.seq;
+        let len = 16 + 4 + payload.len();
+        let mut req = Vec::with_capacity(len);
+        req.extend_from_slice(&(len as u32).to_ne_bytes());
+        req.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg_type).to_ne_bytes());
+        req.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP | NLM_F_ACK).to_ne_bytes());
+        req.extend_from_slice(&seq.to_ne_bytes());
+        req.extend_from_slice(&0u32.to_ne_bytes());
+        // nfgenmsg: family, version, res_id
+        req.push(family as u8);
+        req.push(0);
+        req.extend_from_slice(&0u16.to_be_bytes());
+        req.extend_from_slice(payload);
+        self.sock.send(&req).map_err(Error::Send)?;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let data = self.recv(&mut buf)?;
+            for m in messages(data) {
+                if m.seq != seq {
+                    continue;
+                }
+                match m.ty {
+                    NLMSG_DONE => return Ok(out),
+                    NLMSG_ERROR => {
+                        if let Some((code, _, text)) = parse_error(m.payload) {
+                            if code == 0 {
+                                return Ok(out);
+                            }
+                            return Err(Error::Rejected {
+                                errno: -code,
+                                seq,
+                                text,
+                                op: None,
+                            });
+                        }
+                    }
+                    _ => {
+                        let mut full = Vec::with_capacity(16 + m.payload.len());
+                        full.extend_from_slice(&((16 + m.payload.len()) as u32).to_ne_bytes());
+                        full.extend_from_slice(&m.ty.to_ne_bytes());
+                        full.extend_from_slice(&0u16.to_ne_bytes());
+                        full.extend_from_slice(&m.seq.to_ne_bytes());
+                        full.extend_from_slice(&self.portid.to_ne_bytes());
+                        full.extend_from_slice(m.payload);
+                        out.push(full);
+                    }
+                }
+            }
+        }
+    }
+}

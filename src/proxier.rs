@@ -1,0 +1,261 @@
+//! The sync loop: cluster state → desired ruleset → diff against what the kernel holds →
+//! one transaction.
+//!
+//! The last applied ruleset is what the next partial sync diffs against. It is replaced
+//! only after the kernel accepted a commit, and dropped after any failure, so that the
+//! next sync reads the kernel back and reconciles everything (upstream's `needFullSync`
+//! lesson: never lose track of what the kernel holds).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::config::{NodePortAddresses, ProxyConfig};
+use crate::host;
+use crate::model::{ClusterState, Problem, ProxyModel};
+use crate::netlink::{self, Kernel};
+use crate::ruleset::diff::{self, Known, Op};
+use crate::ruleset::ir::{Family, Ruleset};
+use crate::ruleset::{build, render, BuildConfig};
+use crate::source::manifests;
+
+/// Errors of a sync.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Talking to the kernel failed.
+    #[error("programming nftables failed")]
+    Kernel(#[from] netlink::Error),
+    /// Reading manifests failed.
+    #[error("reading manifests failed")]
+    Manifests(#[from] manifests::Error),
+    /// Reading this host's addresses failed.
+    #[error("reading this host's addresses failed")]
+    HostAddresses(#[source] std::io::Error),
+}
+
+/// What one sync did.
+#[derive(Clone, Debug, Default)]
+pub struct SyncReport {
+    /// whether the kernel was read back (full reconcile)
+    pub full: bool,
+    /// operations in the transaction
+    pub ops: usize,
+    /// whether any operation touched rules or chains
+    pub touched_rules: bool,
+    /// service ports in the model
+    pub service_ports: usize,
+    /// time spent, end to end
+    pub duration: Duration,
+}
+
+/// Resolves the addresses NodePorts answer on.
+pub fn nodeport_ips(cfg: &ProxyConfig, model: &ProxyModel) -> Result<Vec<IpAddr>, Error> {
+    Ok(match &cfg.nodeport_addresses {
+        NodePortAddresses::Primary => [false, true]
+            .iter()
+            .filter_map(|v6| model.node.primary(*v6))
+            .collect(),
+        NodePortAddresses::Cidrs(nets) => host::local_addresses()
+            .map_err(Error::HostAddresses)?
+            .into_iter()
+            .filter(|ip| !ip.is_loopback() && nets.iter().any(|n| n.contains(ip)))
+            .collect(),
+    })
+}
+
+/// The desired ruleset for a cluster state, and the problems found in its objects.
+pub fn desired(cfg: &ProxyConfig, state: &ClusterState) -> Result<(Ruleset, Vec<Problem>), Error> {
+    let mut problems = Default::default();
+    let model = ProxyModel::compute(state, &cfg.node_name, &mut problems);
+    let bc = BuildConfig {
+        masquerade_mark: cfg.masquerade_mark,
+        masquerade_all: cfg.masquerade_all,
+        cluster_cidrs: cfg.cluster_cidrs.clone(),
+        nodeport_ips: nodeport_ips(cfg, &model)?,
+    };
+    Ok((build(&model, &bc), problems.0))
+}
+
+/// Logs each problem with the object it came from.
+pub fn log_problems(problems: &[Problem]) {
+    for p in problems {
+        tracing::warn!(object = %p.object, "skipped invalid input: {}", p.reason);
+    }
+}
+
+/// Holds the kernel handle and the last applied ruleset.
+#[derive(Default)]
+pub struct Proxier {
+    kernel: Option<Kernel>,
+    last: Option<Ruleset>,
+}
+
+impl Proxier {
+    /// A proxier that knows nothing about the kernel yet (first sync reads it back).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Computes the operations that bring the kernel to `desired`. With `full`, or when
+    /// nothing was applied yet, the kernel is read back first.
+    pub fn plan(&mut self, desired: &Ruleset, full: bool) -> Result<(Vec<Op>, bool), Error> {
+        let read_back = full || self.last.is_none();
+        if self.kernel.is_none() {
+            self.kernel = Some(Kernel::open()?);
+        }
+        let mut ops = Vec::new();
+        for table in &desired.tables {
+            let f = table.family;
+            if read_back {
+                let kernel = self.kernel.as_mut().ok_or_else(|| Error::Kernel(netlink::Error::Open(std::io::Error::other("no kernel handle"))))?;
+                match kernel.read(f)? {
+                    None => diff::diff(None, table, &mut ops),
+                    Some(raw) => {
+                        let known = netlink::to_known(&raw, f, table);
+                        diff::diff(Some(Known { table: &known, rules_known: false }), table, &mut ops);
+                    }
+                }
+            } else if let Some(old) = self.last.as_ref().and_then(|l| l.table(f)) {
+                diff::diff(Some(Known { table: old, rules_known: true }), table, &mut ops);
+            } else {
+                diff::diff(None, table, &mut ops);
+            }
+        }
+        Ok((ops, read_back))
+    }
+
+    /// Brings the kernel to `desired` in one transaction.
+    pub fn sync(&mut self, desired: Ruleset, full: bool) -> Result<SyncReport, Error> {
+        let start = Instant::now();
+        let (ops, read_back) = match self.plan(&desired, full) {
+            Ok(x) => x,
+            Err(e) => {
+                self.last = None;
+                return Err(e);
+            }
+        };
+        let touched_rules = ops.iter().any(diff::touches_rules);
+        let result = match self.kernel.as_mut() {
+            Some(k) => k.apply(&ops),
+            None => Ok(()),
+        };
+        if let Err(e) = result {
+            self.last = None;
+            return Err(e.into());
+        }
+        self.last = Some(desired);
+        Ok(SyncReport {
+            full: read_back,
+            ops: ops.len(),
+            touched_rules,
+            service_ports: 0,
+            duration: start.elapsed(),
+        })
+    }
+}
+
+/// Deletes our tables (only ours) in one transaction.
+pub fn cleanup() -> Result<usize, Error> {
+    let mut k = Kernel::open()?;
+    let mut ops = Vec::new();
+    for f in Family::ALL {
+        if k.read(f)?.is_some() {
+            ops.push(Op::DelTable(f));
+        }
+    }
+    k.apply(&ops)?;
+    Ok(ops.len())
+}
+
+fn load_state(paths: &[PathBuf]) -> Result<ClusterState, Error> {
+    let loaded = manifests::load(paths)?;
+    log_problems(&loaded.problems);
+    Ok(ClusterState::from_objects(loaded.objects))
+}
+
+/// `--dry-run`: the ruleset as nft text.
+pub fn dry_run(cfg: &ProxyConfig) -> Result<String, Error> {
+    let state = load_state(&cfg.manifests)?;
+    let (rs, problems) = desired(cfg, &state)?;
+    log_problems(&problems);
+    Ok(render::ruleset(&rs))
+}
+
+/// `--once`: program the current namespace once.
+pub fn once(cfg: &ProxyConfig) -> Result<SyncReport, Error> {
+    let state = load_state(&cfg.manifests)?;
+    let (rs, problems) = desired(cfg, &state)?;
+    log_problems(&problems);
+    let ports = rs.tables.iter().map(|t| t.element_count()).sum::<usize>();
+    let mut p = Proxier::new();
+    let mut r = p.sync(rs, true)?;
+    r.service_ports = ports;
+    Ok(r)
+}
+
+fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    let mut out = Vec::new();
+    for p in paths {
+        for f in manifests::expand(p).unwrap_or_default() {
+            let m = std::fs::metadata(&f).ok();
+            out.push((
+                f,
+                m.as_ref().and_then(|m| m.modified().ok()),
+                m.map(|m| m.len()).unwrap_or(0),
+            ));
+        }
+    }
+    out
+}
+
+/// Runs continuously on manifest files: applies each change as a difference, reconciles
+/// fully every `sync_period`, retries failures with backoff. Never returns normally.
+pub fn run_files(cfg: &ProxyConfig) -> Result<(), Error> {
+    let mut p = Proxier::new();
+    let mut seen = None;
+    let mut last_full = Instant::now();
+    let mut backoff = Duration::from_secs(1);
+    let mut failed = true;
+    loop {
+        let fp = fingerprint(&cfg.manifests);
+        let due_full = last_full.elapsed() >= cfg.sync_period;
+        if failed || due_full || seen.as_ref() != Some(&fp) {
+            let result = load_state(&cfg.manifests).and_then(|state| {
+                let (rs, problems) = desired(cfg, &state)?;
+                log_problems(&problems);
+                p.sync(rs, due_full || failed)
+            });
+            match result {
+                Ok(r) => {
+                    tracing::info!(full = r.full, ops = r.ops, elapsed_ms = r.duration.as_secs_f64() * 1e3, "synced");
+                    if r.full {
+                        last_full = Instant::now();
+                    }
+                    seen = Some(fp);
+                    failed = false;
+                    backoff = Duration::from_secs(1);
+                }
+                Err(e) => {
+                    tracing::error!(error = %error_chain(&e), retry_in_s = backoff.as_secs(), "sync failed; keeping the rules in place");
+                    failed = true;
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Formats an error with its causes.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

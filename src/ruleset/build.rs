@@ -1,0 +1,478 @@
+//! Builds the desired ruleset from the proxy model.
+//!
+//! # Why the ruleset is flat
+//!
+//! Upstream's nftables mode gives every service and every endpoint its own chain. The
+//! kernel re-validates the jump graph of the whole table on any transaction that adds a
+//! rule or a `jump`/`goto` element, so at 30k services every small update costs
+//! 70–250 ms (`notes/netlink.md`). Here the chains and rules are a small fixed set; all
+//! per-service state lives in a few global sets and maps:
+//!
+//! * a **frontend** is `address . protocol . port`: a ClusterIP, an external IP, a
+//!   load-balancer IP or a node-port address, each with the port it answers on;
+//! * `endpoints` maps `frontend . index` to `endpoint-address . port`;
+//! * frontends are grouped by endpoint count N into sets `frontends-N`, and one rule per
+//!   N does `dnat to frontend . numgen random mod N map @endpoints`. A change in count
+//!   moves the frontend from one set to another; no rule changes;
+//! * masquerading, reject/drop for frontends without endpoints and hairpin pairs are
+//!   set memberships too.
+//!
+//! So adding or removing an endpoint or a service is an element-only transaction with no
+//! `jump`/`goto` data, which the kernel commits without validating the table. A new
+//! endpoint count class adds one set and one rule, once.
+//!
+//! Packet cost does not grow with the number of services: every lookup is a hash lookup;
+//! the number of rules grows only with the number of distinct endpoint counts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use super::ir::*;
+use crate::model::{Endpoint, ProxyModel};
+use crate::topology;
+
+/// Set and chain names. They are the operator's vocabulary in `nft list table`.
+pub mod names {
+    /// ClusterIPs (reject traffic to ports they do not serve)
+    pub const CLUSTER_IPS: &str = "cluster-ips";
+    /// frontends with no endpoint at all: reject
+    pub const NO_ENDPOINT_REJECT: &str = "no-endpoint-reject";
+    /// frontends whose policy leaves no endpoint for this node: drop
+    pub const NO_ENDPOINT_DROP: &str = "no-endpoint-drop";
+    /// eTP=Local external frontends with no local endpoint: drop traffic from off the node
+    pub const NO_LOCAL_ENDPOINT_DROP: &str = "no-local-endpoint-drop";
+    /// frontends whose traffic is always masqueraded
+    pub const MASQ_ALWAYS: &str = "masq-always";
+    /// frontends whose traffic is masqueraded unless it comes from a pod
+    pub const MASQ_UNLESS_POD: &str = "masq-unless-pod";
+    /// `endpoint . endpoint` pairs: a pod reaching itself through a service
+    pub const HAIRPIN: &str = "hairpin";
+    /// `frontend . index → endpoint . port`
+    pub const ENDPOINTS: &str = "endpoints";
+    /// eTP=Local frontends: `frontend . index → cluster-wide endpoint` for traffic from
+    /// pods and from the node itself
+    pub const SHORTCUT_ENDPOINTS: &str = "shortcut-endpoints";
+    /// prefix of the per-count frontend sets
+    pub const FRONTENDS_PREFIX: &str = "frontends-";
+    /// prefix of the per-count eTP=Local shortcut sets
+    pub const SHORTCUT_PREFIX: &str = "shortcut-";
+    /// chain: reject/drop for frontends without endpoints
+    pub const ENDPOINTS_CHECK: &str = "endpoints-check";
+    /// chain: reject unknown ports of ClusterIPs, drop unallocated service addresses
+    pub const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+    /// chain: mark for masquerade unless the source is a pod
+    pub const MARK_UNLESS_POD: &str = "mark-unless-pod";
+    /// chain: DNAT
+    pub const SERVICES: &str = "services";
+    /// chain: masquerade marked packets
+    pub const MASQUERADING: &str = "masquerading";
+}
+use names::*;
+
+/// Inputs of the builder besides the model, all resolved before building.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BuildConfig {
+    /// the masquerade mark (`1 << masquerade-bit`)
+    pub masquerade_mark: u32,
+    /// `--masquerade-all`
+    pub masquerade_all: bool,
+    /// `--cluster-cidr`: pod networks, for local-traffic detection
+    pub cluster_cidrs: Vec<IpNet>,
+    /// addresses NodePorts answer on (resolved from `--nodeport-addresses`)
+    pub nodeport_ips: Vec<IpAddr>,
+}
+
+impl Default for BuildConfig {
+    fn default() -> Self {
+        BuildConfig {
+            masquerade_mark: 1 << 14,
+            masquerade_all: false,
+            cluster_cidrs: Vec::new(),
+            nodeport_ips: Vec::new(),
+        }
+    }
+}
+
+fn frontend_key() -> Vec<KeyType> {
+    vec![KeyType::Addr, KeyType::Proto, KeyType::Port]
+}
+
+fn frontend_fields() -> Vec<Field> {
+    vec![Field::Daddr, Field::L4Proto, Field::ThDport]
+}
+
+fn decl(name: &str, key: Vec<KeyType>, data: Vec<KeyType>, comment: &'static str) -> Set {
+    Set {
+        decl: SetDecl {
+            name: name.to_string(),
+            key,
+            data,
+            comment,
+        },
+        elements: BTreeMap::new(),
+    }
+}
+
+/// What happens to new connections to one frontend.
+#[derive(Clone, Debug)]
+struct Plan {
+    comment: String,
+    /// None → reject (no endpoints anywhere), Some(empty) → drop
+    endpoints: Option<Vec<Endpoint>>,
+    /// an external frontend (its drop applies only to traffic from off the node,
+    /// which the node's own traffic never is: that is short-circuited)
+    external: bool,
+    masq: Masq,
+    /// eTP=Local: cluster endpoints for pod- and node-originated traffic
+    shortcut: Option<Vec<Endpoint>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Masq {
+    Never,
+    UnlessPod,
+    Always,
+}
+
+fn of_family(eps: &[Endpoint], family: Family) -> Vec<Endpoint> {
+    eps.iter()
+        .filter(|e| Family::of(&e.ip) == family)
+        .cloned()
+        .collect()
+}
+
+fn frontend(ip: IpAddr, proto: u8, port: u16) -> Key {
+    vec![Value::Addr(ip), Value::Proto(proto), Value::Port(port)]
+}
+
+fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key, Plan> {
+    let mut plans: BTreeMap<Key, Plan> = BTreeMap::new();
+    let has_pod_cidr = cfg
+        .cluster_cidrs
+        .iter()
+        .any(|n| Family::of_net(n) == family);
+    for entry in model.services.values() {
+        let svc = &entry.port;
+        let eps = of_family(&entry.endpoints, family);
+        let cat = topology::categorize(svc, &eps, &model.node.name, model.node.zone.as_deref());
+        let proto = svc.name.protocol.number();
+        let pick = |local: bool| -> Option<Vec<Endpoint>> {
+            if !cat.has_any {
+                return None;
+            }
+            let list = if local { &cat.local } else { &cat.cluster };
+            Some(list.clone().unwrap_or_default())
+        };
+        let name = svc.name.to_string();
+        for ip in svc.cluster_ips.iter().filter(|ip| Family::of(ip) == family) {
+            let masq = if cfg.masquerade_all {
+                Masq::Always
+            } else if has_pod_cidr {
+                Masq::UnlessPod
+            } else {
+                Masq::Never
+            };
+            plans.entry(frontend(*ip, proto, svc.port)).or_insert(Plan {
+                comment: name.clone(),
+                endpoints: pick(svc.internal_policy_local),
+                external: false,
+                masq,
+                shortcut: None,
+            });
+        }
+        let ext_local = svc.uses_external_local();
+        let ext_plan = |what: &str| Plan {
+            comment: format!("{name} {what}"),
+            endpoints: pick(ext_local),
+            external: true,
+            // Upstream's masquerade-all rule matches only the ClusterIP, so eTP=Local
+            // traffic keeps its source address even then.
+            masq: if ext_local { Masq::Never } else { Masq::Always },
+            shortcut: if ext_local && cat.has_any {
+                cat.cluster.clone().filter(|c| !c.is_empty())
+            } else {
+                None
+            },
+        };
+        let externals = svc
+            .external_ips
+            .iter()
+            .map(|ip| (*ip, svc.port, "external IP"))
+            .chain(
+                svc.load_balancer_ips
+                    .iter()
+                    .map(|ip| (*ip, svc.port, "load balancer IP")),
+            );
+        let nodeports = svc.node_port.into_iter().flat_map(|np| {
+            cfg.nodeport_ips.iter().map(move |ip| (*ip, np, "node port"))
+        });
+        for (ip, port, what) in externals.chain(nodeports) {
+            if Family::of(&ip) != family {
+                continue;
+            }
+            plans
+                .entry(frontend(ip, proto, port))
+                .or_insert_with(|| ext_plan(what));
+        }
+    }
+    plans
+}
+
+fn lb_map_key(front: &Key, i: usize) -> Key {
+    let mut k = front.clone();
+    k.push(Value::Index(i as u32));
+    k
+}
+
+fn lb_map_data(ep: &Endpoint) -> Vec<Value> {
+    vec![Value::Addr(ep.ip), Value::Port(ep.port)]
+}
+
+fn rule(stmts: Vec<Stmt>) -> Rule {
+    Rule(stmts)
+}
+
+fn jump(chain: &str) -> Stmt {
+    Stmt::Verdict(Verdict::Jump(chain.to_string()))
+}
+
+fn base(name: &str, kind: ChainType, hook: Hook, priority: i32, rules: Vec<Rule>) -> Chain {
+    Chain {
+        name: name.to_string(),
+        kind: ChainKind::Base {
+            kind,
+            hook,
+            priority,
+        },
+        rules,
+    }
+}
+
+fn regular(name: &str, rules: Vec<Rule>) -> Chain {
+    Chain {
+        name: name.to_string(),
+        kind: ChainKind::Regular,
+        rules,
+    }
+}
+
+/// Builds one family's table.
+pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Table {
+    let mark = cfg.masquerade_mark;
+    let plans = plans(model, cfg, family);
+    let pod_cidrs: Vec<IpNet> = cfg
+        .cluster_cidrs
+        .iter()
+        .filter(|n| Family::of_net(n) == family)
+        .copied()
+        .collect();
+
+    let mut cluster_ips = decl(CLUSTER_IPS, vec![KeyType::Addr], vec![], "ClusterIPs");
+    let mut reject = decl(NO_ENDPOINT_REJECT, frontend_key(), vec![], "frontends with no endpoints: reject");
+    let mut drop = decl(NO_ENDPOINT_DROP, frontend_key(), vec![], "frontends with no endpoint for this node's policy: drop");
+    let mut ext_drop = decl(NO_LOCAL_ENDPOINT_DROP, frontend_key(), vec![], "eTP=Local frontends with no local endpoint: drop traffic from off the node");
+    let mut masq_always = decl(MASQ_ALWAYS, frontend_key(), vec![], "frontends whose traffic is masqueraded");
+    let mut masq_unless_pod = decl(MASQ_UNLESS_POD, frontend_key(), vec![], "frontends whose traffic is masqueraded unless it comes from a pod");
+    let mut hairpin = decl(HAIRPIN, vec![KeyType::Addr, KeyType::Addr], vec![], "endpoint . endpoint: hairpin traffic to masquerade");
+    let lb_key = vec![KeyType::Addr, KeyType::Proto, KeyType::Port, KeyType::Index];
+    let lb_data = vec![KeyType::Addr, KeyType::Port];
+    let mut endpoints = decl(ENDPOINTS, lb_key.clone(), lb_data.clone(), "frontend . index : endpoint");
+    let mut shortcut_endpoints = decl(SHORTCUT_ENDPOINTS, lb_key, lb_data, "eTP=Local frontend . index : cluster-wide endpoint, for pod and node traffic");
+    let mut classes: BTreeMap<usize, Set> = BTreeMap::new();
+    let mut shortcut_classes: BTreeMap<usize, Set> = BTreeMap::new();
+
+    for entry in model.services.values() {
+        for ip in entry.port.cluster_ips.iter().filter(|ip| Family::of(ip) == family) {
+            cluster_ips.elements.insert(vec![Value::Addr(*ip)], ElementData::default());
+        }
+    }
+    let mut hairpins = BTreeSet::new();
+    for (key, plan) in &plans {
+        let tagged = ElementData {
+            data: vec![],
+            comment: Some(plan.comment.clone()),
+        };
+        match plan.masq {
+            Masq::Always => {
+                masq_always.elements.insert(key.clone(), ElementData::default());
+            }
+            Masq::UnlessPod => {
+                masq_unless_pod.elements.insert(key.clone(), ElementData::default());
+            }
+            Masq::Never => {}
+        }
+        match &plan.endpoints {
+            None => {
+                reject.elements.insert(key.clone(), tagged.clone());
+            }
+            Some(eps) if eps.is_empty() && plan.external => {
+                ext_drop.elements.insert(key.clone(), tagged.clone());
+            }
+            Some(eps) if eps.is_empty() => {
+                drop.elements.insert(key.clone(), tagged.clone());
+            }
+            Some(eps) => {
+                let n = eps.len();
+                classes
+                    .entry(n)
+                    .or_insert_with(|| decl(&format!("{FRONTENDS_PREFIX}{n}"), frontend_key(), vec![], "frontends with this many endpoints"))
+                    .elements
+                    .insert(key.clone(), tagged.clone());
+                for (i, ep) in eps.iter().enumerate() {
+                    endpoints.elements.insert(lb_map_key(key, i), ElementData { data: lb_map_data(ep), comment: None });
+                    hairpins.insert(ep.ip);
+                }
+            }
+        }
+        if let Some(eps) = &plan.shortcut {
+            let n = eps.len();
+            shortcut_classes
+                .entry(n)
+                .or_insert_with(|| decl(&format!("{SHORTCUT_PREFIX}{n}"), frontend_key(), vec![], "eTP=Local frontends with this many cluster-wide endpoints"))
+                .elements
+                .insert(key.clone(), tagged.clone());
+            for (i, ep) in eps.iter().enumerate() {
+                shortcut_endpoints.elements.insert(lb_map_key(key, i), ElementData { data: lb_map_data(ep), comment: None });
+                hairpins.insert(ep.ip);
+            }
+        }
+    }
+    for ip in hairpins {
+        hairpin.elements.insert(vec![Value::Addr(ip), Value::Addr(ip)], ElementData::default());
+    }
+
+    // Chains, jump targets first.
+    let mut chains = Vec::new();
+    chains.push(regular(
+        ENDPOINTS_CHECK,
+        vec![
+            rule(vec![
+                Stmt::Lookup { fields: frontend_fields(), set: NO_ENDPOINT_REJECT.into(), negate: false },
+                Stmt::Reject,
+            ]),
+            rule(vec![
+                Stmt::Lookup { fields: frontend_fields(), set: NO_ENDPOINT_DROP.into(), negate: false },
+                Stmt::Verdict(Verdict::Drop),
+            ]),
+            rule(vec![
+                Stmt::FibLocal { saddr: true, negate: true },
+                Stmt::Lookup { fields: frontend_fields(), set: NO_LOCAL_ENDPOINT_DROP.into(), negate: false },
+                Stmt::Verdict(Verdict::Drop),
+            ]),
+        ],
+    ));
+    let mut cip_rules = vec![rule(vec![
+        Stmt::Lookup { fields: vec![Field::Daddr], set: CLUSTER_IPS.into(), negate: false },
+        Stmt::Reject,
+    ])];
+    for net in model.service_cidrs.iter().filter(|n| Family::of_net(n) == family) {
+        cip_rules.push(rule(vec![
+            Stmt::Cidr { field: Field::Daddr, net: *net, negate: false },
+            Stmt::Verdict(Verdict::Drop),
+        ]));
+    }
+    chains.push(regular(CLUSTER_IPS_CHECK, cip_rules));
+
+    let mut svc_rules = vec![rule(vec![
+        Stmt::Lookup { fields: frontend_fields(), set: MASQ_ALWAYS.into(), negate: false },
+        Stmt::MarkSetOr(mark),
+    ])];
+    if !pod_cidrs.is_empty() {
+        let mut rules: Vec<Rule> = pod_cidrs
+            .iter()
+            .map(|n| rule(vec![
+                Stmt::Cidr { field: Field::Saddr, net: *n, negate: false },
+                Stmt::Verdict(Verdict::Return),
+            ]))
+            .collect();
+        rules.push(rule(vec![Stmt::MarkSetOr(mark)]));
+        chains.push(regular(MARK_UNLESS_POD, rules));
+        svc_rules.push(rule(vec![
+            Stmt::Lookup { fields: frontend_fields(), set: MASQ_UNLESS_POD.into(), negate: false },
+            jump(MARK_UNLESS_POD),
+        ]));
+    }
+    let lb_fields = |n: usize| {
+        let mut f = frontend_fields();
+        f.push(Field::Numgen(n as u32));
+        f
+    };
+    for n in shortcut_classes.keys() {
+        let set = format!("{SHORTCUT_PREFIX}{n}");
+        let dnat = Stmt::DnatMap { fields: lb_fields(*n), map: SHORTCUT_ENDPOINTS.into() };
+        for net in &pod_cidrs {
+            svc_rules.push(rule(vec![
+                Stmt::Cidr { field: Field::Saddr, net: *net, negate: false },
+                Stmt::Lookup { fields: frontend_fields(), set: set.clone(), negate: false },
+                dnat.clone(),
+            ]));
+        }
+        svc_rules.push(rule(vec![
+            Stmt::FibLocal { saddr: true, negate: false },
+            Stmt::Lookup { fields: frontend_fields(), set: set.clone(), negate: false },
+            Stmt::MarkSetOr(mark),
+            dnat,
+        ]));
+    }
+    for n in classes.keys() {
+        svc_rules.push(rule(vec![
+            Stmt::Lookup { fields: frontend_fields(), set: format!("{FRONTENDS_PREFIX}{n}"), negate: false },
+            Stmt::DnatMap { fields: lb_fields(*n), map: ENDPOINTS.into() },
+        ]));
+    }
+    chains.push(regular(SERVICES, svc_rules));
+    chains.push(regular(
+        MASQUERADING,
+        vec![
+            rule(vec![
+                Stmt::CtStatusDnat,
+                Stmt::Lookup { fields: vec![Field::Saddr, Field::Daddr], set: HAIRPIN.into(), negate: false },
+                Stmt::MarkSetOr(mark),
+            ]),
+            rule(vec![Stmt::MarkClear(mark), Stmt::Verdict(Verdict::Return)]),
+            rule(vec![Stmt::MarkSetXor(mark)]),
+            rule(vec![Stmt::Masquerade]),
+        ],
+    ));
+    let new_jump = |c: &str| rule(vec![Stmt::CtStateNew, jump(c)]);
+    chains.push(base("filter-input", ChainType::Filter, Hook::Input, -110, vec![new_jump(ENDPOINTS_CHECK)]));
+    chains.push(base(
+        "filter-forward",
+        ChainType::Filter,
+        Hook::Forward,
+        -110,
+        vec![new_jump(ENDPOINTS_CHECK), new_jump(CLUSTER_IPS_CHECK)],
+    ));
+    chains.push(base("filter-output", ChainType::Filter, Hook::Output, -110, vec![new_jump(ENDPOINTS_CHECK)]));
+    chains.push(base("filter-output-post-dnat", ChainType::Filter, Hook::Output, -90, vec![new_jump(CLUSTER_IPS_CHECK)]));
+    chains.push(base("nat-prerouting", ChainType::Nat, Hook::Prerouting, -100, vec![rule(vec![jump(SERVICES)])]));
+    chains.push(base("nat-output", ChainType::Nat, Hook::Output, -100, vec![rule(vec![jump(SERVICES)])]));
+    chains.push(base("nat-postrouting", ChainType::Nat, Hook::Postrouting, 100, vec![rule(vec![jump(MASQUERADING)])]));
+
+    let mut sets = vec![
+        cluster_ips,
+        reject,
+        drop,
+        ext_drop,
+        masq_always,
+        masq_unless_pod,
+        hairpin,
+        endpoints,
+        shortcut_endpoints,
+    ];
+    sets.extend(classes.into_values());
+    sets.extend(shortcut_classes.into_values());
+    Table { family, sets, chains }
+}
+
+/// Builds both tables.
+pub fn build(model: &ProxyModel, cfg: &BuildConfig) -> Ruleset {
+    Ruleset {
+        tables: Family::ALL
+            .iter()
+            .map(|f| build_table(model, cfg, *f))
+            .collect(),
+    }
+}

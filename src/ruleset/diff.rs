@@ -1,0 +1,261 @@
+//! Diffs what the kernel holds against the desired table into ordered operations.
+//!
+//! A transaction is atomic and one message that does not fit what the kernel holds
+//! (deleting an element that is not there) aborts all of it, so the old side must be
+//! exactly what is in the kernel: either the last table we committed, or what we read
+//! back. When the rules of the old side are not known (read back), every chain is
+//! flushed and refilled in the same transaction; elements are always diffed exactly.
+
+use std::collections::BTreeSet;
+
+use super::ir::*;
+
+/// One step of a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// create the table (no-op if it exists)
+    AddTable(Family),
+    /// remove every rule of a chain
+    FlushChain(Family, String),
+    /// delete an (empty, unreferenced) chain
+    DelChain(Family, String),
+    /// delete a set
+    DelSet(Family, String),
+    /// create a set
+    AddSet(Family, SetDecl),
+    /// create a chain (rules are added by `AddRule`)
+    AddChain(Family, Chain),
+    /// delete elements
+    DelElements(Family, SetDecl, Vec<Key>),
+    /// add elements
+    AddElements(Family, SetDecl, Vec<(Key, ElementData)>),
+    /// append a rule to a chain
+    AddRule(Family, String, Rule),
+    /// delete the whole table
+    DelTable(Family),
+}
+
+/// What the diff knows about the kernel's copy of one table.
+#[derive(Clone, Debug)]
+pub struct Known<'a> {
+    /// the table as the kernel holds it (sets with their elements, chain names)
+    pub table: &'a Table,
+    /// whether `table`'s chains hold the kernel's rules; if not, all chains are refilled
+    pub rules_known: bool,
+}
+
+/// Emits the operations that turn `old` (None: no table in the kernel) into `new`.
+pub fn diff(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>) {
+    let f = new.family;
+    let Some(old) = old else {
+        out.push(Op::AddTable(f));
+        for s in &new.sets {
+            out.push(Op::AddSet(f, s.decl.clone()));
+        }
+        for c in &new.chains {
+            out.push(Op::AddChain(f, chain_shell(c)));
+        }
+        for s in &new.sets {
+            if !s.elements.is_empty() {
+                out.push(Op::AddElements(
+                    f,
+                    s.decl.clone(),
+                    s.elements.iter().map(|(k, e)| (k.clone(), e.clone())).collect(),
+                ));
+            }
+        }
+        for c in &new.chains {
+            for r in &c.rules {
+                out.push(Op::AddRule(f, c.name.clone(), r.clone()));
+            }
+        }
+        return;
+    };
+    let old_t = old.table;
+
+    // Sets whose declaration changed must be re-created; rules referencing them must
+    // be flushed first, so any such change refills every chain (a rare event).
+    let replaced: BTreeSet<&str> = new
+        .sets
+        .iter()
+        .filter(|s| old_t.set(&s.decl.name).is_some_and(|o| o.decl != s.decl))
+        .map(|s| s.decl.name.as_str())
+        .collect();
+    let refill_all = !old.rules_known || !replaced.is_empty();
+
+    let changed: Vec<&Chain> = new
+        .chains
+        .iter()
+        .filter(|c| match old_t.chain(&c.name) {
+            None => true,
+            Some(o) => refill_all || o.rules != c.rules || o.kind != c.kind,
+        })
+        .collect();
+    let removed_chains: Vec<&Chain> = old_t
+        .chains
+        .iter()
+        .filter(|c| new.chain(&c.name).is_none())
+        .collect();
+    for c in changed.iter().filter(|c| old_t.chain(&c.name).is_some()) {
+        out.push(Op::FlushChain(f, c.name.clone()));
+    }
+    for c in &removed_chains {
+        out.push(Op::FlushChain(f, c.name.clone()));
+    }
+    for c in &removed_chains {
+        out.push(Op::DelChain(f, c.name.clone()));
+    }
+    for s in &old_t.sets {
+        if new.set(&s.decl.name).is_none() || replaced.contains(s.decl.name.as_str()) {
+            out.push(Op::DelSet(f, s.decl.name.clone()));
+        }
+    }
+    for s in &new.sets {
+        if old_t.set(&s.decl.name).is_none() || replaced.contains(s.decl.name.as_str()) {
+            out.push(Op::AddSet(f, s.decl.clone()));
+        }
+    }
+    for c in &changed {
+        if old_t.chain(&c.name).is_none() {
+            out.push(Op::AddChain(f, chain_shell(c)));
+        }
+    }
+    // Elements: all deletions first, then additions. A changed value or comment is a
+    // delete and an add of the same key in one transaction.
+    let mut adds = Vec::new();
+    for s in &new.sets {
+        let old_s = old_t
+            .set(&s.decl.name)
+            .filter(|_| !replaced.contains(s.decl.name.as_str()));
+        let mut del = Vec::new();
+        let mut add = Vec::new();
+        match old_s {
+            None => add.extend(s.elements.iter().map(|(k, e)| (k.clone(), e.clone()))),
+            Some(o) => {
+                for (k, e) in &o.elements {
+                    match s.elements.get(k) {
+                        None => del.push(k.clone()),
+                        Some(ne) if ne != e => {
+                            del.push(k.clone());
+                            add.push((k.clone(), ne.clone()));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                for (k, e) in &s.elements {
+                    if !o.elements.contains_key(k) {
+                        add.push((k.clone(), e.clone()));
+                    }
+                }
+            }
+        }
+        if !del.is_empty() {
+            out.push(Op::DelElements(f, s.decl.clone(), del));
+        }
+        if !add.is_empty() {
+            adds.push(Op::AddElements(f, s.decl.clone(), add));
+        }
+    }
+    out.extend(adds);
+    for c in &changed {
+        for r in &c.rules {
+            out.push(Op::AddRule(f, c.name.clone(), r.clone()));
+        }
+    }
+}
+
+fn chain_shell(c: &Chain) -> Chain {
+    Chain {
+        name: c.name.clone(),
+        kind: c.kind,
+        rules: Vec::new(),
+    }
+}
+
+/// Whether an operation re-validates the table in the kernel (a rule or chain change).
+pub fn touches_rules(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::AddRule(..) | Op::AddChain(..) | Op::AddTable(..) | Op::FlushChain(..)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ClusterState, Object, ProxyModel};
+    use crate::ruleset::build::{build_table, BuildConfig};
+
+    fn model(n_eps: usize) -> ProxyModel {
+        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "svc", "namespace": "ns"},
+            "spec": {"clusterIP": "172.30.0.1", "ports": [{"name": "p", "port": 80, "protocol": "TCP"}]}
+        }))
+        .unwrap();
+        let eps: Vec<_> = (0..n_eps)
+            .map(|i| serde_json::json!({"addresses": [format!("10.0.0.{}", i + 1)]}))
+            .collect();
+        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "svc-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "svc"}},
+                "addressType": "IPv4",
+                "endpoints": eps,
+                "ports": [{"name": "p", "port": 8080, "protocol": "TCP"}]
+            }))
+            .unwrap();
+        let state = ClusterState::from_objects([
+            Object::Service(Box::new(svc)),
+            Object::EndpointSlice(Box::new(slice)),
+        ]);
+        ProxyModel::compute(&state, "node", &mut Default::default())
+    }
+
+    #[test]
+    fn endpoint_change_is_element_only() {
+        let cfg = BuildConfig::default();
+        let a = build_table(&model(2), &cfg, Family::V4);
+        let b = build_table(&model(2), &cfg, Family::V4);
+        let mut ops = Vec::new();
+        diff(Some(Known { table: &a, rules_known: true }), &b, &mut ops);
+        assert!(ops.is_empty(), "no change must give no ops: {ops:?}");
+
+        // Add a third endpoint to a new count class: one set + one rule appear.
+        let c = build_table(&model(3), &cfg, Family::V4);
+        let mut ops = Vec::new();
+        diff(Some(Known { table: &a, rules_known: true }), &c, &mut ops);
+        assert!(ops.iter().any(|o| matches!(o, Op::AddSet(_, d) if d.name == "frontends-3")));
+        // Back from 3 to 2 endpoints: the class set frontends-2 ... frontends-3 removed.
+        let mut ops = Vec::new();
+        diff(Some(Known { table: &c, rules_known: true }), &a, &mut ops);
+        assert!(ops.iter().any(|o| matches!(o, Op::DelSet(_, n) if n == "frontends-3")));
+        let flush_pos = ops.iter().position(|o| matches!(o, Op::FlushChain(_, n) if n == "services"));
+        let del_pos = ops.iter().position(|o| matches!(o, Op::DelSet(..)));
+        assert!(flush_pos < del_pos, "rules referencing a set go before the set: {ops:?}");
+    }
+
+    #[test]
+    fn same_class_change_touches_no_rule() {
+        let cfg = BuildConfig::default();
+        let a = build_table(&model(2), &cfg, Family::V4);
+        let mut m = model(2);
+        for e in m.services.values_mut() {
+            e.endpoints[1].ip = "10.0.9.9".parse().unwrap();
+        }
+        let b = build_table(&m, &cfg, Family::V4);
+        let mut ops = Vec::new();
+        diff(Some(Known { table: &a, rules_known: true }), &b, &mut ops);
+        assert!(!ops.is_empty());
+        assert!(!ops.iter().any(touches_rules), "{ops:?}");
+    }
+
+    #[test]
+    fn unknown_rules_refill_every_chain() {
+        let cfg = BuildConfig::default();
+        let a = build_table(&model(2), &cfg, Family::V4);
+        let mut ops = Vec::new();
+        diff(Some(Known { table: &a, rules_known: false }), &a, &mut ops);
+        let flushed = ops.iter().filter(|o| matches!(o, Op::FlushChain(..))).count();
+        assert_eq!(flushed, a.chains.len());
+        assert!(!ops.iter().any(|o| matches!(o, Op::AddElements(..) | Op::DelElements(..))));
+    }
+}

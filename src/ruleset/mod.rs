@@ -1,0 +1,9 @@
+//! The ruleset: IR, builder, nft text render and diff.
+
+pub mod build;
+pub mod diff;
+pub mod ir;
+pub mod render;
+
+pub use build::{build, BuildConfig};
+pub use ir::{Family, Ruleset, Table};

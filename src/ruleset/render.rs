@@ -1,0 +1,238 @@
+//! Renders the IR as nft text that `nft -f` (1.0.6) loads.
+
+use std::fmt::Write;
+
+use super::ir::*;
+
+fn field(f: Field, family: Family) -> String {
+    match f {
+        Field::Saddr => format!("{} saddr", family.nft()),
+        Field::Daddr => format!("{} daddr", family.nft()),
+        Field::L4Proto => "meta l4proto".into(),
+        Field::ThDport => "th dport".into(),
+        Field::Numgen(n) => format!("numgen random mod {n}"),
+    }
+}
+
+fn fields(fs: &[Field], family: Family) -> String {
+    fs.iter()
+        .map(|f| field(*f, family))
+        .collect::<Vec<_>>()
+        .join(" . ")
+}
+
+fn key_type(t: KeyType, family: Family) -> &'static str {
+    match (t, family) {
+        (KeyType::Addr, Family::V4) => "ipv4_addr",
+        (KeyType::Addr, Family::V6) => "ipv6_addr",
+        (KeyType::Proto, _) => "inet_proto",
+        (KeyType::Port, _) => "inet_service",
+        (KeyType::Index, _) => "integer",
+    }
+}
+
+/// The expression nft uses to describe a key component in a `typeof` declaration.
+fn typeof_expr(t: KeyType, family: Family, role_daddr: bool) -> String {
+    match t {
+        KeyType::Addr if role_daddr => format!("{} daddr", family.nft()),
+        KeyType::Addr => format!("{} saddr", family.nft()),
+        KeyType::Proto => "meta l4proto".into(),
+        KeyType::Port => "th dport".into(),
+        KeyType::Index => "numgen random mod 1".into(),
+    }
+}
+
+/// Whether a set must be declared with `typeof` (it has a numgen component, which has
+/// no named type).
+pub fn uses_typeof(decl: &SetDecl) -> bool {
+    decl.key.contains(&KeyType::Index)
+}
+
+/// The `type`/`typeof` line of a set declaration.
+pub fn type_line(decl: &SetDecl, family: Family) -> String {
+    if uses_typeof(decl) {
+        let k = decl
+            .key
+            .iter()
+            .map(|t| typeof_expr(*t, family, true))
+            .collect::<Vec<_>>()
+            .join(" . ");
+        let d = decl
+            .data
+            .iter()
+            .map(|t| typeof_expr(*t, family, true))
+            .collect::<Vec<_>>()
+            .join(" . ");
+        if d.is_empty() {
+            format!("typeof {k}")
+        } else {
+            format!("typeof {k} : {d}")
+        }
+    } else {
+        let k = decl
+            .key
+            .iter()
+            .map(|t| key_type(*t, family))
+            .collect::<Vec<_>>()
+            .join(" . ");
+        let d = decl
+            .data
+            .iter()
+            .map(|t| key_type(*t, family))
+            .collect::<Vec<_>>()
+            .join(" . ");
+        if d.is_empty() {
+            format!("type {k}")
+        } else {
+            format!("type {k} : {d}")
+        }
+    }
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        132 => "sctp".into(),
+        n => n.to_string(),
+    }
+}
+
+/// Renders one value.
+pub fn value(v: &Value) -> String {
+    match v {
+        Value::Addr(a) => a.to_string(),
+        Value::Proto(p) => proto_name(*p),
+        Value::Port(p) => p.to_string(),
+        Value::Index(i) => i.to_string(),
+    }
+}
+
+/// Renders a key or value tuple.
+pub fn tuple(vs: &[Value]) -> String {
+    vs.iter().map(value).collect::<Vec<_>>().join(" . ")
+}
+
+/// Renders one element as it appears inside `{ ... }`.
+pub fn element(key: &Key, e: &ElementData) -> String {
+    let mut s = tuple(key);
+    if !e.data.is_empty() {
+        s.push_str(" : ");
+        s.push_str(&tuple(&e.data));
+    }
+    if let Some(c) = &e.comment {
+        let _ = write!(s, " comment \"{}\"", c.replace('"', "'"));
+    }
+    s
+}
+
+/// Renders one statement.
+pub fn stmt(s: &Stmt, family: Family) -> String {
+    match s {
+        Stmt::CtStateNew => "ct state new".into(),
+        Stmt::CtStatusDnat => "ct status dnat".into(),
+        Stmt::Cidr { field: f, net, negate } => {
+            let op = if *negate { "!= " } else { "" };
+            let net = if net.prefix_len() == net.max_prefix_len() {
+                net.addr().to_string()
+            } else {
+                net.to_string()
+            };
+            format!("{} {op}{net}", field(*f, family))
+        }
+        Stmt::Lookup {
+            fields: fs,
+            set,
+            negate,
+        } => {
+            let op = if *negate { "!= " } else { "" };
+            format!("{} {op}@{set}", fields(fs, family))
+        }
+        Stmt::FibLocal { saddr, negate } => format!(
+            "fib {} type {}local",
+            if *saddr { "saddr" } else { "daddr" },
+            if *negate { "!= " } else { "" }
+        ),
+        Stmt::MarkClear(m) => format!("meta mark & {m:#010x} == 0x00000000"),
+        Stmt::MarkSetOr(m) => format!("meta mark set meta mark | {m:#010x}"),
+        Stmt::MarkSetXor(m) => format!("meta mark set meta mark ^ {m:#010x}"),
+        Stmt::DnatMap { fields: fs, map } => {
+            format!("dnat {} to {} map @{map}", family.nft(), fields(fs, family))
+        }
+        Stmt::Masquerade => "masquerade fully-random".into(),
+        Stmt::Reject => "reject".into(),
+        Stmt::Verdict(v) => verdict(v),
+    }
+}
+
+fn verdict(v: &Verdict) -> String {
+    match v {
+        Verdict::Accept => "accept".into(),
+        Verdict::Drop => "drop".into(),
+        Verdict::Return => "return".into(),
+        Verdict::Jump(c) => format!("jump {c}"),
+        Verdict::Goto(c) => format!("goto {c}"),
+    }
+}
+
+/// Renders one rule.
+pub fn rule(r: &Rule, family: Family) -> String {
+    r.0.iter()
+        .filter(|s| !matches!(s, Stmt::Cidr { net, .. } if net.prefix_len() == 0))
+        .map(|s| stmt(s, family))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Renders a chain's `type … hook … priority …;` line, if it is a base chain.
+pub fn chain_header(c: &Chain) -> Option<String> {
+    match c.kind {
+        ChainKind::Base {
+            kind,
+            hook,
+            priority,
+        } => Some(format!(
+            "type {} hook {} priority {priority}; policy accept;",
+            kind.nft(),
+            hook.nft()
+        )),
+        ChainKind::Regular => None,
+    }
+}
+
+/// Renders a whole table as a loadable nft script.
+pub fn table(t: &Table) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "table {} {} {{", t.family.nft(), TABLE_NAME);
+    for s in &t.sets {
+        let kw = if s.decl.is_map() { "map" } else { "set" };
+        let _ = writeln!(out, "\t# {}", s.decl.comment);
+        let _ = writeln!(out, "\t{kw} {} {{", s.decl.name);
+        let _ = writeln!(out, "\t\t{}", type_line(&s.decl, t.family));
+        if !s.elements.is_empty() {
+            let _ = writeln!(out, "\t\telements = {{");
+            for (k, e) in &s.elements {
+                let _ = writeln!(out, "\t\t\t{},", element(k, e));
+            }
+            let _ = writeln!(out, "\t\t}}");
+        }
+        let _ = writeln!(out, "\t}}");
+    }
+    for c in &t.chains {
+        let _ = writeln!(out, "\tchain {} {{", c.name);
+        if let Some(h) = chain_header(c) {
+            let _ = writeln!(out, "\t\t{h}");
+        }
+        for r in &c.rules {
+            let _ = writeln!(out, "\t\t{}", rule(r, t.family));
+        }
+        let _ = writeln!(out, "\t}}");
+    }
+    let _ = writeln!(out, "}}");
+    out
+}
+
+/// Renders the whole ruleset (both tables).
+pub fn ruleset(r: &Ruleset) -> String {
+    r.tables.iter().map(table).collect::<Vec<_>>().join("\n")
+}

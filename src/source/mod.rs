@@ -1,0 +1,3 @@
+//! Where cluster objects come from.
+
+pub mod manifests;
