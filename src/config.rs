@@ -67,7 +67,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .map(|i| s.split_at(i))
         .unwrap_or((s, "s"));
-    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" => n,
@@ -143,7 +145,12 @@ impl ProxyConfig {
     /// Validates the command line.
     pub fn from_cli(cli: Cli) -> Result<ProxyConfig, Error> {
         let mut cluster_cidrs = Vec::new();
-        for c in cli.cluster_cidr.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        for c in cli
+            .cluster_cidr
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+        {
             cluster_cidrs.push(parse_cidr_sloppy(c).ok_or_else(|| Error::BadCidr {
                 flag: "cluster-cidr",
                 value: c.to_string(),
@@ -202,15 +209,34 @@ mod tests {
 
     #[test]
     fn flags() {
-        let c = parse(&["--manifests", "a.yaml", "--once", "--hostname-override", "Node1",
-            "--cluster-cidr", "10.0.0.0/8,fd00::/64", "--masquerade-all", "--masquerade-bit", "3",
-            "--nodeport-addresses", "192.168.0.2/32,2001:db8::1/128"]).unwrap();
+        let c = parse(&[
+            "--manifests",
+            "a.yaml",
+            "--once",
+            "--hostname-override",
+            "Node1",
+            "--cluster-cidr",
+            "10.0.0.0/8,fd00::/64",
+            "--masquerade-all",
+            "--masquerade-bit",
+            "3",
+            "--nodeport-addresses",
+            "192.168.0.2/32,2001:db8::1/128",
+        ])
+        .unwrap();
         assert_eq!(c.node_name, "node1");
         assert_eq!(c.cluster_cidrs.len(), 2);
         assert!(c.masquerade_all);
         assert_eq!(c.masquerade_mark, 8);
         assert!(matches!(c.nodeport_addresses, NodePortAddresses::Cidrs(ref v) if v.len() == 2));
-        let c = parse(&["--manifests", "a", "--masquerade-all=false", "--nodeport-addresses", "primary"]).unwrap();
+        let c = parse(&[
+            "--manifests",
+            "a",
+            "--masquerade-all=false",
+            "--nodeport-addresses",
+            "primary",
+        ])
+        .unwrap();
         assert!(!c.masquerade_all);
         assert_eq!(c.nodeport_addresses, NodePortAddresses::Primary);
         assert!(parse(&["--manifests", "a", "--cluster-cidr", "nope"]).is_err());

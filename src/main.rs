@@ -31,7 +31,12 @@ fn main() -> ExitCode {
         proxier::dry_run(&cfg).map(|text| print!("{text}"))
     } else if cfg.once {
         proxier::once(&cfg).map(|r| {
-            tracing::info!(ops = r.ops, elements = r.service_ports, elapsed_ms = r.duration.as_secs_f64() * 1e3, "programmed")
+            tracing::info!(
+                ops = r.ops,
+                elements = r.service_ports,
+                elapsed_ms = r.duration.as_secs_f64() * 1e3,
+                "programmed"
+            )
         })
     } else {
         proxier::run_files(&cfg)

@@ -107,16 +107,34 @@ impl Proxier {
         for table in &desired.tables {
             let f = table.family;
             if read_back {
-                let kernel = self.kernel.as_mut().ok_or_else(|| Error::Kernel(netlink::Error::Open(std::io::Error::other("no kernel handle"))))?;
+                let kernel = self.kernel.as_mut().ok_or_else(|| {
+                    Error::Kernel(netlink::Error::Open(std::io::Error::other(
+                        "no kernel handle",
+                    )))
+                })?;
                 match kernel.read(f)? {
                     None => diff::diff(None, table, &mut ops),
                     Some(raw) => {
                         let known = netlink::to_known(&raw, f, table);
-                        diff::diff(Some(Known { table: &known, rules_known: false }), table, &mut ops);
+                        diff::diff(
+                            Some(Known {
+                                table: &known,
+                                rules_known: false,
+                            }),
+                            table,
+                            &mut ops,
+                        );
                     }
                 }
             } else if let Some(old) = self.last.as_ref().and_then(|l| l.table(f)) {
-                diff::diff(Some(Known { table: old, rules_known: true }), table, &mut ops);
+                diff::diff(
+                    Some(Known {
+                        table: old,
+                        rules_known: true,
+                    }),
+                    table,
+                    &mut ops,
+                );
             } else {
                 diff::diff(None, table, &mut ops);
             }
@@ -227,7 +245,12 @@ pub fn run_files(cfg: &ProxyConfig) -> Result<(), Error> {
             });
             match result {
                 Ok(r) => {
-                    tracing::info!(full = r.full, ops = r.ops, elapsed_ms = r.duration.as_secs_f64() * 1e3, "synced");
+                    tracing::info!(
+                        full = r.full,
+                        ops = r.ops,
+                        elapsed_ms = r.duration.as_secs_f64() * 1e3,
+                        "synced"
+                    );
                     if r.full {
                         last_full = Instant::now();
                     }

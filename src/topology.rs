@@ -108,7 +108,11 @@ pub fn categorize(
         }
     }
     let local: Vec<Endpoint> = if local_ready {
-        endpoints.iter().filter(|e| e.is_local && e.ready).cloned().collect()
+        endpoints
+            .iter()
+            .filter(|e| e.is_local && e.ready)
+            .cloned()
+            .collect()
     } else if local_terminating {
         endpoints
             .iter()

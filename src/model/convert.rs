@@ -118,9 +118,10 @@ pub fn node_info(node: &Node, problems: &mut Problems) -> NodeInfo {
             Some(ip) if a.type_ == "InternalIP" => internal.push(ip),
             Some(ip) if a.type_ == "ExternalIP" => other.push(ip),
             Some(_) => {}
-            None if a.type_ == "InternalIP" || a.type_ == "ExternalIP" => {
-                problems.add(&object, format!("address {:?} is not an IP; skipped", a.address))
-            }
+            None if a.type_ == "InternalIP" || a.type_ == "ExternalIP" => problems.add(
+                &object,
+                format!("address {:?} is not an IP; skipped", a.address),
+            ),
             None => {}
         }
     }
@@ -212,7 +213,10 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
             Some(ip) if !cluster_ips.iter().any(|c| c.is_ipv6() == ip.is_ipv6()) => {
                 cluster_ips.push(ip)
             }
-            Some(_) => problems.add(&object, format!("second cluster IP {s:?} of one family; skipped")),
+            Some(_) => problems.add(
+                &object,
+                format!("second cluster IP {s:?} of one family; skipped"),
+            ),
             None => problems.add(&object, format!("cluster IP {s:?} is not an IP; skipped")),
         }
     }
@@ -245,7 +249,10 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
             };
             match parse_ip_sloppy(s) {
                 Some(ip) => load_balancer_ips.push(ip),
-                None => problems.add(&object, format!("load balancer IP {s:?} is not an IP; skipped")),
+                None => problems.add(
+                    &object,
+                    format!("load balancer IP {s:?} is not an IP; skipped"),
+                ),
             }
         }
     }
@@ -254,7 +261,10 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
         for s in spec.load_balancer_source_ranges.iter().flatten() {
             match parse_cidr_sloppy(s.trim()) {
                 Some(n) => source_ranges.push(n),
-                None => problems.add(&object, format!("source range {s:?} is not a CIDR; skipped")),
+                None => problems.add(
+                    &object,
+                    format!("source range {s:?} is not a CIDR; skipped"),
+                ),
             }
         }
     }
@@ -293,18 +303,33 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
     for p in spec.ports.iter().flatten() {
         let port_name = p.name.clone().unwrap_or_default();
         let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
-            problems.add(&object, format!("port {port_name:?}: protocol {:?} is not TCP, UDP or SCTP; skipped", p.protocol));
+            problems.add(
+                &object,
+                format!(
+                    "port {port_name:?}: protocol {:?} is not TCP, UDP or SCTP; skipped",
+                    p.protocol
+                ),
+            );
             continue;
         };
         let Some(port) = port_u16(p.port) else {
-            problems.add(&object, format!("port {port_name:?}: port {} is outside 1-65535; skipped", p.port));
+            problems.add(
+                &object,
+                format!(
+                    "port {port_name:?}: port {} is outside 1-65535; skipped",
+                    p.port
+                ),
+            );
             continue;
         };
         let node_port = match p.node_port {
             Some(n) if node_port_type => match port_u16(n) {
                 Some(n) => Some(n),
                 None => {
-                    problems.add(&object, format!("port {port_name:?}: node port {n} is outside 1-65535; ignored"));
+                    problems.add(
+                        &object,
+                        format!("port {port_name:?}: node port {n} is outside 1-65535; ignored"),
+                    );
                     None
                 }
             },
@@ -355,11 +380,23 @@ pub fn slice_endpoints<'a>(
         for sp in slice.ports.iter().flatten() {
             let pname = sp.name.clone().unwrap_or_default();
             let Some(proto) = Protocol::parse(sp.protocol.as_deref()) else {
-                problems.add(&object, format!("port {pname:?}: unknown protocol {:?}; skipped", sp.protocol));
+                problems.add(
+                    &object,
+                    format!(
+                        "port {pname:?}: unknown protocol {:?}; skipped",
+                        sp.protocol
+                    ),
+                );
                 continue;
             };
             let Some(port) = sp.port.and_then(port_u16) else {
-                problems.add(&object, format!("port {pname:?}: port {:?} missing or outside 1-65535; skipped", sp.port));
+                problems.add(
+                    &object,
+                    format!(
+                        "port {pname:?}: port {:?} missing or outside 1-65535; skipped",
+                        sp.port
+                    ),
+                );
                 continue;
             };
             let list = out.entry((pname.clone(), proto)).or_default();
@@ -369,11 +406,20 @@ pub fn slice_endpoints<'a>(
                     continue;
                 };
                 let Some(ip) = parse_ip_sloppy(addr) else {
-                    problems.add(&object, format!("endpoint address {addr:?} is not an IP; skipped"));
+                    problems.add(
+                        &object,
+                        format!("endpoint address {addr:?} is not an IP; skipped"),
+                    );
                     continue;
                 };
                 if ip.is_ipv6() != want_v6 {
-                    problems.add(&object, format!("endpoint address {addr:?} does not match addressType {}; skipped", slice.address_type));
+                    problems.add(
+                        &object,
+                        format!(
+                            "endpoint address {addr:?} does not match addressType {}; skipped",
+                            slice.address_type
+                        ),
+                    );
                     continue;
                 }
                 let c = ep.conditions.as_ref();
@@ -397,7 +443,10 @@ pub fn slice_endpoints<'a>(
                         .map(|z| z.iter().map(|z| z.name.clone()).collect())
                         .unwrap_or_default(),
                 };
-                match list.iter_mut().find(|e| e.ip == new.ip && e.port == new.port) {
+                match list
+                    .iter_mut()
+                    .find(|e| e.ip == new.ip && e.port == new.port)
+                {
                     Some(old) if !old.ready && new.ready => *old = new,
                     Some(_) => {}
                     None => list.push(new),
@@ -417,7 +466,10 @@ mod tests {
 
     #[test]
     fn sloppy_ips() {
-        assert_eq!(parse_ip_sloppy("010.001.0.7"), Some("10.1.0.7".parse().unwrap()));
+        assert_eq!(
+            parse_ip_sloppy("010.001.0.7"),
+            Some("10.1.0.7".parse().unwrap())
+        );
         assert_eq!(parse_ip_sloppy("fd00::1"), Some("fd00::1".parse().unwrap()));
         assert_eq!(parse_ip_sloppy("1.2.3"), None);
         assert_eq!(parse_ip_sloppy("1.2.3.256"), None);

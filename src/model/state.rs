@@ -128,8 +128,7 @@ impl ProxyModel {
                 continue;
             }
             let slices = by_service.get(name).map(|v| v.as_slice()).unwrap_or(&[]);
-            let mut eps =
-                convert::slice_endpoints(slices.iter().copied(), node_name, problems);
+            let mut eps = convert::slice_endpoints(slices.iter().copied(), node_name, problems);
             for port in ports {
                 let endpoints = eps
                     .remove(&(port.name.port.clone(), port.name.protocol))

@@ -137,8 +137,7 @@ impl ServicePort {
 
     /// Whether any traffic uses the cluster-wide endpoints.
     pub fn uses_cluster_endpoints(&self) -> bool {
-        !self.internal_policy_local
-            || (self.externally_accessible() && !self.external_policy_local)
+        !self.internal_policy_local || (self.externally_accessible() && !self.external_policy_local)
     }
 
     /// Whether any traffic uses the node-local endpoints.

@@ -71,6 +71,9 @@ pub const NFT_GOTO: i32 = -4;
 pub const NFT_RETURN: i32 = -5;
 
 pub const NFT_SET_MAP: u32 = 0x8;
+pub const NFT_SET_INTERVAL: u32 = 0x4;
+pub const NFT_SET_CONCAT: u32 = 0x80;
+pub const NFT_BYTEORDER_HTON: u32 = 1;
 
 /// nft's datatype numbers (`enum datatypes` in nft's datatype.h), used to build set key
 /// types that `nft list` prints by name.

@@ -57,14 +57,15 @@ fn cstr(s: &str) -> CString {
 }
 
 fn nn<T>(p: *mut T) -> NonNull<T> {
-    NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(std::alloc::Layout::new::<u8>()))
+    NonNull::new(p)
+        .unwrap_or_else(|| std::alloc::handle_alloc_error(std::alloc::Layout::new::<u8>()))
 }
 
 /// nft's type number of a key component.
 fn type_id(t: KeyType, family: Family) -> u32 {
     match (t, family) {
-        (KeyType::Addr, Family::V4) => TYPE_IPADDR,
-        (KeyType::Addr, Family::V6) => TYPE_IP6ADDR,
+        (KeyType::Addr | KeyType::Net, Family::V4) => TYPE_IPADDR,
+        (KeyType::Addr | KeyType::Net, Family::V6) => TYPE_IP6ADDR,
         (KeyType::Proto, _) => TYPE_INET_PROTOCOL,
         (KeyType::Port, _) => TYPE_INET_SERVICE,
         (KeyType::Index, _) => TYPE_INTEGER,
@@ -81,14 +82,19 @@ pub fn key_type(ts: &[KeyType], family: Family) -> (u32, u32) {
     }
     if ts.len() == 1 {
         // A single component is not padded.
-        len = match ts[0] {
-            KeyType::Addr => family.addr_len(),
-            KeyType::Proto => 1,
-            KeyType::Port => 2,
-            KeyType::Index => 4,
-        };
+        len = field_len(ts[0], family);
     }
     (id, len)
+}
+
+/// Unpadded byte length of one key component (the kernel's concat field length).
+fn field_len(t: KeyType, family: Family) -> u32 {
+    match t {
+        KeyType::Addr | KeyType::Net => family.addr_len(),
+        KeyType::Proto => 1,
+        KeyType::Port => 2,
+        KeyType::Index => 4,
+    }
 }
 
 /// User data nft 1.0.6 writes for our set shapes; `nft list` needs it to print the
@@ -122,6 +128,15 @@ fn hex_bytes(s: &str) -> Vec<u8> {
 /// Encodes a key or value tuple as the kernel stores it: each component padded to 4
 /// bytes in a concatenation; numgen indexes in host order.
 pub fn encode_tuple(vs: &[Value]) -> Vec<u8> {
+    encode_tuple_at(vs, false)
+}
+
+/// Encodes the end of an interval element: networks become their last address.
+pub fn encode_tuple_end(vs: &[Value]) -> Vec<u8> {
+    encode_tuple_at(vs, true)
+}
+
+fn encode_tuple_at(vs: &[Value], end: bool) -> Vec<u8> {
     let concat = vs.len() > 1;
     let mut out = Vec::with_capacity(vs.len() * 4);
     for v in vs {
@@ -132,6 +147,10 @@ pub fn encode_tuple(vs: &[Value]) -> Vec<u8> {
             Value::Proto(p) => out.push(*p),
             Value::Port(p) => out.extend_from_slice(&p.to_be_bytes()),
             Value::Index(i) => out.extend_from_slice(&i.to_ne_bytes()),
+            Value::Net(n) => match if end { n.broadcast() } else { n.network() } {
+                std::net::IpAddr::V4(a) => out.extend_from_slice(&a.octets()),
+                std::net::IpAddr::V6(a) => out.extend_from_slice(&a.octets()),
+            },
         }
         if concat {
             while (out.len() - start) % 4 != 0 {
@@ -196,7 +215,8 @@ impl BatchBuilder {
             self.scratch[3],
         ]) as usize;
         let aligned = (len + 3) & !3;
-        self.buf.extend_from_slice(&self.scratch[..aligned.min(SCRATCH)]);
+        self.buf
+            .extend_from_slice(&self.scratch[..aligned.min(SCRATCH)]);
     }
 
     fn hdr(&mut self, msg: u16, family: Family, flags: u16) -> *mut libc::nlmsghdr {
@@ -219,7 +239,9 @@ impl BatchBuilder {
         match op {
             Op::AddTable(f) => self.table(*f, NFT_MSG_NEWTABLE, NLM_F_CREATE),
             Op::DelTable(f) => self.table(*f, NFT_MSG_DELTABLE, 0),
-            Op::AddChain(f, c) => self.chain(*f, &c.name, Some(c.kind), NFT_MSG_NEWCHAIN, NLM_F_CREATE),
+            Op::AddChain(f, c) => {
+                self.chain(*f, &c.name, Some(c.kind), NFT_MSG_NEWCHAIN, NLM_F_CREATE)
+            }
             Op::DelChain(f, c) => self.chain(*f, c, None, NFT_MSG_DELCHAIN, 0),
             Op::FlushChain(f, c) => self.flush(*f, c),
             Op::AddSet(f, d) => self.set(*f, &d.name, Some(d), NFT_MSG_NEWSET, NLM_F_CREATE),
@@ -230,7 +252,8 @@ impl BatchBuilder {
                 self.elements(*f, d, &items, NFT_MSG_NEWSETELEM, NLM_F_CREATE)
             }
             Op::DelElements(f, d, keys) => {
-                let items: Vec<(&Key, Option<&ElementData>)> = keys.iter().map(|k| (k, None)).collect();
+                let items: Vec<(&Key, Option<&ElementData>)> =
+                    keys.iter().map(|k| (k, None)).collect();
                 self.elements(*f, d, &items, NFT_MSG_DELSETELEM, 0)
             }
             Op::AddRule(f, c, r) => self.rule(*f, c, r),
@@ -244,7 +267,11 @@ impl BatchBuilder {
         unsafe {
             let t = nn(sys::nftnl_table_alloc());
             sys::nftnl_table_set_str(t.as_ptr(), sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
-            sys::nftnl_table_set_u32(t.as_ptr(), sys::NFTNL_TABLE_FAMILY as u16, f.nfproto() as u32);
+            sys::nftnl_table_set_u32(
+                t.as_ptr(),
+                sys::NFTNL_TABLE_FAMILY as u16,
+                f.nfproto() as u32,
+            );
             sys::nftnl_table_nlmsg_build_payload(nlh, t.as_ptr());
             sys::nftnl_table_free(t.as_ptr());
         }
@@ -262,7 +289,12 @@ impl BatchBuilder {
             sys::nftnl_chain_set_str(p, sys::NFTNL_CHAIN_TABLE as u16, table.as_ptr());
             sys::nftnl_chain_set_str(p, sys::NFTNL_CHAIN_NAME as u16, cname.as_ptr());
             sys::nftnl_chain_set_u32(p, sys::NFTNL_CHAIN_FAMILY as u16, f.nfproto() as u32);
-            if let Some(ChainKind::Base { kind, hook, priority }) = kind {
+            if let Some(ChainKind::Base {
+                kind,
+                hook,
+                priority,
+            }) = kind
+            {
                 let ty = cstr(kind.nft());
                 sys::nftnl_chain_set_u32(p, sys::NFTNL_CHAIN_HOOKNUM as u16, hook.number());
                 sys::nftnl_chain_set_s32(p, sys::NFTNL_CHAIN_PRIO as u16, priority);
@@ -284,7 +316,11 @@ impl BatchBuilder {
     }
 
     fn rule(&mut self, f: Family, chain: &str, rule: &Rule) {
-        let nlh = self.hdr(NFT_MSG_NEWRULE, f, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND);
+        let nlh = self.hdr(
+            NFT_MSG_NEWRULE,
+            f,
+            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND,
+        );
         let mut r = RawRule::new(f, TABLE_NAME, chain);
         for s in &rule.0 {
             r.stmt(s, f);
@@ -311,6 +347,20 @@ impl BatchBuilder {
                 let (kt, kl) = key_type(&d.key, f);
                 sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_TYPE as u16, kt);
                 sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_LEN as u16, kl);
+                if d.is_interval() {
+                    sys::nftnl_set_set_u32(
+                        p,
+                        sys::NFTNL_SET_FLAGS as u16,
+                        NFT_SET_INTERVAL | NFT_SET_CONCAT,
+                    );
+                    let lens: Vec<u8> = d.key.iter().map(|t| field_len(*t, f) as u8).collect();
+                    sys::nftnl_set_set_data(
+                        p,
+                        sys::NFTNL_SET_DESC_CONCAT as u16,
+                        lens.as_ptr() as *const libc::c_void,
+                        lens.len() as u32,
+                    );
+                }
                 if d.is_map() {
                     let (dt, dl) = key_type(&d.data, f);
                     sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, NFT_SET_MAP);
@@ -348,8 +398,10 @@ impl BatchBuilder {
                 let (_, e) = items[end];
                 budget += 64
                     + items[end].0.len() * 16
-                    + e.map(|e| e.data.len() * 16 + e.comment.as_ref().map_or(0, |c| c.len().min(128) + 8))
-                        .unwrap_or(0);
+                    + e.map(|e| {
+                        e.data.len() * 16 + e.comment.as_ref().map_or(0, |c| c.len().min(128) + 8)
+                    })
+                    .unwrap_or(0);
                 end += 1;
             }
             self.element_msg(f, decl, &items[start..end], msg, flags);
@@ -379,15 +431,39 @@ impl BatchBuilder {
             for (key, data) in items {
                 let e = nn(sys::nftnl_set_elem_alloc()).as_ptr();
                 let k = encode_tuple(key);
-                sys::nftnl_set_elem_set(e, sys::NFTNL_SET_ELEM_KEY as u16, k.as_ptr() as *const libc::c_void, k.len() as u32);
+                sys::nftnl_set_elem_set(
+                    e,
+                    sys::NFTNL_SET_ELEM_KEY as u16,
+                    k.as_ptr() as *const libc::c_void,
+                    k.len() as u32,
+                );
+                if decl.is_interval() {
+                    let k = encode_tuple_end(key);
+                    sys::nftnl_set_elem_set(
+                        e,
+                        sys::NFTNL_SET_ELEM_KEY_END as u16,
+                        k.as_ptr() as *const libc::c_void,
+                        k.len() as u32,
+                    );
+                }
                 if let Some(d) = data {
                     if !d.data.is_empty() {
                         let v = encode_tuple(&d.data);
-                        sys::nftnl_set_elem_set(e, sys::NFTNL_SET_ELEM_DATA as u16, v.as_ptr() as *const libc::c_void, v.len() as u32);
+                        sys::nftnl_set_elem_set(
+                            e,
+                            sys::NFTNL_SET_ELEM_DATA as u16,
+                            v.as_ptr() as *const libc::c_void,
+                            v.len() as u32,
+                        );
                     }
                     if let Some(c) = &d.comment {
                         let u = comment_udata(c);
-                        sys::nftnl_set_elem_set(e, sys::NFTNL_SET_ELEM_USERDATA as u16, u.as_ptr() as *const libc::c_void, u.len() as u32);
+                        sys::nftnl_set_elem_set(
+                            e,
+                            sys::NFTNL_SET_ELEM_USERDATA as u16,
+                            u.as_ptr() as *const libc::c_void,
+                            u.len() as u32,
+                        );
                     }
                 }
                 sys::nftnl_set_elem_add(p, e);
@@ -408,7 +484,12 @@ impl BatchBuilder {
             let mut off = 0;
             let mut last = 0;
             while off + 16 <= self.buf.len() {
-                let len = u32::from_ne_bytes([self.buf[off], self.buf[off + 1], self.buf[off + 2], self.buf[off + 3]]) as usize;
+                let len = u32::from_ne_bytes([
+                    self.buf[off],
+                    self.buf[off + 1],
+                    self.buf[off + 2],
+                    self.buf[off + 3],
+                ]) as usize;
                 last = off;
                 off += (len + 3) & !3;
                 if len == 0 {
@@ -417,7 +498,12 @@ impl BatchBuilder {
             }
             let flags = u16::from_ne_bytes([self.buf[last + 6], self.buf[last + 7]]) | NLM_F_ACK;
             self.buf[last + 6..last + 8].copy_from_slice(&flags.to_ne_bytes());
-            ack_seq = u32::from_ne_bytes([self.buf[last + 8], self.buf[last + 9], self.buf[last + 10], self.buf[last + 11]]);
+            ack_seq = u32::from_ne_bytes([
+                self.buf[last + 8],
+                self.buf[last + 9],
+                self.buf[last + 10],
+                self.buf[last + 11],
+            ]);
         }
         let seq = self.next_seq();
         // Safety: scratch holds a 20-byte batch message.
@@ -459,16 +545,25 @@ mod tests {
         assert_eq!(&b[4..8], &[6, 0, 0, 0]);
         assert_eq!(&b[8..12], &[0, 80, 0, 0]);
         assert_eq!(&b[12..16], &1u32.to_ne_bytes());
-        assert_eq!(encode_tuple(&[Value::Addr("1.2.3.4".parse().unwrap())]).len(), 4);
+        assert_eq!(
+            encode_tuple(&[Value::Addr("1.2.3.4".parse().unwrap())]).len(),
+            4
+        );
     }
 
     #[test]
     fn key_types_match_nft() {
         let (id, len) = key_type(&[KeyType::Addr, KeyType::Proto, KeyType::Port], Family::V4);
         assert_eq!((id, len), (0x730d, 12));
-        let (id, len) = key_type(&[KeyType::Addr, KeyType::Proto, KeyType::Port, KeyType::Index], Family::V4);
+        let (id, len) = key_type(
+            &[KeyType::Addr, KeyType::Proto, KeyType::Port, KeyType::Index],
+            Family::V4,
+        );
         assert_eq!((id, len), (0x1cc344, 16));
-        let (id, _) = key_type(&[KeyType::Addr, KeyType::Proto, KeyType::Port, KeyType::Index], Family::V6);
+        let (id, _) = key_type(
+            &[KeyType::Addr, KeyType::Proto, KeyType::Port, KeyType::Index],
+            Family::V6,
+        );
         assert_eq!(id, 0x20c344);
     }
 
@@ -484,9 +579,19 @@ mod tests {
             Op::AddTable(Family::V4),
             Op::AddElements(
                 Family::V4,
-                SetDecl { name: "s".into(), key: vec![KeyType::Addr], data: vec![], comment: "" },
+                SetDecl {
+                    name: "s".into(),
+                    key: vec![KeyType::Addr],
+                    data: vec![],
+                    comment: "",
+                },
                 (0..2000u32)
-                    .map(|i| (vec![Value::Addr(std::net::Ipv4Addr::from(i).into())], ElementData::default()))
+                    .map(|i| {
+                        (
+                            vec![Value::Addr(std::net::Ipv4Addr::from(i).into())],
+                            ElementData::default(),
+                        )
+                    })
                     .collect(),
             ),
             Op::FlushChain(Family::V4, "c".into()),

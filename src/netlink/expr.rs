@@ -35,7 +35,10 @@ impl Expr {
     fn new(name: &'static std::ffi::CStr) -> Expr {
         // Safety: name is a valid C string; allocation failure aborts like Rust's allocator.
         let p = unsafe { sys::nftnl_expr_alloc(name.as_ptr()) };
-        Expr(NonNull::new(p).unwrap_or_else(|| std::alloc::handle_alloc_error(std::alloc::Layout::new::<u8>())))
+        Expr(
+            NonNull::new(p)
+                .unwrap_or_else(|| std::alloc::handle_alloc_error(std::alloc::Layout::new::<u8>())),
+        )
     }
     fn u32(self, attr: u32, v: u32) -> Self {
         // Safety: valid expression pointer and attribute of this expression type.
@@ -73,10 +76,15 @@ impl RawRule {
         // Safety: plain allocation and setters with valid C strings (copied by libnftnl).
         unsafe {
             let r = sys::nftnl_rule_alloc();
-            let r = NonNull::new(r).unwrap_or_else(|| std::alloc::handle_alloc_error(std::alloc::Layout::new::<u8>()));
+            let r = NonNull::new(r)
+                .unwrap_or_else(|| std::alloc::handle_alloc_error(std::alloc::Layout::new::<u8>()));
             let t = cstr(table);
             let c = cstr(chain);
-            sys::nftnl_rule_set_u32(r.as_ptr(), sys::NFTNL_RULE_FAMILY as u16, family.nfproto() as u32);
+            sys::nftnl_rule_set_u32(
+                r.as_ptr(),
+                sys::NFTNL_RULE_FAMILY as u16,
+                family.nfproto() as u32,
+            );
             sys::nftnl_rule_set_str(r.as_ptr(), sys::NFTNL_RULE_TABLE as u16, t.as_ptr());
             sys::nftnl_rule_set_str(r.as_ptr(), sys::NFTNL_RULE_CHAIN as u16, c.as_ptr());
             RawRule(r)
@@ -153,11 +161,21 @@ impl RawRule {
         };
         match f {
             Field::Saddr => {
-                self.payload(NFT_PAYLOAD_NETWORK_HEADER, saddr_off, family.addr_len(), reg);
+                self.payload(
+                    NFT_PAYLOAD_NETWORK_HEADER,
+                    saddr_off,
+                    family.addr_len(),
+                    reg,
+                );
                 family.addr_len()
             }
             Field::Daddr => {
-                self.payload(NFT_PAYLOAD_NETWORK_HEADER, daddr_off, family.addr_len(), reg);
+                self.payload(
+                    NFT_PAYLOAD_NETWORK_HEADER,
+                    daddr_off,
+                    family.addr_len(),
+                    reg,
+                );
                 family.addr_len()
             }
             Field::L4Proto => {
@@ -184,11 +202,27 @@ impl RawRule {
     /// Loads a concatenation the way nft does: the first component into `reg 1`, each
     /// further one into the 32-bit register where the previous one ended. Returns the
     /// total length.
-    fn load_concat(&mut self, fields: &[Field], family: Family) -> u32 {
+    fn load_concat(&mut self, fields: &[Field], family: Family, interval: bool) -> u32 {
         let mut off = 0;
         for (i, f) in fields.iter().enumerate() {
-            let reg = if i == 0 { NFT_REG_1 } else { NFT_REG32_00 + off / 4 };
+            let reg = if i == 0 {
+                NFT_REG_1
+            } else {
+                NFT_REG32_00 + off / 4
+            };
             off += self.load(*f, family, reg);
+            if interval && *f == Field::L4Proto {
+                // nft 1.0.6 converts host-order components for interval concatenations;
+                // for the 1-byte protocol this is the byteorder expression it emits.
+                self.add(
+                    Expr::new(c"byteorder")
+                        .u32(sys::NFTNL_EXPR_BYTEORDER_SREG, reg)
+                        .u32(sys::NFTNL_EXPR_BYTEORDER_DREG, reg)
+                        .u32(sys::NFTNL_EXPR_BYTEORDER_OP, NFT_BYTEORDER_HTON)
+                        .u32(sys::NFTNL_EXPR_BYTEORDER_LEN, 1)
+                        .u32(sys::NFTNL_EXPR_BYTEORDER_SIZE, 2),
+                );
+            }
         }
         off
     }
@@ -255,7 +289,11 @@ impl RawRule {
                     Family::V4 => (12, 16),
                     Family::V6 => (8, 24),
                 };
-                let off = if *field == Field::Saddr { saddr_off } else { daddr_off };
+                let off = if *field == Field::Saddr {
+                    saddr_off
+                } else {
+                    daddr_off
+                };
                 self.payload(NFT_PAYLOAD_NETWORK_HEADER, off, bytes as u32, NFT_REG_1);
                 let octets = |a: std::net::IpAddr| match a {
                     std::net::IpAddr::V4(a) => a.octets().to_vec(),
@@ -272,7 +310,15 @@ impl RawRule {
                 set,
                 negate,
             } => {
-                self.load_concat(fields, family);
+                self.load_concat(fields, family, false);
+                self.lookup(set, NFT_REG_1, None, *negate);
+            }
+            Stmt::LookupRange {
+                fields,
+                set,
+                negate,
+            } => {
+                self.load_concat(fields, family, true);
                 self.lookup(set, NFT_REG_1, None, *negate);
             }
             Stmt::FibLocal { saddr, negate } => {
@@ -298,7 +344,7 @@ impl RawRule {
             Stmt::MarkSetOr(m) => self.mark_set(!m, *m),
             Stmt::MarkSetXor(m) => self.mark_set(u32::MAX, *m),
             Stmt::DnatMap { fields, map } => {
-                self.load_concat(fields, family);
+                self.load_concat(fields, family, false);
                 self.lookup(map, NFT_REG_1, Some(NFT_REG_1), false);
                 let proto_reg = NFT_REG32_00 + family.addr_len() / 4;
                 self.add(

@@ -67,16 +67,24 @@ fn describe(op: &Op) -> String {
         Op::DelSet(f, s) => format!("delete set {} {s}", f.nft()),
         Op::AddSet(f, d) => format!("add set {} {}", f.nft(), d.name),
         Op::AddChain(f, c) => format!("add chain {} {}", f.nft(), c.name),
-        Op::DelElements(f, d, k) => format!("delete {} elements from {} {}", k.len(), f.nft(), d.name),
+        Op::DelElements(f, d, k) => {
+            format!("delete {} elements from {} {}", k.len(), f.nft(), d.name)
+        }
         Op::AddElements(f, d, k) => format!("add {} elements to {} {}", k.len(), f.nft(), d.name),
-        Op::AddRule(f, c, r) => format!("add rule {} {c} {}", f.nft(), crate::ruleset::render::rule(r, *f)),
+        Op::AddRule(f, c, r) => format!(
+            "add rule {} {c} {}",
+            f.nft(),
+            crate::ruleset::render::rule(r, *f)
+        ),
     }
 }
 
 impl Kernel {
     /// Opens a socket in the current network namespace.
     pub fn open() -> Result<Kernel, Error> {
-        Ok(Kernel { conn: Conn::open()? })
+        Ok(Kernel {
+            conn: Conn::open()?,
+        })
     }
 
     /// Reads our table of one family back (None: it does not exist).
@@ -96,7 +104,9 @@ impl Kernel {
     /// Commits an already encoded batch (for benchmarks that time the commit alone).
     pub fn commit(&mut self, batch: &Batch, ops: &[Op]) -> Result<(), Error> {
         self.conn.commit(batch).map_err(|e| match e {
-            Error::Rejected { errno, seq, text, .. } => Error::Rejected {
+            Error::Rejected {
+                errno, seq, text, ..
+            } => Error::Rejected {
                 errno,
                 seq,
                 text,

@@ -24,8 +24,8 @@ pub struct RawSet {
     pub data: (u32, u32),
     /// user data
     pub userdata: Vec<u8>,
-    /// (key bytes, data bytes, user data) of each element
-    pub elements: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    /// (key bytes, key end bytes, data bytes, user data) of each element
+    pub elements: Vec<(Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>)>,
 }
 
 /// Our table of one family as the kernel holds it.
@@ -63,9 +63,7 @@ unsafe fn get_str(p: *const libc::c_char) -> String {
     unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
 }
 
-unsafe fn get_data(
-    getter: impl Fn(*mut u32) -> *const libc::c_void,
-) -> Vec<u8> {
+unsafe fn get_data(getter: impl Fn(*mut u32) -> *const libc::c_void) -> Vec<u8> {
     let mut len = 0u32;
     let p = getter(&mut len);
     if p.is_null() {
@@ -108,7 +106,10 @@ pub fn read_table(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, E
             if sys::nftnl_chain_nlmsg_parse(m.as_ptr() as *const libc::nlmsghdr, c) >= 0 {
                 let table = get_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_TABLE as u16));
                 if table == TABLE_NAME {
-                    out.chains.push(get_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_NAME as u16)));
+                    out.chains.push(get_str(sys::nftnl_chain_get_str(
+                        c,
+                        sys::NFTNL_CHAIN_NAME as u16,
+                    )));
                 }
             }
             sys::nftnl_chain_free(c);
@@ -133,9 +134,17 @@ pub fn read_table(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, E
                     };
                     out.sets.push(RawSet {
                         name: get_str(sys::nftnl_set_get_str(s, sys::NFTNL_SET_NAME as u16)),
-                        key: (u32_of(sys::NFTNL_SET_KEY_TYPE), u32_of(sys::NFTNL_SET_KEY_LEN)),
-                        data: (u32_of(sys::NFTNL_SET_DATA_TYPE), u32_of(sys::NFTNL_SET_DATA_LEN)),
-                        userdata: get_data(|l| sys::nftnl_set_get_data(s, sys::NFTNL_SET_USERDATA as u16, l)),
+                        key: (
+                            u32_of(sys::NFTNL_SET_KEY_TYPE),
+                            u32_of(sys::NFTNL_SET_KEY_LEN),
+                        ),
+                        data: (
+                            u32_of(sys::NFTNL_SET_DATA_TYPE),
+                            u32_of(sys::NFTNL_SET_DATA_LEN),
+                        ),
+                        userdata: get_data(|l| {
+                            sys::nftnl_set_get_data(s, sys::NFTNL_SET_USERDATA as u16, l)
+                        }),
                         elements: Vec::new(),
                     });
                 }
@@ -158,10 +167,19 @@ pub fn read_table(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, E
                     if !it.is_null() {
                         let mut e = sys::nftnl_set_elems_iter_cur(it);
                         while !e.is_null() {
-                            let key = get_data(|l| sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, l));
-                            let data = get_data(|l| sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_DATA as u16, l));
-                            let ud = get_data(|l| sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_USERDATA as u16, l));
-                            set.elements.push((key, data, ud));
+                            let key = get_data(|l| {
+                                sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, l)
+                            });
+                            let key_end = get_data(|l| {
+                                sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY_END as u16, l)
+                            });
+                            let data = get_data(|l| {
+                                sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_DATA as u16, l)
+                            });
+                            let ud = get_data(|l| {
+                                sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_USERDATA as u16, l)
+                            });
+                            set.elements.push((key, key_end, data, ud));
                             e = sys::nftnl_set_elems_iter_next(it);
                         }
                         sys::nftnl_set_elems_iter_destroy(it);
@@ -174,7 +192,33 @@ pub fn read_table(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, E
     Ok(Some(out))
 }
 
-fn decode_tuple(types: &[KeyType], family: Family, bytes: &[u8]) -> Option<Vec<Value>> {
+fn addr_at(family: Family, b: &[u8]) -> IpAddr {
+    match family {
+        Family::V4 => Ipv4Addr::new(b[0], b[1], b[2], b[3]).into(),
+        Family::V6 => {
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&b[..16]);
+            Ipv6Addr::from(a).into()
+        }
+    }
+}
+
+/// The network whose first and last addresses are `start` and `end`, if any.
+fn net_of(start: IpAddr, end: IpAddr) -> Option<ipnet::IpNet> {
+    let (s, e, bits) = match (start, end) {
+        (IpAddr::V4(s), IpAddr::V4(e)) => (u32::from(s) as u128, u32::from(e) as u128, 32),
+        (IpAddr::V6(s), IpAddr::V6(e)) => (u128::from(s), u128::from(e), 128),
+        _ => return None,
+    };
+    let host = s ^ e;
+    if host & (host.wrapping_add(1)) != 0 || s & host != 0 {
+        return None;
+    }
+    let prefix = bits - host.count_ones() as u8;
+    ipnet::IpNet::new(start, prefix).ok()
+}
+
+fn decode_tuple(types: &[KeyType], family: Family, bytes: &[u8], end: &[u8]) -> Option<Vec<Value>> {
     let concat = types.len() > 1;
     let mut off = 0usize;
     let mut out = Vec::with_capacity(types.len());
@@ -182,16 +226,13 @@ fn decode_tuple(types: &[KeyType], family: Family, bytes: &[u8]) -> Option<Vec<V
         let (len, v) = match t {
             KeyType::Addr => {
                 let n = family.addr_len() as usize;
-                let b = bytes.get(off..off + n)?;
-                let ip: IpAddr = match family {
-                    Family::V4 => Ipv4Addr::new(b[0], b[1], b[2], b[3]).into(),
-                    Family::V6 => {
-                        let mut a = [0u8; 16];
-                        a.copy_from_slice(b);
-                        Ipv6Addr::from(a).into()
-                    }
-                };
-                (n, Value::Addr(ip))
+                (n, Value::Addr(addr_at(family, bytes.get(off..off + n)?)))
+            }
+            KeyType::Net => {
+                let n = family.addr_len() as usize;
+                let s = addr_at(family, bytes.get(off..off + n)?);
+                let e = addr_at(family, end.get(off..off + n)?);
+                (n, Value::Net(net_of(s, e)?))
             }
             KeyType::Proto => (1, Value::Proto(*bytes.get(off)?)),
             KeyType::Port => {
@@ -200,7 +241,10 @@ fn decode_tuple(types: &[KeyType], family: Family, bytes: &[u8]) -> Option<Vec<V
             }
             KeyType::Index => {
                 let b = bytes.get(off..off + 4)?;
-                (4, Value::Index(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])))
+                (
+                    4,
+                    Value::Index(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+                )
             }
         };
         out.push(v);
@@ -241,7 +285,11 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
     for rs in &raw.sets {
         let matching = desired.set(&rs.name).map(|s| &s.decl).filter(|d| {
             key_type(&d.key, family) == rs.key
-                && (if d.is_map() { key_type(&d.data, family) } else { (0, 0) }) == rs.data
+                && (if d.is_map() {
+                    key_type(&d.data, family)
+                } else {
+                    (0, 0)
+                }) == rs.data
                 && set_userdata(d, family) == rs.userdata
         });
         let Some(decl) = matching else {
@@ -258,13 +306,13 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
         };
         let mut elements = BTreeMap::new();
         let mut bad = false;
-        for (k, d, ud) in &rs.elements {
-            let Some(key) = decode_tuple(&decl.key, family, k) else {
+        for (k, kend, d, ud) in &rs.elements {
+            let Some(key) = decode_tuple(&decl.key, family, k, kend) else {
                 bad = true;
                 break;
             };
             let data = if decl.is_map() {
-                match decode_tuple(&decl.data, family, d) {
+                match decode_tuple(&decl.data, family, d, &[]) {
                     Some(v) => v,
                     None => {
                         bad = true;
@@ -274,15 +322,52 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
             } else {
                 Vec::new()
             };
-            elements.insert(key, ElementData { data, comment: decode_comment(ud) });
+            elements.insert(
+                key,
+                ElementData {
+                    data,
+                    comment: decode_comment(ud),
+                },
+            );
         }
         let decl = if bad {
             // Undecodable elements: replace the whole set.
-            SetDecl { name: rs.name.clone(), key: vec![], data: vec![], comment: "unknown layout" }
+            SetDecl {
+                name: rs.name.clone(),
+                key: vec![],
+                data: vec![],
+                comment: "unknown layout",
+            }
         } else {
             decl.clone()
         };
-        t.sets.push(Set { decl, elements: if bad { BTreeMap::new() } else { elements } });
+        t.sets.push(Set {
+            decl,
+            elements: if bad { BTreeMap::new() } else { elements },
+        });
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_back_to_networks() {
+        let n = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            net_of(n("203.0.113.0"), n("203.0.113.127")),
+            Some("203.0.113.0/25".parse().unwrap())
+        );
+        assert_eq!(
+            net_of(n("10.0.0.1"), n("10.0.0.1")),
+            Some("10.0.0.1/32".parse().unwrap())
+        );
+        assert_eq!(net_of(n("10.0.0.1"), n("10.0.0.2")), None);
+        assert_eq!(
+            net_of(n("fd00::"), n("fd00::ffff")),
+            Some("fd00::/112".parse().unwrap())
+        );
+    }
 }

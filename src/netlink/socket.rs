@@ -184,7 +184,12 @@ impl Conn {
     }
 
     /// Runs a dump request and returns the payloads of every reply message.
-    pub fn dump(&mut self, msg_type: u16, family: u16, payload: &[u8]) -> Result<Vec<Vec<u8>>, Error> {
+    pub fn dump(
+        &mut self,
+        msg_type: u16,
+        family: u16,
+        payload: &[u8],
+    ) -> Result<Vec<Vec<u8>>, Error> {
         self.seq += 1;
         let seq = self.seq;
         let len = 16 + 4 + payload.len();

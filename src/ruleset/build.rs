@@ -66,6 +66,12 @@ pub mod names {
     pub const MARK_UNLESS_POD: &str = "mark-unless-pod";
     /// chain: DNAT
     pub const SERVICES: &str = "services";
+    /// load-balancer frontends with loadBalancerSourceRanges
+    pub const FIREWALL: &str = "firewall";
+    /// `frontend . allowed source range`
+    pub const FIREWALL_ALLOW: &str = "firewall-allow";
+    /// chain: drop traffic to firewalled frontends from sources not allowed
+    pub const FIREWALL_CHECK: &str = "firewall-check";
     /// chain: masquerade marked packets
     pub const MASQUERADING: &str = "masquerading";
 }
@@ -127,6 +133,9 @@ struct Plan {
     masq: Masq,
     /// eTP=Local: cluster endpoints for pod- and node-originated traffic
     shortcut: Option<Vec<Endpoint>>,
+    /// loadBalancerSourceRanges (plus the LB IPs when the node IP is inside them);
+    /// empty: no firewall
+    allowed_sources: Vec<IpNet>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,9 +189,29 @@ fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key,
                 external: false,
                 masq,
                 shortcut: None,
+                allowed_sources: Vec::new(),
             });
         }
         let ext_local = svc.uses_external_local();
+        // Upstream: the source ranges of this family; if the node's IP is inside one,
+        // the LB IPs themselves are allowed too (VIP-like LBs loop back with the VIP as
+        // source).
+        let ranges: Vec<IpNet> = svc
+            .source_ranges
+            .iter()
+            .filter(|n| Family::of_net(n) == family)
+            .copied()
+            .collect();
+        let mut lb_allowed = ranges.clone();
+        let node_ip = model.node.primary(family == Family::V6);
+        if node_ip.is_some_and(|ip| ranges.iter().any(|r| r.contains(&ip))) {
+            lb_allowed.extend(
+                svc.load_balancer_ips
+                    .iter()
+                    .filter(|ip| Family::of(ip) == family)
+                    .map(|ip| IpNet::from(*ip)),
+            );
+        }
         let ext_plan = |what: &str| Plan {
             comment: format!("{name} {what}"),
             endpoints: pick(ext_local),
@@ -195,6 +224,11 @@ fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key,
             } else {
                 None
             },
+            allowed_sources: if what == LB_IP {
+                lb_allowed.clone()
+            } else {
+                Vec::new()
+            },
         };
         let externals = svc
             .external_ips
@@ -203,10 +237,12 @@ fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key,
             .chain(
                 svc.load_balancer_ips
                     .iter()
-                    .map(|ip| (*ip, svc.port, "load balancer IP")),
+                    .map(|ip| (*ip, svc.port, LB_IP)),
             );
         let nodeports = svc.node_port.into_iter().flat_map(|np| {
-            cfg.nodeport_ips.iter().map(move |ip| (*ip, np, "node port"))
+            cfg.nodeport_ips
+                .iter()
+                .map(move |ip| (*ip, np, "node port"))
         });
         for (ip, port, what) in externals.chain(nodeports) {
             if Family::of(&ip) != family {
@@ -219,6 +255,8 @@ fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key,
     }
     plans
 }
+
+const LB_IP: &str = "load balancer IP";
 
 fn lb_map_key(front: &Key, i: usize) -> Key {
     let mut k = front.clone();
@@ -270,22 +308,81 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
         .collect();
 
     let mut cluster_ips = decl(CLUSTER_IPS, vec![KeyType::Addr], vec![], "ClusterIPs");
-    let mut reject = decl(NO_ENDPOINT_REJECT, frontend_key(), vec![], "frontends with no endpoints: reject");
-    let mut drop = decl(NO_ENDPOINT_DROP, frontend_key(), vec![], "frontends with no endpoint for this node's policy: drop");
-    let mut ext_drop = decl(NO_LOCAL_ENDPOINT_DROP, frontend_key(), vec![], "eTP=Local frontends with no local endpoint: drop traffic from off the node");
-    let mut masq_always = decl(MASQ_ALWAYS, frontend_key(), vec![], "frontends whose traffic is masqueraded");
-    let mut masq_unless_pod = decl(MASQ_UNLESS_POD, frontend_key(), vec![], "frontends whose traffic is masqueraded unless it comes from a pod");
-    let mut hairpin = decl(HAIRPIN, vec![KeyType::Addr, KeyType::Addr], vec![], "endpoint . endpoint: hairpin traffic to masquerade");
+    let mut reject = decl(
+        NO_ENDPOINT_REJECT,
+        frontend_key(),
+        vec![],
+        "frontends with no endpoints: reject",
+    );
+    let mut drop = decl(
+        NO_ENDPOINT_DROP,
+        frontend_key(),
+        vec![],
+        "frontends with no endpoint for this node's policy: drop",
+    );
+    let mut ext_drop = decl(
+        NO_LOCAL_ENDPOINT_DROP,
+        frontend_key(),
+        vec![],
+        "eTP=Local frontends with no local endpoint: drop traffic from off the node",
+    );
+    let mut masq_always = decl(
+        MASQ_ALWAYS,
+        frontend_key(),
+        vec![],
+        "frontends whose traffic is masqueraded",
+    );
+    let mut masq_unless_pod = decl(
+        MASQ_UNLESS_POD,
+        frontend_key(),
+        vec![],
+        "frontends whose traffic is masqueraded unless it comes from a pod",
+    );
+    let mut firewall = decl(
+        FIREWALL,
+        frontend_key(),
+        vec![],
+        "load-balancer frontends with source ranges",
+    );
+    let mut firewall_allow = decl(
+        FIREWALL_ALLOW,
+        vec![KeyType::Addr, KeyType::Proto, KeyType::Port, KeyType::Net],
+        vec![],
+        "frontend . source range allowed to reach it",
+    );
+    let mut hairpin = decl(
+        HAIRPIN,
+        vec![KeyType::Addr, KeyType::Addr],
+        vec![],
+        "endpoint . endpoint: hairpin traffic to masquerade",
+    );
     let lb_key = vec![KeyType::Addr, KeyType::Proto, KeyType::Port, KeyType::Index];
     let lb_data = vec![KeyType::Addr, KeyType::Port];
-    let mut endpoints = decl(ENDPOINTS, lb_key.clone(), lb_data.clone(), "frontend . index : endpoint");
-    let mut shortcut_endpoints = decl(SHORTCUT_ENDPOINTS, lb_key, lb_data, "eTP=Local frontend . index : cluster-wide endpoint, for pod and node traffic");
+    let mut endpoints = decl(
+        ENDPOINTS,
+        lb_key.clone(),
+        lb_data.clone(),
+        "frontend . index : endpoint",
+    );
+    let mut shortcut_endpoints = decl(
+        SHORTCUT_ENDPOINTS,
+        lb_key,
+        lb_data,
+        "eTP=Local frontend . index : cluster-wide endpoint, for pod and node traffic",
+    );
     let mut classes: BTreeMap<usize, Set> = BTreeMap::new();
     let mut shortcut_classes: BTreeMap<usize, Set> = BTreeMap::new();
 
     for entry in model.services.values() {
-        for ip in entry.port.cluster_ips.iter().filter(|ip| Family::of(ip) == family) {
-            cluster_ips.elements.insert(vec![Value::Addr(*ip)], ElementData::default());
+        for ip in entry
+            .port
+            .cluster_ips
+            .iter()
+            .filter(|ip| Family::of(ip) == family)
+        {
+            cluster_ips
+                .elements
+                .insert(vec![Value::Addr(*ip)], ElementData::default());
         }
     }
     let mut hairpins = BTreeSet::new();
@@ -294,12 +391,24 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
             data: vec![],
             comment: Some(plan.comment.clone()),
         };
+        if !plan.allowed_sources.is_empty() {
+            firewall.elements.insert(key.clone(), tagged.clone());
+            for net in &plan.allowed_sources {
+                let mut k = key.clone();
+                k.push(Value::Net(net.trunc()));
+                firewall_allow.elements.insert(k, ElementData::default());
+            }
+        }
         match plan.masq {
             Masq::Always => {
-                masq_always.elements.insert(key.clone(), ElementData::default());
+                masq_always
+                    .elements
+                    .insert(key.clone(), ElementData::default());
             }
             Masq::UnlessPod => {
-                masq_unless_pod.elements.insert(key.clone(), ElementData::default());
+                masq_unless_pod
+                    .elements
+                    .insert(key.clone(), ElementData::default());
             }
             Masq::Never => {}
         }
@@ -317,11 +426,24 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
                 let n = eps.len();
                 classes
                     .entry(n)
-                    .or_insert_with(|| decl(&format!("{FRONTENDS_PREFIX}{n}"), frontend_key(), vec![], "frontends with this many endpoints"))
+                    .or_insert_with(|| {
+                        decl(
+                            &format!("{FRONTENDS_PREFIX}{n}"),
+                            frontend_key(),
+                            vec![],
+                            "frontends with this many endpoints",
+                        )
+                    })
                     .elements
                     .insert(key.clone(), tagged.clone());
                 for (i, ep) in eps.iter().enumerate() {
-                    endpoints.elements.insert(lb_map_key(key, i), ElementData { data: lb_map_data(ep), comment: None });
+                    endpoints.elements.insert(
+                        lb_map_key(key, i),
+                        ElementData {
+                            data: lb_map_data(ep),
+                            comment: None,
+                        },
+                    );
                     hairpins.insert(ep.ip);
                 }
             }
@@ -330,17 +452,33 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
             let n = eps.len();
             shortcut_classes
                 .entry(n)
-                .or_insert_with(|| decl(&format!("{SHORTCUT_PREFIX}{n}"), frontend_key(), vec![], "eTP=Local frontends with this many cluster-wide endpoints"))
+                .or_insert_with(|| {
+                    decl(
+                        &format!("{SHORTCUT_PREFIX}{n}"),
+                        frontend_key(),
+                        vec![],
+                        "eTP=Local frontends with this many cluster-wide endpoints",
+                    )
+                })
                 .elements
                 .insert(key.clone(), tagged.clone());
             for (i, ep) in eps.iter().enumerate() {
-                shortcut_endpoints.elements.insert(lb_map_key(key, i), ElementData { data: lb_map_data(ep), comment: None });
+                shortcut_endpoints.elements.insert(
+                    lb_map_key(key, i),
+                    ElementData {
+                        data: lb_map_data(ep),
+                        comment: None,
+                    },
+                );
                 hairpins.insert(ep.ip);
             }
         }
     }
     for ip in hairpins {
-        hairpin.elements.insert(vec![Value::Addr(ip), Value::Addr(ip)], ElementData::default());
+        hairpin.elements.insert(
+            vec![Value::Addr(ip), Value::Addr(ip)],
+            ElementData::default(),
+        );
     }
 
     // Chains, jump targets first.
@@ -349,48 +487,107 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
         ENDPOINTS_CHECK,
         vec![
             rule(vec![
-                Stmt::Lookup { fields: frontend_fields(), set: NO_ENDPOINT_REJECT.into(), negate: false },
+                Stmt::Lookup {
+                    fields: frontend_fields(),
+                    set: NO_ENDPOINT_REJECT.into(),
+                    negate: false,
+                },
                 Stmt::Reject,
             ]),
             rule(vec![
-                Stmt::Lookup { fields: frontend_fields(), set: NO_ENDPOINT_DROP.into(), negate: false },
+                Stmt::Lookup {
+                    fields: frontend_fields(),
+                    set: NO_ENDPOINT_DROP.into(),
+                    negate: false,
+                },
                 Stmt::Verdict(Verdict::Drop),
             ]),
             rule(vec![
-                Stmt::FibLocal { saddr: true, negate: true },
-                Stmt::Lookup { fields: frontend_fields(), set: NO_LOCAL_ENDPOINT_DROP.into(), negate: false },
+                Stmt::FibLocal {
+                    saddr: true,
+                    negate: true,
+                },
+                Stmt::Lookup {
+                    fields: frontend_fields(),
+                    set: NO_LOCAL_ENDPOINT_DROP.into(),
+                    negate: false,
+                },
                 Stmt::Verdict(Verdict::Drop),
             ]),
         ],
     ));
     let mut cip_rules = vec![rule(vec![
-        Stmt::Lookup { fields: vec![Field::Daddr], set: CLUSTER_IPS.into(), negate: false },
+        Stmt::Lookup {
+            fields: vec![Field::Daddr],
+            set: CLUSTER_IPS.into(),
+            negate: false,
+        },
         Stmt::Reject,
     ])];
-    for net in model.service_cidrs.iter().filter(|n| Family::of_net(n) == family) {
+    for net in model
+        .service_cidrs
+        .iter()
+        .filter(|n| Family::of_net(n) == family)
+    {
         cip_rules.push(rule(vec![
-            Stmt::Cidr { field: Field::Daddr, net: *net, negate: false },
+            Stmt::Cidr {
+                field: Field::Daddr,
+                net: *net,
+                negate: false,
+            },
             Stmt::Verdict(Verdict::Drop),
         ]));
     }
     chains.push(regular(CLUSTER_IPS_CHECK, cip_rules));
+    let mut fw_fields = frontend_fields();
+    fw_fields.push(Field::Saddr);
+    chains.push(regular(
+        FIREWALL_CHECK,
+        vec![rule(vec![
+            Stmt::Lookup {
+                fields: frontend_fields(),
+                set: FIREWALL.into(),
+                negate: false,
+            },
+            Stmt::LookupRange {
+                fields: fw_fields,
+                set: FIREWALL_ALLOW.into(),
+                negate: true,
+            },
+            Stmt::Verdict(Verdict::Drop),
+        ])],
+    ));
 
     let mut svc_rules = vec![rule(vec![
-        Stmt::Lookup { fields: frontend_fields(), set: MASQ_ALWAYS.into(), negate: false },
+        Stmt::Lookup {
+            fields: frontend_fields(),
+            set: MASQ_ALWAYS.into(),
+            negate: false,
+        },
         Stmt::MarkSetOr(mark),
     ])];
     if !pod_cidrs.is_empty() {
         let mut rules: Vec<Rule> = pod_cidrs
             .iter()
-            .map(|n| rule(vec![
-                Stmt::Cidr { field: Field::Saddr, net: *n, negate: false },
-                Stmt::Verdict(Verdict::Return),
-            ]))
+            .map(|n| {
+                rule(vec![
+                    Stmt::Cidr {
+                        field: Field::Saddr,
+                        net: *n,
+                        negate: false,
+                    },
+                    Stmt::Verdict(Verdict::Return),
+                ])
+            })
             .collect();
         rules.push(rule(vec![Stmt::MarkSetOr(mark)]));
         chains.push(regular(MARK_UNLESS_POD, rules));
         svc_rules.push(rule(vec![
-            Stmt::Lookup { fields: frontend_fields(), set: MASQ_UNLESS_POD.into(), negate: false },
+            Stmt::Lookup {
+                fields: frontend_fields(),
+                set: MASQ_UNLESS_POD.into(),
+                negate: false,
+            },
             jump(MARK_UNLESS_POD),
         ]));
     }
@@ -401,25 +598,50 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
     };
     for n in shortcut_classes.keys() {
         let set = format!("{SHORTCUT_PREFIX}{n}");
-        let dnat = Stmt::DnatMap { fields: lb_fields(*n), map: SHORTCUT_ENDPOINTS.into() };
+        let dnat = Stmt::DnatMap {
+            fields: lb_fields(*n),
+            map: SHORTCUT_ENDPOINTS.into(),
+        };
         for net in &pod_cidrs {
             svc_rules.push(rule(vec![
-                Stmt::Cidr { field: Field::Saddr, net: *net, negate: false },
-                Stmt::Lookup { fields: frontend_fields(), set: set.clone(), negate: false },
+                Stmt::Cidr {
+                    field: Field::Saddr,
+                    net: *net,
+                    negate: false,
+                },
+                Stmt::Lookup {
+                    fields: frontend_fields(),
+                    set: set.clone(),
+                    negate: false,
+                },
                 dnat.clone(),
             ]));
         }
         svc_rules.push(rule(vec![
-            Stmt::FibLocal { saddr: true, negate: false },
-            Stmt::Lookup { fields: frontend_fields(), set: set.clone(), negate: false },
+            Stmt::FibLocal {
+                saddr: true,
+                negate: false,
+            },
+            Stmt::Lookup {
+                fields: frontend_fields(),
+                set: set.clone(),
+                negate: false,
+            },
             Stmt::MarkSetOr(mark),
             dnat,
         ]));
     }
     for n in classes.keys() {
         svc_rules.push(rule(vec![
-            Stmt::Lookup { fields: frontend_fields(), set: format!("{FRONTENDS_PREFIX}{n}"), negate: false },
-            Stmt::DnatMap { fields: lb_fields(*n), map: ENDPOINTS.into() },
+            Stmt::Lookup {
+                fields: frontend_fields(),
+                set: format!("{FRONTENDS_PREFIX}{n}"),
+                negate: false,
+            },
+            Stmt::DnatMap {
+                fields: lb_fields(*n),
+                map: ENDPOINTS.into(),
+            },
         ]));
     }
     chains.push(regular(SERVICES, svc_rules));
@@ -428,7 +650,11 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
         vec![
             rule(vec![
                 Stmt::CtStatusDnat,
-                Stmt::Lookup { fields: vec![Field::Saddr, Field::Daddr], set: HAIRPIN.into(), negate: false },
+                Stmt::Lookup {
+                    fields: vec![Field::Saddr, Field::Daddr],
+                    set: HAIRPIN.into(),
+                    negate: false,
+                },
                 Stmt::MarkSetOr(mark),
             ]),
             rule(vec![Stmt::MarkClear(mark), Stmt::Verdict(Verdict::Return)]),
@@ -437,7 +663,20 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
         ],
     ));
     let new_jump = |c: &str| rule(vec![Stmt::CtStateNew, jump(c)]);
-    chains.push(base("filter-input", ChainType::Filter, Hook::Input, -110, vec![new_jump(ENDPOINTS_CHECK)]));
+    chains.push(base(
+        "filter-prerouting",
+        ChainType::Filter,
+        Hook::Prerouting,
+        -110,
+        vec![new_jump(FIREWALL_CHECK)],
+    ));
+    chains.push(base(
+        "filter-input",
+        ChainType::Filter,
+        Hook::Input,
+        -110,
+        vec![new_jump(ENDPOINTS_CHECK)],
+    ));
     chains.push(base(
         "filter-forward",
         ChainType::Filter,
@@ -445,11 +684,41 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
         -110,
         vec![new_jump(ENDPOINTS_CHECK), new_jump(CLUSTER_IPS_CHECK)],
     ));
-    chains.push(base("filter-output", ChainType::Filter, Hook::Output, -110, vec![new_jump(ENDPOINTS_CHECK)]));
-    chains.push(base("filter-output-post-dnat", ChainType::Filter, Hook::Output, -90, vec![new_jump(CLUSTER_IPS_CHECK)]));
-    chains.push(base("nat-prerouting", ChainType::Nat, Hook::Prerouting, -100, vec![rule(vec![jump(SERVICES)])]));
-    chains.push(base("nat-output", ChainType::Nat, Hook::Output, -100, vec![rule(vec![jump(SERVICES)])]));
-    chains.push(base("nat-postrouting", ChainType::Nat, Hook::Postrouting, 100, vec![rule(vec![jump(MASQUERADING)])]));
+    chains.push(base(
+        "filter-output",
+        ChainType::Filter,
+        Hook::Output,
+        -110,
+        vec![new_jump(ENDPOINTS_CHECK), new_jump(FIREWALL_CHECK)],
+    ));
+    chains.push(base(
+        "filter-output-post-dnat",
+        ChainType::Filter,
+        Hook::Output,
+        -90,
+        vec![new_jump(CLUSTER_IPS_CHECK)],
+    ));
+    chains.push(base(
+        "nat-prerouting",
+        ChainType::Nat,
+        Hook::Prerouting,
+        -100,
+        vec![rule(vec![jump(SERVICES)])],
+    ));
+    chains.push(base(
+        "nat-output",
+        ChainType::Nat,
+        Hook::Output,
+        -100,
+        vec![rule(vec![jump(SERVICES)])],
+    ));
+    chains.push(base(
+        "nat-postrouting",
+        ChainType::Nat,
+        Hook::Postrouting,
+        100,
+        vec![rule(vec![jump(MASQUERADING)])],
+    ));
 
     let mut sets = vec![
         cluster_ips,
@@ -458,13 +727,19 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
         ext_drop,
         masq_always,
         masq_unless_pod,
+        firewall,
+        firewall_allow,
         hairpin,
         endpoints,
         shortcut_endpoints,
     ];
     sets.extend(classes.into_values());
     sets.extend(shortcut_classes.into_values());
-    Table { family, sets, chains }
+    Table {
+        family,
+        sets,
+        chains,
+    }
 }
 
 /// Builds both tables.

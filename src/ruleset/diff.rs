@@ -60,7 +60,10 @@ pub fn diff(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>) {
                 out.push(Op::AddElements(
                     f,
                     s.decl.clone(),
-                    s.elements.iter().map(|(k, e)| (k.clone(), e.clone())).collect(),
+                    s.elements
+                        .iter()
+                        .map(|(k, e)| (k.clone(), e.clone()))
+                        .collect(),
                 ));
             }
         }
@@ -216,21 +219,51 @@ mod tests {
         let a = build_table(&model(2), &cfg, Family::V4);
         let b = build_table(&model(2), &cfg, Family::V4);
         let mut ops = Vec::new();
-        diff(Some(Known { table: &a, rules_known: true }), &b, &mut ops);
+        diff(
+            Some(Known {
+                table: &a,
+                rules_known: true,
+            }),
+            &b,
+            &mut ops,
+        );
         assert!(ops.is_empty(), "no change must give no ops: {ops:?}");
 
         // Add a third endpoint to a new count class: one set + one rule appear.
         let c = build_table(&model(3), &cfg, Family::V4);
         let mut ops = Vec::new();
-        diff(Some(Known { table: &a, rules_known: true }), &c, &mut ops);
-        assert!(ops.iter().any(|o| matches!(o, Op::AddSet(_, d) if d.name == "frontends-3")));
+        diff(
+            Some(Known {
+                table: &a,
+                rules_known: true,
+            }),
+            &c,
+            &mut ops,
+        );
+        assert!(ops
+            .iter()
+            .any(|o| matches!(o, Op::AddSet(_, d) if d.name == "frontends-3")));
         // Back from 3 to 2 endpoints: the class set frontends-2 ... frontends-3 removed.
         let mut ops = Vec::new();
-        diff(Some(Known { table: &c, rules_known: true }), &a, &mut ops);
-        assert!(ops.iter().any(|o| matches!(o, Op::DelSet(_, n) if n == "frontends-3")));
-        let flush_pos = ops.iter().position(|o| matches!(o, Op::FlushChain(_, n) if n == "services"));
+        diff(
+            Some(Known {
+                table: &c,
+                rules_known: true,
+            }),
+            &a,
+            &mut ops,
+        );
+        assert!(ops
+            .iter()
+            .any(|o| matches!(o, Op::DelSet(_, n) if n == "frontends-3")));
+        let flush_pos = ops
+            .iter()
+            .position(|o| matches!(o, Op::FlushChain(_, n) if n == "services"));
         let del_pos = ops.iter().position(|o| matches!(o, Op::DelSet(..)));
-        assert!(flush_pos < del_pos, "rules referencing a set go before the set: {ops:?}");
+        assert!(
+            flush_pos < del_pos,
+            "rules referencing a set go before the set: {ops:?}"
+        );
     }
 
     #[test]
@@ -243,7 +276,14 @@ mod tests {
         }
         let b = build_table(&m, &cfg, Family::V4);
         let mut ops = Vec::new();
-        diff(Some(Known { table: &a, rules_known: true }), &b, &mut ops);
+        diff(
+            Some(Known {
+                table: &a,
+                rules_known: true,
+            }),
+            &b,
+            &mut ops,
+        );
         assert!(!ops.is_empty());
         assert!(!ops.iter().any(touches_rules), "{ops:?}");
     }
@@ -253,9 +293,21 @@ mod tests {
         let cfg = BuildConfig::default();
         let a = build_table(&model(2), &cfg, Family::V4);
         let mut ops = Vec::new();
-        diff(Some(Known { table: &a, rules_known: false }), &a, &mut ops);
-        let flushed = ops.iter().filter(|o| matches!(o, Op::FlushChain(..))).count();
+        diff(
+            Some(Known {
+                table: &a,
+                rules_known: false,
+            }),
+            &a,
+            &mut ops,
+        );
+        let flushed = ops
+            .iter()
+            .filter(|o| matches!(o, Op::FlushChain(..)))
+            .count();
         assert_eq!(flushed, a.chains.len());
-        assert!(!ops.iter().any(|o| matches!(o, Op::AddElements(..) | Op::DelElements(..))));
+        assert!(!ops
+            .iter()
+            .any(|o| matches!(o, Op::AddElements(..) | Op::DelElements(..))));
     }
 }

@@ -202,6 +202,16 @@ pub enum Stmt {
         /// `!=`
         negate: bool,
     },
+    /// like `Lookup`, against an interval set (the kernel wants every component in
+    /// network byte order there)
+    LookupRange {
+        /// concatenated key
+        fields: Vec<Field>,
+        /// set name
+        set: String,
+        /// `!=`
+        negate: bool,
+    },
     /// `ip daddr . meta l4proto . th dport @set`
     Lookup {
         /// concatenated key
@@ -250,6 +260,8 @@ pub enum KeyType {
     Port,
     /// the value of `numgen random mod N` (declared with typeof)
     Index,
+    /// an address range (a CIDR) of the table's family: makes the set an interval set
+    Net,
 }
 
 /// One component of an element key or value.
@@ -263,6 +275,8 @@ pub enum Value {
     Port(u16),
     /// a numgen index
     Index(u32),
+    /// a network (an interval of addresses)
+    Net(IpNet),
 }
 
 /// A named set or map declaration.
@@ -282,6 +296,11 @@ impl SetDecl {
     /// Whether this is a map (has values).
     pub fn is_map(&self) -> bool {
         !self.data.is_empty()
+    }
+
+    /// Whether this is an interval set (a key component is a network).
+    pub fn is_interval(&self) -> bool {
+        self.key.contains(&KeyType::Net)
     }
 }
 
@@ -362,7 +381,7 @@ impl Ruleset {
 /// the kernel's registers are 32 bits wide).
 pub fn padded_len(t: KeyType, family: Family) -> u32 {
     match t {
-        KeyType::Addr => family.addr_len(),
+        KeyType::Addr | KeyType::Net => family.addr_len(),
         KeyType::Proto | KeyType::Port | KeyType::Index => 4,
     }
 }

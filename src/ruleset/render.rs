@@ -23,8 +23,8 @@ fn fields(fs: &[Field], family: Family) -> String {
 
 fn key_type(t: KeyType, family: Family) -> &'static str {
     match (t, family) {
-        (KeyType::Addr, Family::V4) => "ipv4_addr",
-        (KeyType::Addr, Family::V6) => "ipv6_addr",
+        (KeyType::Addr | KeyType::Net, Family::V4) => "ipv4_addr",
+        (KeyType::Addr | KeyType::Net, Family::V6) => "ipv6_addr",
         (KeyType::Proto, _) => "inet_proto",
         (KeyType::Port, _) => "inet_service",
         (KeyType::Index, _) => "integer",
@@ -35,7 +35,7 @@ fn key_type(t: KeyType, family: Family) -> &'static str {
 fn typeof_expr(t: KeyType, family: Family, role_daddr: bool) -> String {
     match t {
         KeyType::Addr if role_daddr => format!("{} daddr", family.nft()),
-        KeyType::Addr => format!("{} saddr", family.nft()),
+        KeyType::Addr | KeyType::Net => format!("{} saddr", family.nft()),
         KeyType::Proto => "meta l4proto".into(),
         KeyType::Port => "th dport".into(),
         KeyType::Index => "numgen random mod 1".into(),
@@ -105,6 +105,8 @@ pub fn value(v: &Value) -> String {
         Value::Proto(p) => proto_name(*p),
         Value::Port(p) => p.to_string(),
         Value::Index(i) => i.to_string(),
+        Value::Net(n) if n.prefix_len() == n.max_prefix_len() => n.addr().to_string(),
+        Value::Net(n) => n.to_string(),
     }
 }
 
@@ -131,7 +133,11 @@ pub fn stmt(s: &Stmt, family: Family) -> String {
     match s {
         Stmt::CtStateNew => "ct state new".into(),
         Stmt::CtStatusDnat => "ct status dnat".into(),
-        Stmt::Cidr { field: f, net, negate } => {
+        Stmt::Cidr {
+            field: f,
+            net,
+            negate,
+        } => {
             let op = if *negate { "!= " } else { "" };
             let net = if net.prefix_len() == net.max_prefix_len() {
                 net.addr().to_string()
@@ -141,6 +147,11 @@ pub fn stmt(s: &Stmt, family: Family) -> String {
             format!("{} {op}{net}", field(*f, family))
         }
         Stmt::Lookup {
+            fields: fs,
+            set,
+            negate,
+        }
+        | Stmt::LookupRange {
             fields: fs,
             set,
             negate,
@@ -209,6 +220,9 @@ pub fn table(t: &Table) -> String {
         let _ = writeln!(out, "\t# {}", s.decl.comment);
         let _ = writeln!(out, "\t{kw} {} {{", s.decl.name);
         let _ = writeln!(out, "\t\t{}", type_line(&s.decl, t.family));
+        if s.decl.is_interval() {
+            let _ = writeln!(out, "\t\tflags interval");
+        }
         if !s.elements.is_empty() {
             let _ = writeln!(out, "\t\telements = {{");
             for (k, e) in &s.elements {

@@ -124,7 +124,11 @@ fn add_value(v: Value, origin: &str, out: &mut Loaded) {
         }
         return;
     }
-    let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+    let kind = v
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .unwrap_or("")
+        .to_string();
     if kind == "List" || (kind.ends_with("List") && v.get("items").is_some()) {
         if let Some(Value::Array(items)) = v.get("items").cloned() {
             for i in items {
@@ -140,8 +144,12 @@ fn add_value(v: Value, origin: &str, out: &mut Loaded) {
         .to_string();
     let name = format!(
         "{kind} {}/{}",
-        v.pointer("/metadata/namespace").and_then(|n| n.as_str()).unwrap_or(""),
-        v.pointer("/metadata/name").and_then(|n| n.as_str()).unwrap_or("")
+        v.pointer("/metadata/namespace")
+            .and_then(|n| n.as_str())
+            .unwrap_or(""),
+        v.pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("")
     );
     let parsed = match (api.as_str(), kind.as_str()) {
         ("v1", "Service") => serde_json::from_value(v).map(|o| Some(Object::Service(Box::new(o)))),
