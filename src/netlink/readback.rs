@@ -24,8 +24,21 @@ pub struct RawSet {
     pub data: (u32, u32),
     /// user data
     pub userdata: Vec<u8>,
-    /// (key bytes, key end bytes, data bytes, user data) of each element
-    pub elements: Vec<(Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>)>,
+    /// every element
+    pub elements: Vec<RawElement>,
+}
+
+/// One element as the kernel holds it.
+#[derive(Clone, Debug)]
+pub struct RawElement {
+    /// key bytes
+    pub key: Vec<u8>,
+    /// key end bytes (interval sets)
+    pub key_end: Vec<u8>,
+    /// data bytes (maps)
+    pub data: Vec<u8>,
+    /// user data (comment)
+    pub userdata: Vec<u8>,
 }
 
 /// Our table of one family as the kernel holds it.
@@ -179,7 +192,7 @@ pub fn read_table(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, E
                             let ud = get_data(|l| {
                                 sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_USERDATA as u16, l)
                             });
-                            set.elements.push((key, key_end, data, ud));
+                            set.elements.push(RawElement { key, key_end, data, userdata: ud });
                             e = sys::nftnl_set_elems_iter_next(it);
                         }
                         sys::nftnl_set_elems_iter_destroy(it);
@@ -306,13 +319,13 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
         };
         let mut elements = BTreeMap::new();
         let mut bad = false;
-        for (k, kend, d, ud) in &rs.elements {
-            let Some(key) = decode_tuple(&decl.key, family, k, kend) else {
+        for el in &rs.elements {
+            let Some(key) = decode_tuple(&decl.key, family, &el.key, &el.key_end) else {
                 bad = true;
                 break;
             };
             let data = if decl.is_map() {
-                match decode_tuple(&decl.data, family, d, &[]) {
+                match decode_tuple(&decl.data, family, &el.data, &[]) {
                     Some(v) => v,
                     None => {
                         bad = true;
@@ -326,7 +339,7 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
                 key,
                 ElementData {
                     data,
-                    comment: decode_comment(ud),
+                    comment: decode_comment(&el.userdata),
                 },
             );
         }
