@@ -9,4 +9,5 @@ pub mod netlink;
 pub mod proxier;
 pub mod ruleset;
 pub mod source;
+pub mod synthetic;
 pub mod topology;

@@ -250,3 +250,49 @@ pub fn table(t: &Table) -> String {
 pub fn ruleset(r: &Ruleset) -> String {
     r.tables.iter().map(table).collect::<Vec<_>>().join("\n")
 }
+
+/// Renders one operation as an nft command (a transaction renders as an `nft -f` script:
+/// for logs, and for measuring nft on the same change).
+pub fn op(op: &super::diff::Op) -> String {
+    use super::diff::Op;
+    let t = |f: Family| format!("{} {TABLE_NAME}", f.nft());
+    let kw = |d: &SetDecl| if d.is_map() { "map" } else { "set" };
+    match op {
+        Op::AddTable(f) => format!("add table {}", t(*f)),
+        Op::DelTable(f) => format!("delete table {}", t(*f)),
+        Op::FlushChain(f, c) => format!("flush chain {} {c}", t(*f)),
+        Op::DelChain(f, c) => format!("delete chain {} {c}", t(*f)),
+        Op::DelSet(f, s) => format!("delete set {} {s}", t(*f)),
+        Op::AddSet(f, d) => {
+            let flags = if d.is_interval() { " flags interval;" } else { "" };
+            format!("add {} {} {} {{ {};{flags} }}", kw(d), t(*f), d.name, type_line(d, *f))
+        }
+        Op::AddChain(f, c) => match chain_header(c) {
+            Some(h) => format!("add chain {} {} {{ {h} }}", t(*f), c.name),
+            None => format!("add chain {} {}", t(*f), c.name),
+        },
+        Op::DelElements(f, d, keys) => format!(
+            "delete element {} {} {{ {} }}",
+            t(*f),
+            d.name,
+            keys.iter().map(|k| tuple(k)).collect::<Vec<_>>().join(", ")
+        ),
+        Op::AddElements(f, d, els) => format!(
+            "add element {} {} {{ {} }}",
+            t(*f),
+            d.name,
+            els.iter().map(|(k, e)| element(k, e)).collect::<Vec<_>>().join(", ")
+        ),
+        Op::AddRule(f, c, r) => format!("add rule {} {c} {}", t(*f), rule(r, *f)),
+    }
+}
+
+/// Renders a transaction as an `nft -f` script.
+pub fn script(ops: &[super::diff::Op]) -> String {
+    let mut s = String::new();
+    for o in ops {
+        s.push_str(&op(o));
+        s.push('\n');
+    }
+    s
+}

@@ -1,0 +1,545 @@
+//! What `--dry-run` prints is what `--once` programs over netlink.
+//!
+//! For one manifest set (multi-port, dual-stack, no endpoints, NodePort, LoadBalancer
+//! with eTP=Local, iTP=Local, a ServiceCIDR per family), namespace A loads the
+//! `--dry-run` text with `nft -f -` and namespace B is programmed by the binary with
+//! `--once`; `nft list table` of both families must be equal. Re-running `--once` with
+//! the same input must leave B unchanged, and re-running it with one endpoint removed
+//! must change exactly the elements that depend on that endpoint (and B must then equal
+//! a fresh namespace loaded from the new `--dry-run` text).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{require_privileged, NetNs, TempDir};
+
+const NODE_FLAGS: [&str; 4] = [
+    "--hostname-override",
+    "node1",
+    "--cluster-cidr",
+    "10.1.0.0/16,fd00:1::/64",
+];
+
+/// The endpoint the last step removes (from `shop/multi`, the highest of its three
+/// ready endpoints, so the indices of the other two do not move).
+const REMOVED: &str = "10.1.0.12";
+
+fn manifests(with_removed: bool) -> String {
+    let removed = if with_removed {
+        format!("  - {{addresses: [{REMOVED}], nodeName: node2}}\n")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Node
+metadata:
+  name: node1
+  labels: {{topology.kubernetes.io/zone: zone-a}}
+status:
+  addresses:
+    - {{type: InternalIP, address: 192.168.7.1}}
+    - {{type: InternalIP, address: "fd00:7::1"}}
+---
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {{name: services-v4}}
+spec: {{cidrs: [172.30.0.0/16]}}
+---
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {{name: services-v6}}
+spec: {{cidrs: ["fd00:30::/112"]}}
+---
+# multi-port, with a non-ready endpoint
+apiVersion: v1
+kind: Service
+metadata: {{name: multi, namespace: shop}}
+spec:
+  clusterIP: 172.30.0.10
+  ports:
+    - {{name: http, protocol: TCP, port: 80, targetPort: 8080}}
+    - {{name: https, protocol: TCP, port: 443, targetPort: 8443}}
+    - {{name: dns, protocol: UDP, port: 53}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: multi-1
+  namespace: shop
+  labels: {{kubernetes.io/service-name: multi}}
+addressType: IPv4
+endpoints:
+  - {{addresses: [10.1.0.10], nodeName: node1}}
+  - {{addresses: [10.1.0.11], nodeName: node2}}
+{removed}  - {{addresses: [10.1.0.13], nodeName: node2, conditions: {{ready: false, serving: false}}}}
+ports:
+  - {{name: http, protocol: TCP, port: 8080}}
+  - {{name: https, protocol: TCP, port: 8443}}
+  - {{name: dns, protocol: UDP, port: 53}}
+---
+# dual-stack, one slice per family
+apiVersion: v1
+kind: Service
+metadata: {{name: dual, namespace: shop}}
+spec:
+  clusterIP: 172.30.0.20
+  clusterIPs: [172.30.0.20, "fd00:30::20"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  ports:
+    - {{name: web, protocol: TCP, port: 80, targetPort: 8080}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dual-v4
+  namespace: shop
+  labels: {{kubernetes.io/service-name: dual}}
+addressType: IPv4
+endpoints:
+  - {{addresses: [10.1.0.20], nodeName: node1}}
+  - {{addresses: [10.1.0.21], nodeName: node2}}
+  - {{addresses: [10.1.0.22], nodeName: node2}}
+ports:
+  - {{name: web, protocol: TCP, port: 8080}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: dual-v6
+  namespace: shop
+  labels: {{kubernetes.io/service-name: dual}}
+addressType: IPv6
+endpoints:
+  - {{addresses: ["fd00:1::20"], nodeName: node1}}
+  - {{addresses: ["fd00:1::21"], nodeName: node2}}
+ports:
+  - {{name: web, protocol: TCP, port: 8080}}
+---
+# no endpoints: no slice at all (IPv4), an empty slice (IPv6)
+apiVersion: v1
+kind: Service
+metadata: {{name: empty, namespace: shop}}
+spec:
+  clusterIP: 172.30.0.30
+  ports:
+    - {{name: http, protocol: TCP, port: 80}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: empty6, namespace: shop}}
+spec:
+  clusterIP: "fd00:30::30"
+  ipFamilies: [IPv6]
+  ports:
+    - {{name: http, protocol: TCP, port: 80}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: empty6-1
+  namespace: shop
+  labels: {{kubernetes.io/service-name: empty6}}
+addressType: IPv6
+endpoints: []
+ports:
+  - {{name: http, protocol: TCP, port: 80}}
+---
+# dual-stack NodePort
+apiVersion: v1
+kind: Service
+metadata: {{name: np, namespace: shop}}
+spec:
+  type: NodePort
+  clusterIP: 172.30.0.40
+  clusterIPs: [172.30.0.40, "fd00:30::40"]
+  ipFamilies: [IPv4, IPv6]
+  ports:
+    - {{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30080}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: np-v4
+  namespace: shop
+  labels: {{kubernetes.io/service-name: np}}
+addressType: IPv4
+endpoints:
+  - {{addresses: [10.1.0.40], nodeName: node1}}
+ports:
+  - {{name: http, protocol: TCP, port: 8080}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: np-v6
+  namespace: shop
+  labels: {{kubernetes.io/service-name: np}}
+addressType: IPv6
+endpoints:
+  - {{addresses: ["fd00:1::40"], nodeName: node1}}
+ports:
+  - {{name: http, protocol: TCP, port: 8080}}
+---
+# LoadBalancer, eTP=Local, with an external IP
+apiVersion: v1
+kind: Service
+metadata: {{name: lb, namespace: shop}}
+spec:
+  type: LoadBalancer
+  clusterIP: 172.30.0.50
+  externalIPs: [198.51.100.5]
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 30999
+  ports:
+    - {{name: https, protocol: TCP, port: 443, targetPort: 8443, nodePort: 30443}}
+status:
+  loadBalancer:
+    ingress: [{{ip: 192.0.2.50}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: lb-1
+  namespace: shop
+  labels: {{kubernetes.io/service-name: lb}}
+addressType: IPv4
+endpoints:
+  - {{addresses: [10.1.0.50], nodeName: node1}}
+  - {{addresses: [10.1.0.51], nodeName: node2}}
+ports:
+  - {{name: https, protocol: TCP, port: 8443}}
+---
+# eTP=Local NodePort without a local endpoint
+apiVersion: v1
+kind: Service
+metadata: {{name: np-local, namespace: shop}}
+spec:
+  type: NodePort
+  clusterIP: 172.30.0.70
+  externalTrafficPolicy: Local
+  ports:
+    - {{name: http, protocol: TCP, port: 80, targetPort: 8080, nodePort: 30070}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: np-local-1
+  namespace: shop
+  labels: {{kubernetes.io/service-name: np-local}}
+addressType: IPv4
+endpoints:
+  - {{addresses: [10.1.0.70], nodeName: node2}}
+ports:
+  - {{name: http, protocol: TCP, port: 8080}}
+---
+# iTP=Local without a local endpoint
+apiVersion: v1
+kind: Service
+metadata: {{name: itp, namespace: shop}}
+spec:
+  clusterIP: 172.30.0.60
+  internalTrafficPolicy: Local
+  ports:
+    - {{name: http, protocol: TCP, port: 80, targetPort: 8080}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: itp-1
+  namespace: shop
+  labels: {{kubernetes.io/service-name: itp}}
+addressType: IPv4
+endpoints:
+  - {{addresses: [10.1.0.60], nodeName: node2}}
+ports:
+  - {{name: http, protocol: TCP, port: 8080}}
+"#
+    )
+}
+
+/// An `nft list table` listing, normalised for comparison: the element lists are taken
+/// out of the text and kept per set as sorted sets.
+///
+/// Why: `nft list` prints the elements of a hash set in the kernel's walk order (which
+/// depends on the set's random hash seed, so it differs between two namespaces holding
+/// the same elements) and wraps them several to a line. Element order carries no
+/// meaning, so elements are compared as sets; everything else (set declarations, the
+/// order of sets and chains, every rule in order) is compared as text.
+#[derive(Debug, PartialEq, Eq)]
+struct Listing {
+    /// the listing with each element list replaced by `elements = { ... }`
+    skeleton: String,
+    /// set or map name → its elements, each with whitespace collapsed
+    elements: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Listing {
+    fn parse(text: &str) -> Listing {
+        const OPEN: &str = "elements = {";
+        let mut skeleton = String::new();
+        let mut elements = BTreeMap::new();
+        let mut current = String::new();
+        let mut rest = text;
+        while let Some(i) = rest.find(OPEN) {
+            let before = &rest[..i];
+            for line in before.lines() {
+                let t = line.trim();
+                if let Some(name) = t.strip_prefix("set ").or_else(|| t.strip_prefix("map ")) {
+                    current = name.trim_end_matches('{').trim().to_string();
+                }
+            }
+            skeleton.push_str(before);
+            skeleton.push_str("elements = { ... }");
+            let body = &rest[i + OPEN.len()..];
+            let (items, used) = split_elements(body);
+            assert!(
+                elements.insert(current.clone(), items).is_none(),
+                "two element lists for {current:?} in:\n{text}"
+            );
+            rest = &body[used..];
+        }
+        skeleton.push_str(rest);
+        Listing { skeleton, elements }
+    }
+
+    /// One element per line, sorted: for readable failure messages.
+    fn render(&self) -> String {
+        let mut out = self.skeleton.clone();
+        for (set, items) in &self.elements {
+            out.push_str(&format!("\n# elements of {set}:\n"));
+            for e in items {
+                out.push_str(&format!("  {e}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// Splits the inside of `{ ... }` (after the opening brace) at top-level commas,
+/// honouring quoted comments; returns the elements and the bytes used (through the
+/// closing brace).
+fn split_elements(body: &str) -> (BTreeSet<String>, usize) {
+    let mut items = BTreeSet::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for (i, c) in body.char_indices() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            ',' | '}' if !quoted => {
+                let e = cur.split_whitespace().collect::<Vec<_>>().join(" ");
+                if !e.is_empty() {
+                    items.insert(e);
+                }
+                cur.clear();
+                if c == '}' {
+                    return (items, i + 1);
+                }
+            }
+            _ => cur.push(c),
+        }
+    }
+    panic!("unterminated element list: {body}");
+}
+
+/// Lines that differ between two texts (a small multiset diff for messages).
+fn line_diff(a: &str, b: &str) -> String {
+    let count = |t: &str| {
+        let mut m: BTreeMap<String, i64> = BTreeMap::new();
+        for l in t.lines() {
+            *m.entry(l.to_string()).or_default() += 1;
+        }
+        m
+    };
+    let (ca, cb) = (count(a), count(b));
+    let mut out = String::new();
+    for (l, n) in &ca {
+        for _ in 0..(n - cb.get(l).copied().unwrap_or(0)).max(0) {
+            out.push_str(&format!("- {l}\n"));
+        }
+    }
+    for (l, n) in &cb {
+        for _ in 0..(n - ca.get(l).copied().unwrap_or(0)).max(0) {
+            out.push_str(&format!("+ {l}\n"));
+        }
+    }
+    out
+}
+
+fn assert_same(what: &str, a_name: &str, a: &str, b_name: &str, b: &str) {
+    let (la, lb) = (Listing::parse(a), Listing::parse(b));
+    assert!(
+        la == lb,
+        "{what}: {a_name} and {b_name} differ (normalised, - {a_name} / + {b_name}):\n{}\n\
+         --- {a_name}:\n{a}\n--- {b_name}:\n{b}",
+        line_diff(&la.render(), &lb.render())
+    );
+}
+
+const FAMILIES: [&str; 2] = ["ip", "ip6"];
+
+fn list_both(ns: &NetNs) -> [String; 2] {
+    FAMILIES.map(|f| ns.list_table(f))
+}
+
+/// Loads `--dry-run` output for `manifests` into `ns` with `nft -f -`.
+fn load_dry_run(ns: &NetNs, manifests: &str) {
+    let mut args = vec!["--manifests", manifests, "--dry-run"];
+    args.extend_from_slice(&NODE_FLAGS);
+    let text = ns.proxy(&args);
+    assert!(text.contains("table ip kube-nft-proxy") && text.contains("table ip6 kube-nft-proxy"));
+    ns.run_with_stdin(&["nft", "-f", "-"], &text);
+}
+
+fn once(ns: &NetNs, manifests: &str) {
+    let mut args = vec!["--manifests", manifests, "--once"];
+    args.extend_from_slice(&NODE_FLAGS);
+    ns.proxy(&args);
+}
+
+#[test]
+fn dry_run_text_equals_netlink_programming() {
+    if !require_privileged() {
+        return;
+    }
+    let dir = TempDir::new("dry");
+    let full = dir.write("cluster.yaml", &manifests(true));
+    let a = NetNs::new("dry-a");
+    let b = NetNs::new("dry-b");
+
+    load_dry_run(&a, &full);
+    once(&b, &full);
+    let listed_a = list_both(&a);
+    let listed_b = list_both(&b);
+    for (k, f) in FAMILIES.iter().enumerate() {
+        assert_same(
+            &format!("table {f}"),
+            "dry-run via nft -f",
+            &listed_a[k],
+            "--once via netlink",
+            &listed_b[k],
+        );
+    }
+    // The manifests exercise what they claim to (guards against a silently ignored
+    // object making the comparison trivial).
+    let v4 = Listing::parse(&listed_b[0]);
+    let v6 = Listing::parse(&listed_b[1]);
+    for (l, set, needle) in [
+        (&v4, "frontends-3", "172.30.0.10 . udp . 53"),
+        (&v4, "frontends-3", "172.30.0.20 . tcp . 80"),
+        (&v6, "frontends-2", "fd00:30::20 . tcp . 80"),
+        (&v4, "no-endpoint-reject", "172.30.0.30 . tcp . 80"),
+        (&v6, "no-endpoint-reject", "fd00:30::30 . tcp . 80"),
+        (&v4, "frontends-1", "192.168.7.1 . tcp . 30080"),
+        (&v6, "frontends-1", "fd00:7::1 . tcp . 30080"),
+        (&v4, "frontends-1", "192.0.2.50 . tcp . 443"),
+        (&v4, "shortcut-2", "198.51.100.5 . tcp . 443"),
+        (&v4, "no-local-endpoint-drop", "192.168.7.1 . tcp . 30070"),
+        (&v4, "no-endpoint-drop", "172.30.0.60 . tcp . 80"),
+    ] {
+        assert!(
+            l.elements
+                .get(set)
+                .is_some_and(|s| s.iter().any(|e| e.starts_with(needle))),
+            "expected {needle} in {set}; listing:\n{}",
+            l.render()
+        );
+    }
+
+    // The same input again: nothing changes.
+    once(&b, &full);
+    let again_b = list_both(&b);
+    for (k, f) in FAMILIES.iter().enumerate() {
+        assert_same(
+            &format!("table {f}, --once re-run with the same input"),
+            "first run",
+            &listed_b[k],
+            "second run",
+            &again_b[k],
+        );
+    }
+
+    // One endpoint removed: exactly its elements change. Removing 10.1.0.12 from
+    // shop/multi (3 → 2 endpoints) removes its `endpoints` entries (index 2 of each of
+    // the three ports; indices 0 and 1 keep their endpoints because endpoints are
+    // ordered by address) and its hairpin pair, and moves the three frontends from
+    // frontends-3 to frontends-2 (both sets exist before and after). Nothing else, and
+    // the IPv6 table not at all.
+    let reduced = dir.write("reduced.yaml", &manifests(false));
+    once(&b, &reduced);
+    let after_b = list_both(&b);
+    assert_same(
+        "table ip6 after removing an IPv4 endpoint",
+        "before",
+        &listed_b[1],
+        "after",
+        &after_b[1],
+    );
+    let before = Listing::parse(&listed_b[0]);
+    let after = Listing::parse(&after_b[0]);
+    assert_eq!(
+        before.skeleton, after.skeleton,
+        "removing an endpoint changed more than elements:\n{}",
+        line_diff(&before.skeleton, &after.skeleton)
+    );
+    let frontends = [
+        "172.30.0.10 . tcp . 80 comment \"shop/multi:http\"",
+        "172.30.0.10 . tcp . 443 comment \"shop/multi:https\"",
+        "172.30.0.10 . udp . 53 comment \"shop/multi:dns\"",
+    ];
+    let mut expected: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    let mut change = |set: &str, removed: &[String], added: &[String]| {
+        let e = expected.entry(set.to_string()).or_default();
+        e.0.extend(removed.iter().cloned());
+        e.1.extend(added.iter().cloned());
+    };
+    let fronts: Vec<String> = frontends.iter().map(|s| s.to_string()).collect();
+    change(
+        "endpoints",
+        &[
+            format!("172.30.0.10 . tcp . 80 . 2 : {REMOVED} . 8080"),
+            format!("172.30.0.10 . tcp . 443 . 2 : {REMOVED} . 8443"),
+            format!("172.30.0.10 . udp . 53 . 2 : {REMOVED} . 53"),
+        ],
+        &[],
+    );
+    change("hairpin", &[format!("{REMOVED} . {REMOVED}")], &[]);
+    change("frontends-3", &fronts, &[]);
+    change("frontends-2", &[], &fronts);
+
+    let mut actual: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
+    let empty = BTreeSet::new();
+    let names: BTreeSet<&String> = before.elements.keys().chain(after.elements.keys()).collect();
+    for set in names {
+        let old = before.elements.get(set).unwrap_or(&empty);
+        let new = after.elements.get(set).unwrap_or(&empty);
+        let removed: BTreeSet<String> = old.difference(new).cloned().collect();
+        let added: BTreeSet<String> = new.difference(old).cloned().collect();
+        if !removed.is_empty() || !added.is_empty() {
+            actual.insert(set.clone(), (removed, added));
+        }
+    }
+    assert_eq!(
+        actual, expected,
+        "element changes (set → (removed, added)) after removing {REMOVED}"
+    );
+
+    // And the updated namespace equals a fresh one loaded from the new dry-run text.
+    let c = NetNs::new("dry-c");
+    load_dry_run(&c, &reduced);
+    let fresh_c = list_both(&c);
+    for (k, f) in FAMILIES.iter().enumerate() {
+        assert_same(
+            &format!("table {f} after removing an endpoint"),
+            "fresh dry-run via nft -f",
+            &fresh_c[k],
+            "updated via --once",
+            &after_b[k],
+        );
+    }
+}
