@@ -2,7 +2,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::model::{Endpoint, NodeInfo, Protocol, ProxyModel, ServiceEntry, ServicePort, ServicePortName};
+use crate::model::{
+    Endpoint, NodeInfo, Protocol, ProxyModel, ServiceEntry, ServicePort, ServicePortName,
+};
 
 /// `n` ClusterIP services (TCP port 80 → 8080) with `eps` ready endpoints each. Service
 /// `i` has ClusterIP `10.96.0.0 + i`; its endpoints are `10.128.0.0 + 16 i + j`.

@@ -74,6 +74,9 @@ pub const NFT_SET_MAP: u32 = 0x8;
 pub const NFT_SET_INTERVAL: u32 = 0x4;
 pub const NFT_SET_CONCAT: u32 = 0x80;
 pub const NFT_BYTEORDER_HTON: u32 = 1;
+pub const NFT_SET_TIMEOUT: u32 = 0x10;
+pub const NFT_SET_EVAL: u32 = 0x20;
+pub const NFT_DYNSET_OP_UPDATE: u32 = 1;
 
 /// nft's datatype numbers (`enum datatypes` in nft's datatype.h), used to build set key
 /// types that `nft list` prints by name.

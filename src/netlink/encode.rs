@@ -361,6 +361,19 @@ impl BatchBuilder {
                         lens.len() as u32,
                     );
                 }
+                if let Some(t) = d.timeout {
+                    sys::nftnl_set_set_u32(
+                        p,
+                        sys::NFTNL_SET_FLAGS as u16,
+                        NFT_SET_TIMEOUT | NFT_SET_EVAL,
+                    );
+                    sys::nftnl_set_set_u64(p, sys::NFTNL_SET_TIMEOUT as u16, u64::from(t) * 1000);
+                    sys::nftnl_set_set_u32(
+                        p,
+                        sys::NFTNL_SET_DESC_SIZE as u16,
+                        render::AFFINITY_SET_SIZE,
+                    );
+                }
                 if d.is_map() {
                     let (dt, dl) = key_type(&d.data, f);
                     sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, NFT_SET_MAP);
@@ -584,6 +597,7 @@ mod tests {
                     key: vec![KeyType::Addr],
                     data: vec![],
                     comment: "",
+                    timeout: None,
                 },
                 (0..2000u32)
                     .map(|i| {

@@ -361,6 +361,56 @@ impl RawRule {
                         ),
                 );
             }
+            Stmt::L4Proto(p) => {
+                self.meta_load(NFT_META_L4PROTO, NFT_REG_1);
+                self.cmp(NFT_REG_1, NFT_CMP_EQ, &[*p]);
+            }
+            Stmt::Dport(p) => {
+                self.payload(NFT_PAYLOAD_TRANSPORT_HEADER, 2, 2, NFT_REG_1);
+                self.cmp(NFT_REG_1, NFT_CMP_EQ, &p.to_be_bytes());
+            }
+            Stmt::NumgenEq { modulus, value } => {
+                self.load(Field::Numgen(*modulus), family, NFT_REG_1);
+                self.cmp(NFT_REG_1, NFT_CMP_EQ, &value.to_ne_bytes());
+            }
+            Stmt::UpdateSaddr(set) => {
+                self.load(Field::Saddr, family, NFT_REG_1);
+                self.add(
+                    Expr::new(c"dynset")
+                        .u32(sys::NFTNL_EXPR_DYNSET_SREG_KEY, NFT_REG_1)
+                        .u32(sys::NFTNL_EXPR_DYNSET_OP, NFT_DYNSET_OP_UPDATE)
+                        .str(sys::NFTNL_EXPR_DYNSET_SET_NAME, set),
+                );
+            }
+            Stmt::Dnat(addr, port) => {
+                let a = match addr {
+                    std::net::IpAddr::V4(a) => a.octets().to_vec(),
+                    std::net::IpAddr::V6(a) => a.octets().to_vec(),
+                };
+                self.add(
+                    Expr::new(c"immediate")
+                        .u32(sys::NFTNL_EXPR_IMM_DREG, NFT_REG_1)
+                        .data(sys::NFTNL_EXPR_IMM_DATA, &a),
+                );
+                self.add(
+                    Expr::new(c"immediate")
+                        .u32(sys::NFTNL_EXPR_IMM_DREG, NFT_REG_1 + 1)
+                        .data(sys::NFTNL_EXPR_IMM_DATA, &port.to_be_bytes()),
+                );
+                self.add(
+                    Expr::new(c"nat")
+                        .u32(sys::NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT)
+                        .u32(sys::NFTNL_EXPR_NAT_FAMILY, family.nfproto() as u32)
+                        .u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1)
+                        .u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MAX, NFT_REG_1)
+                        .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, NFT_REG_1 + 1)
+                        .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MAX, NFT_REG_1 + 1)
+                        .u32(
+                            sys::NFTNL_EXPR_NAT_FLAGS,
+                            NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED,
+                        ),
+                );
+            }
             Stmt::Masquerade => self.add(
                 Expr::new(c"masq").u32(sys::NFTNL_EXPR_MASQ_FLAGS, NF_NAT_RANGE_PROTO_RANDOM_FULLY),
             ),

@@ -24,6 +24,8 @@ pub struct RawSet {
     pub data: (u32, u32),
     /// user data
     pub userdata: Vec<u8>,
+    /// set flags (NFT_SET_*)
+    pub flags: u32,
     /// every element
     pub elements: Vec<RawElement>,
 }
@@ -155,6 +157,7 @@ pub fn read_table(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, E
                             u32_of(sys::NFTNL_SET_DATA_TYPE),
                             u32_of(sys::NFTNL_SET_DATA_LEN),
                         ),
+                        flags: u32_of(sys::NFTNL_SET_FLAGS),
                         userdata: get_data(|l| {
                             sys::nftnl_set_get_data(s, sys::NFTNL_SET_USERDATA as u16, l)
                         }),
@@ -166,6 +169,10 @@ pub fn read_table(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, E
         }
     }
     for set in &mut out.sets {
+        if set.flags & NFT_SET_TIMEOUT != 0 {
+            // Dynamic (affinity) sets are filled by the packet path; never diffed.
+            continue;
+        }
         let mut req = attr(1, &strz(TABLE_NAME));
         req.extend(attr(2, &strz(&set.name)));
         for m in conn.dump(NFT_MSG_GETSETELEM, fam, &req)? {
@@ -192,7 +199,12 @@ pub fn read_table(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, E
                             let ud = get_data(|l| {
                                 sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_USERDATA as u16, l)
                             });
-                            set.elements.push(RawElement { key, key_end, data, userdata: ud });
+                            set.elements.push(RawElement {
+                                key,
+                                key_end,
+                                data,
+                                userdata: ud,
+                            });
                             e = sys::nftnl_set_elems_iter_next(it);
                         }
                         sys::nftnl_set_elems_iter_destroy(it);
@@ -304,6 +316,7 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
                     (0, 0)
                 }) == rs.data
                 && set_userdata(d, family) == rs.userdata
+                && d.timeout.is_some() == (rs.flags & NFT_SET_TIMEOUT != 0)
         });
         let Some(decl) = matching else {
             t.sets.push(Set {
@@ -312,6 +325,7 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
                     key: vec![],
                     data: vec![],
                     comment: "unknown layout",
+                    timeout: None,
                 },
                 elements: BTreeMap::new(),
             });
@@ -350,6 +364,7 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
                 key: vec![],
                 data: vec![],
                 comment: "unknown layout",
+                timeout: None,
             }
         } else {
             decl.clone()

@@ -116,6 +116,7 @@ fn decl(name: &str, key: Vec<KeyType>, data: Vec<KeyType>, comment: &'static str
             key,
             data,
             comment,
+            timeout: None,
         },
         elements: BTreeMap::new(),
     }
@@ -136,6 +137,8 @@ struct Plan {
     /// loadBalancerSourceRanges (plus the LB IPs when the node IP is inside them);
     /// empty: no firewall
     allowed_sources: Vec<IpNet>,
+    /// ClientIP affinity: (timeout, name base of the service port, uses the local list)
+    affinity: Option<(u32, String, bool)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,6 +178,14 @@ fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key,
             Some(list.clone().unwrap_or_default())
         };
         let name = svc.name.to_string();
+        let base = format!(
+            "{}/{}/{}/{}",
+            svc.name.namespace,
+            svc.name.name,
+            svc.name.protocol.name(),
+            svc.port
+        );
+        let affinity = |local: bool| svc.affinity_timeout.map(|t| (t, base.clone(), local));
         for ip in svc.cluster_ips.iter().filter(|ip| Family::of(ip) == family) {
             let masq = if cfg.masquerade_all {
                 Masq::Always
@@ -190,6 +201,7 @@ fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key,
                 masq,
                 shortcut: None,
                 allowed_sources: Vec::new(),
+                affinity: affinity(svc.internal_policy_local),
             });
         }
         let ext_local = svc.uses_external_local();
@@ -229,6 +241,7 @@ fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key,
             } else {
                 Vec::new()
             },
+            affinity: affinity(ext_local),
         };
         let externals = svc
             .external_ips
@@ -257,6 +270,95 @@ fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key,
 }
 
 const LB_IP: &str = "load balancer IP";
+
+/// Prefix of session-affinity chains and sets.
+pub const AFFINITY_PREFIX: &str = "affinity-";
+
+fn ip_of(key: &Key) -> IpAddr {
+    match key.first() {
+        Some(Value::Addr(a)) => *a,
+        _ => IpAddr::from([0, 0, 0, 0]),
+    }
+}
+
+fn proto_of(key: &Key) -> u8 {
+    match key.get(1) {
+        Some(Value::Proto(p)) => *p,
+        _ => 0,
+    }
+}
+
+fn port_of(key: &Key) -> u16 {
+    match key.get(2) {
+        Some(Value::Port(p)) => *p,
+        _ => 0,
+    }
+}
+
+/// Session affinity cannot be flat: the kernel can record `client → endpoint` only
+/// into a set chosen by the rule, and nft 1.0.6 cannot express a dynamic map with an
+/// IPv6 `address . port` value. So, as upstream does, each affinity service port gets a
+/// chain and each of its endpoints a timeout set of client addresses. This cost is paid
+/// only by services with `sessionAffinity: ClientIP`; it keeps the common path flat.
+///
+/// The chain first sends a client that is recorded for an endpoint there (refreshing the
+/// record), then picks uniformly without an anonymous map: rule i matches with
+/// probability 1/(N-i) among what is left.
+fn affinity_chain(
+    name: &str,
+    base: &str,
+    timeout: u32,
+    proto: u8,
+    eps: &[Endpoint],
+    sets: &mut BTreeMap<String, Set>,
+) -> Chain {
+    let set_name = |e: &Endpoint| {
+        format!(
+            "{AFFINITY_PREFIX}{base}__{}/{}",
+            e.ip.to_string().replace(':', "."),
+            e.port
+        )
+    };
+    let mut rules = Vec::new();
+    for e in eps {
+        let set = set_name(e);
+        sets.entry(set.clone()).or_insert_with(|| Set {
+            decl: SetDecl {
+                name: set.clone(),
+                key: vec![KeyType::Addr],
+                data: vec![],
+                comment: "clients with ClientIP affinity to this endpoint",
+                timeout: Some(timeout),
+            },
+            elements: BTreeMap::new(),
+        });
+        rules.push(rule(vec![
+            Stmt::Lookup {
+                fields: vec![Field::Saddr],
+                set: set.clone(),
+                negate: false,
+            },
+            Stmt::UpdateSaddr(set),
+            Stmt::L4Proto(proto),
+            Stmt::Dnat(e.ip, e.port),
+        ]));
+    }
+    let n = eps.len();
+    for (i, e) in eps.iter().enumerate() {
+        let mut r = Vec::new();
+        if i + 1 < n {
+            r.push(Stmt::NumgenEq {
+                modulus: (n - i) as u32,
+                value: 0,
+            });
+        }
+        r.push(Stmt::UpdateSaddr(set_name(e)));
+        r.push(Stmt::L4Proto(proto));
+        r.push(Stmt::Dnat(e.ip, e.port));
+        rules.push(rule(r));
+    }
+    regular(name, rules)
+}
 
 fn lb_map_key(front: &Key, i: usize) -> Key {
     let mut k = front.clone();
@@ -386,6 +488,9 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
         }
     }
     let mut hairpins = BTreeSet::new();
+    let mut affinity_rules = Vec::new();
+    let mut affinity_chains: Vec<Chain> = Vec::new();
+    let mut affinity_sets: BTreeMap<String, Set> = BTreeMap::new();
     for (key, plan) in &plans {
         let tagged = ElementData {
             data: vec![],
@@ -421,6 +526,35 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
             }
             Some(eps) if eps.is_empty() => {
                 drop.elements.insert(key.clone(), tagged.clone());
+            }
+            Some(eps) if plan.affinity.is_some() => {
+                if let Some((timeout, base, local)) = &plan.affinity {
+                    let chain = format!(
+                        "{AFFINITY_PREFIX}{base}{}",
+                        if *local { "/local" } else { "" }
+                    );
+                    affinity_rules.push(rule(vec![
+                        Stmt::Cidr {
+                            field: Field::Daddr,
+                            net: IpNet::from(ip_of(key)),
+                            negate: false,
+                        },
+                        Stmt::L4Proto(proto_of(key)),
+                        Stmt::Dport(port_of(key)),
+                        Stmt::Verdict(Verdict::Goto(chain.clone())),
+                    ]));
+                    if !affinity_chains.iter().any(|c: &Chain| c.name == chain) {
+                        affinity_chains.push(affinity_chain(
+                            &chain,
+                            base,
+                            *timeout,
+                            proto_of(key),
+                            eps,
+                            &mut affinity_sets,
+                        ));
+                    }
+                    hairpins.extend(eps.iter().map(|e| e.ip));
+                }
             }
             Some(eps) => {
                 let n = eps.len();
@@ -631,6 +765,7 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
             dnat,
         ]));
     }
+    svc_rules.extend(affinity_rules);
     for n in classes.keys() {
         svc_rules.push(rule(vec![
             Stmt::Lookup {
@@ -644,6 +779,7 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
             },
         ]));
     }
+    chains.extend(affinity_chains);
     chains.push(regular(SERVICES, svc_rules));
     chains.push(regular(
         MASQUERADING,
@@ -735,6 +871,7 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
     ];
     sets.extend(classes.into_values());
     sets.extend(shortcut_classes.into_values());
+    sets.extend(affinity_sets.into_values());
     Table {
         family,
         sets,

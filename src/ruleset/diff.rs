@@ -127,6 +127,11 @@ pub fn diff(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>) {
     // delete and an add of the same key in one transaction.
     let mut adds = Vec::new();
     for s in &new.sets {
+        if s.decl.timeout.is_some() {
+            // Dynamic sets are filled by the packet path (session affinity); we never
+            // manage their elements.
+            continue;
+        }
         let old_s = old_t
             .set(&s.decl.name)
             .filter(|_| !replaced.contains(s.decl.name.as_str()));

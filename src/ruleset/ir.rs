@@ -241,6 +241,21 @@ pub enum Stmt {
         /// map name
         map: String,
     },
+    /// `meta l4proto tcp`
+    L4Proto(u8),
+    /// `th dport 80`
+    Dport(u16),
+    /// `numgen random mod N V`: true with probability 1/N
+    NumgenEq {
+        /// N
+        modulus: u32,
+        /// V
+        value: u32,
+    },
+    /// `update @set { ip saddr }` (refreshes the element's timeout)
+    UpdateSaddr(String),
+    /// `dnat ip to ADDR:PORT` (needs an `L4Proto` before it)
+    Dnat(IpAddr, u16),
     /// `masquerade fully-random`
     Masquerade,
     /// `reject` (ICMP port unreachable)
@@ -290,6 +305,8 @@ pub struct SetDecl {
     pub data: Vec<KeyType>,
     /// a comment describing what the set holds
     pub comment: &'static str,
+    /// a dynamic set whose elements expire after this many seconds (session affinity)
+    pub timeout: Option<u32>,
 }
 
 impl SetDecl {

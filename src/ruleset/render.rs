@@ -98,6 +98,10 @@ fn proto_name(p: u8) -> String {
     }
 }
 
+/// Capacity of a dynamic (affinity) set: nft's default, made explicit so that both the
+/// text and the netlink path declare it.
+pub const AFFINITY_SET_SIZE: u32 = 65535;
+
 /// Renders one value.
 pub fn value(v: &Value) -> String {
     match v {
@@ -170,6 +174,12 @@ pub fn stmt(s: &Stmt, family: Family) -> String {
         Stmt::DnatMap { fields: fs, map } => {
             format!("dnat {} to {} map @{map}", family.nft(), fields(fs, family))
         }
+        Stmt::L4Proto(p) => format!("meta l4proto {}", proto_name(*p)),
+        Stmt::Dport(p) => format!("th dport {p}"),
+        Stmt::NumgenEq { modulus, value } => format!("numgen random mod {modulus} {value}"),
+        Stmt::UpdateSaddr(set) => format!("update @{set} {{ {} saddr }}", family.nft()),
+        Stmt::Dnat(std::net::IpAddr::V6(a), p) => format!("dnat ip6 to [{a}]:{p}"),
+        Stmt::Dnat(a, p) => format!("dnat {} to {a}:{p}", family.nft()),
         Stmt::Masquerade => "masquerade fully-random".into(),
         Stmt::Reject => "reject".into(),
         Stmt::Verdict(v) => verdict(v),
@@ -223,6 +233,11 @@ pub fn table(t: &Table) -> String {
         if s.decl.is_interval() {
             let _ = writeln!(out, "\t\tflags interval");
         }
+        if let Some(t) = s.decl.timeout {
+            let _ = writeln!(out, "\t\tsize {AFFINITY_SET_SIZE}");
+            let _ = writeln!(out, "\t\tflags dynamic,timeout");
+            let _ = writeln!(out, "\t\ttimeout {t}s");
+        }
         if !s.elements.is_empty() {
             let _ = writeln!(out, "\t\telements = {{");
             for (k, e) in &s.elements {
@@ -264,8 +279,20 @@ pub fn op(op: &super::diff::Op) -> String {
         Op::DelChain(f, c) => format!("delete chain {} {c}", t(*f)),
         Op::DelSet(f, s) => format!("delete set {} {s}", t(*f)),
         Op::AddSet(f, d) => {
-            let flags = if d.is_interval() { " flags interval;" } else { "" };
-            format!("add {} {} {} {{ {};{flags} }}", kw(d), t(*f), d.name, type_line(d, *f))
+            let flags = match d.timeout {
+                Some(t) => {
+                    format!(" size {AFFINITY_SET_SIZE}; flags dynamic,timeout; timeout {t}s;")
+                }
+                None if d.is_interval() => " flags interval;".to_string(),
+                None => String::new(),
+            };
+            format!(
+                "add {} {} {} {{ {};{flags} }}",
+                kw(d),
+                t(*f),
+                d.name,
+                type_line(d, *f)
+            )
         }
         Op::AddChain(f, c) => match chain_header(c) {
             Some(h) => format!("add chain {} {} {{ {h} }}", t(*f), c.name),
@@ -281,7 +308,10 @@ pub fn op(op: &super::diff::Op) -> String {
             "add element {} {} {{ {} }}",
             t(*f),
             d.name,
-            els.iter().map(|(k, e)| element(k, e)).collect::<Vec<_>>().join(", ")
+            els.iter()
+                .map(|(k, e)| element(k, e))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Op::AddRule(f, c, r) => format!("add rule {} {c} {}", t(*f), rule(r, *f)),
     }
