@@ -29,8 +29,14 @@ struct Ns(String);
 impl Ns {
     fn new(tag: &str) -> Ns {
         let name = format!("knp-bench-{tag}-{}", std::process::id());
-        let ok = Command::new("ip").args(["netns", "add", &name]).status().map(|s| s.success());
-        assert!(matches!(ok, Ok(true)), "cannot create network namespace {name}");
+        let ok = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .map(|s| s.success());
+        assert!(
+            matches!(ok, Ok(true)),
+            "cannot create network namespace {name}"
+        );
         Ns(name)
     }
 
@@ -83,7 +89,14 @@ fn ops_between(old: &Ruleset, new: &Ruleset) -> Vec<Op> {
     let mut ops = Vec::new();
     for t in &new.tables {
         let o = old.table(t.family).expect("same families");
-        diff(Some(Known { table: o, rules_known: true }), t, &mut ops);
+        diff(
+            Some(Known {
+                table: o,
+                rules_known: true,
+            }),
+            t,
+            &mut ops,
+        );
     }
     ops
 }
@@ -160,20 +173,53 @@ fn run_scale(n: usize, cfg: &BuildConfig) {
     if n <= 2000 {
         let list = |ns: &Ns| {
             Command::new("ip")
-                .args(["netns", "exec", &ns.0, "nft", "list", "table", "ip", "kube-nft-proxy"])
+                .args([
+                    "netns",
+                    "exec",
+                    &ns.0,
+                    "nft",
+                    "list",
+                    "table",
+                    "ip",
+                    "kube-nft-proxy",
+                ])
                 .output()
                 .expect("nft list")
                 .stdout
         };
-        assert_eq!(list(&ns_nl), list(&ns_nft), "netlink and nft -f loaded different tables");
+        assert_eq!(
+            list(&ns_nl),
+            list(&ns_nft),
+            "netlink and nft -f loaded different tables"
+        );
         println!("(checked: nft list of both namespaces is identical)");
     }
 
     let mut updates = vec![
-        Update { name: "endpoint changed", netlink: vec![], nft: vec![], ops: 0 },
-        Update { name: "service added", netlink: vec![], nft: vec![], ops: 0 },
-        Update { name: "service deleted", netlink: vec![], nft: vec![], ops: 0 },
-        Update { name: "100 endpoints changed", netlink: vec![], nft: vec![], ops: 0 },
+        Update {
+            name: "endpoint changed",
+            netlink: vec![],
+            nft: vec![],
+            ops: 0,
+        },
+        Update {
+            name: "service added",
+            netlink: vec![],
+            nft: vec![],
+            ops: 0,
+        },
+        Update {
+            name: "service deleted",
+            netlink: vec![],
+            nft: vec![],
+            ops: 0,
+        },
+        Update {
+            name: "100 endpoints changed",
+            netlink: vec![],
+            nft: vec![],
+            ops: 0,
+        },
     ];
     let mut apply = |which: usize, model: &ProxyModel, cur: &mut Ruleset, kernel: &mut Kernel| {
         let new = build(model, cfg);
@@ -207,10 +253,16 @@ fn run_scale(n: usize, cfg: &BuildConfig) {
         model.services.remove(&key);
         apply(2, &model, &mut cur, &mut kernel);
         // 100 endpoints changed in one sync, then back.
-        let keys: Vec<_> = (0..100.min(n)).map(|i| synthetic::entry((i * 97 + r) % n, ENDPOINTS).port.name).collect();
-        let saved: Vec<_> = keys.iter().map(|k| model.services[k].endpoints[1].ip).collect();
+        let keys: Vec<_> = (0..100.min(n))
+            .map(|i| synthetic::entry((i * 97 + r) % n, ENDPOINTS).port.name)
+            .collect();
+        let saved: Vec<_> = keys
+            .iter()
+            .map(|k| model.services[k].endpoints[1].ip)
+            .collect();
         for (i, k) in keys.iter().enumerate() {
-            model.services.get_mut(k).expect("service").endpoints[1].ip = synthetic::endpoint(n + 5000 + i, 1).ip;
+            model.services.get_mut(k).expect("service").endpoints[1].ip =
+                synthetic::endpoint(n + 5000 + i, 1).ip;
         }
         apply(3, &model, &mut cur, &mut kernel);
         for (k, ip) in keys.iter().zip(saved) {

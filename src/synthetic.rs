@@ -63,7 +63,55 @@ pub fn endpoint(i: usize, j: usize) -> Endpoint {
         serving: true,
         terminating: false,
         is_local: false,
+        has_node: true,
         zone_hints: vec![],
         node_hints: vec![],
     }
+}
+
+/// The Kubernetes objects of [`model`]: `n` Services and one EndpointSlice each, plus the
+/// Node. `generation` changes the first endpoint of service 0 (a changed slice).
+pub fn objects(n: usize, eps: usize, generation: u32) -> Vec<crate::model::Object> {
+    use crate::model::Object;
+    let mut out = Vec::with_capacity(2 * n + 1);
+    let node = serde_json::json!({
+        "metadata": {"name": "bench-node"},
+        "status": {"addresses": [{"type": "InternalIP", "address": "192.168.0.2"}]}
+    });
+    if let Ok(n) = serde_json::from_value(node) {
+        out.push(Object::Node(Box::new(n)));
+    }
+    for i in 0..n {
+        let e = entry(i, eps);
+        let svc = serde_json::json!({
+            "metadata": {"name": e.port.name.name, "namespace": e.port.name.namespace},
+            "spec": {"clusterIP": e.port.cluster_ips[0].to_string(),
+                     "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
+        });
+        let endpoints: Vec<_> = e
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(j, ep)| {
+                let ip = if i == 0 && j == 0 && generation > 0 {
+                    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 127, 0, 0)) + generation).to_string()
+                } else {
+                    ep.ip.to_string()
+                };
+                serde_json::json!({"addresses": [ip], "conditions": {"ready": true}})
+            })
+            .collect();
+        let slice = serde_json::json!({
+            "metadata": {"name": format!("{}-abcde", e.port.name.name), "namespace": e.port.name.namespace,
+                         "labels": {"kubernetes.io/service-name": e.port.name.name}},
+            "addressType": "IPv4",
+            "endpoints": endpoints,
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        });
+        if let (Ok(s), Ok(sl)) = (serde_json::from_value(svc), serde_json::from_value(slice)) {
+            out.push(Object::Service(Box::new(s)));
+            out.push(Object::EndpointSlice(Box::new(sl)));
+        }
+    }
+    out
 }

@@ -170,6 +170,7 @@ mod tests {
             serving,
             terminating,
             is_local: local,
+            has_node: true,
             zone_hints: vec![],
             node_hints: vec![],
         }

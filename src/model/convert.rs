@@ -434,6 +434,7 @@ pub fn slice_endpoints<'a>(
                     serving,
                     terminating,
                     is_local: ep.node_name.as_deref() == Some(node_name) && !node_name.is_empty(),
+                    has_node: ep.node_name.as_deref().is_some_and(|n| !n.is_empty()),
                     zone_hints: hints
                         .and_then(|h| h.for_zones.as_ref())
                         .map(|z| z.iter().map(|z| z.name.clone()).collect())

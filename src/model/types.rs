@@ -146,6 +146,15 @@ impl ServicePort {
     }
 }
 
+impl Endpoint {
+    /// Whether a client with this endpoint's address can reach it through this node's
+    /// rules: only a pod on this node (or an endpoint whose node is not known) can be
+    /// both the client and the chosen endpoint, so only those need hairpin masquerade.
+    pub fn may_hairpin(&self) -> bool {
+        self.is_local || !self.has_node
+    }
+}
+
 /// One endpoint of one service port.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Endpoint {
@@ -161,6 +170,8 @@ pub struct Endpoint {
     pub terminating: bool,
     /// whether nodeName is this proxy's node
     pub is_local: bool,
+    /// whether the slice names the endpoint's node at all
+    pub has_node: bool,
     /// hints.forZones
     pub zone_hints: Vec<String>,
     /// hints.forNodes

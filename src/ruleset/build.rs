@@ -553,7 +553,7 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
                             &mut affinity_sets,
                         ));
                     }
-                    hairpins.extend(eps.iter().map(|e| e.ip));
+                    hairpins.extend(eps.iter().filter(|e| e.may_hairpin()).map(|e| e.ip));
                 }
             }
             Some(eps) => {
@@ -578,7 +578,11 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
                             comment: None,
                         },
                     );
-                    hairpins.insert(ep.ip);
+                    if ep.may_hairpin() {
+                        if ep.may_hairpin() {
+                            hairpins.insert(ep.ip);
+                        }
+                    }
                 }
             }
         }
@@ -604,7 +608,9 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
                         comment: None,
                     },
                 );
-                hairpins.insert(ep.ip);
+                if ep.may_hairpin() {
+                    hairpins.insert(ep.ip);
+                }
             }
         }
     }
