@@ -22,12 +22,13 @@ const NODE_FLAGS: [&str; 4] = [
 ];
 
 /// The endpoint the last step removes (from `shop/multi`, the highest of its three
-/// ready endpoints, so the indices of the other two do not move).
+/// ready endpoints, so the indices of the other two do not move). It runs on this node,
+/// so it also has a hairpin pair.
 const REMOVED: &str = "10.1.0.12";
 
 fn manifests(with_removed: bool) -> String {
     let removed = if with_removed {
-        format!("  - {{addresses: [{REMOVED}], nodeName: node2}}\n")
+        format!("  - {{addresses: [{REMOVED}], nodeName: node1}}\n")
     } else {
         String::new()
     };
@@ -467,9 +468,9 @@ fn dry_run_text_equals_netlink_programming() {
     // One endpoint removed: exactly its elements change. Removing 10.1.0.12 from
     // shop/multi (3 → 2 endpoints) removes its `endpoints` entries (index 2 of each of
     // the three ports; indices 0 and 1 keep their endpoints because endpoints are
-    // ordered by address) and its hairpin pair, and moves the three frontends from
-    // frontends-3 to frontends-2 (both sets exist before and after). Nothing else, and
-    // the IPv6 table not at all.
+    // ordered by address) and its hairpin pair (it is a local endpoint), and moves the
+    // three frontends from frontends-3 to frontends-2 (both sets exist before and
+    // after). Nothing else, and the IPv6 table not at all.
     let reduced = dir.write("reduced.yaml", &manifests(false));
     once(&b, &reduced);
     let after_b = list_both(&b);
@@ -483,7 +484,8 @@ fn dry_run_text_equals_netlink_programming() {
     let before = Listing::parse(&listed_b[0]);
     let after = Listing::parse(&after_b[0]);
     assert_eq!(
-        before.skeleton, after.skeleton,
+        before.skeleton,
+        after.skeleton,
         "removing an endpoint changed more than elements:\n{}",
         line_diff(&before.skeleton, &after.skeleton)
     );
@@ -514,7 +516,11 @@ fn dry_run_text_equals_netlink_programming() {
 
     let mut actual: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> = BTreeMap::new();
     let empty = BTreeSet::new();
-    let names: BTreeSet<&String> = before.elements.keys().chain(after.elements.keys()).collect();
+    let names: BTreeSet<&String> = before
+        .elements
+        .keys()
+        .chain(after.elements.keys())
+        .collect();
     for set in names {
         let old = before.elements.get(set).unwrap_or(&empty);
         let new = after.elements.get(set).unwrap_or(&empty);

@@ -66,11 +66,23 @@ impl Topology {
         t.client.ip(&["addr", "add", "10.0.1.2/24", "dev", "eth0"]);
         t.client.ip(&["route", "add", "default", "via", "10.0.1.1"]);
 
-        t.node.ip(&["addr", "add", "10.0.1.1/24", "dev", "to-client"]);
-        t.node.ip(&["addr", "add", "10.0.2.1/24", "dev", "to-backends"]);
         t.node
-            .ip(&["route", "add", "default", "via", "10.0.2.254", "dev", "to-backends"]);
+            .ip(&["addr", "add", "10.0.1.1/24", "dev", "to-client"]);
+        t.node
+            .ip(&["addr", "add", "10.0.2.1/24", "dev", "to-backends"]);
+        t.node.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.0.2.254",
+            "dev",
+            "to-backends",
+        ]);
         t.node.sysctl("net.ipv4.ip_forward=1");
+        // The refusals are ICMP errors sent by the node; its per-destination ICMP rate
+        // limit (a burst of 6, then 1/s) must not swallow any of them.
+        t.node.sysctl("net.ipv4.icmp_ratelimit=0");
 
         for b in BACKENDS {
             t.backends
@@ -242,13 +254,45 @@ fn parse_answer(text: &str) -> io::Result<Answer> {
     }
 }
 
-/// A new TCP connection to `dst`; reads the backend's answer, then closes.
+/// A new TCP connection to `dst`; reads the backend's answer, then closes it
+/// gracefully.
 fn tcp_ask(dst: SocketAddr) -> io::Result<Answer> {
     let stream = TcpStream::connect_timeout(&dst, TIMEOUT)?;
+    read_answer(&stream)
+}
+
+/// Like [`tcp_ask`], but ends the connection with a reset (`SO_LINGER` 0), so that it
+/// leaves no TIME_WAIT behind: a tight loop of these cannot run out of ephemeral ports,
+/// and its conntrack entries expire after 10 s (a SYN on a reset entry starts a new
+/// one, with a new NAT decision).
+fn tcp_ask_reset(dst: SocketAddr) -> io::Result<Answer> {
+    let stream = TcpStream::connect_timeout(&dst, TIMEOUT)?;
+    let answer = read_answer(&stream);
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a `linger` of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    answer
+}
+
+fn read_answer(stream: &TcpStream) -> io::Result<Answer> {
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
     let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
+    BufReader::new(stream).read_line(&mut line)?;
     if line.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
@@ -369,7 +413,12 @@ fn clusterip_reaches_every_backend_over_tcp_and_udp() {
             node_obj(),
             service_cidr_obj(),
             service_obj("web", CLUSTER_IP, &ports),
-            slice_obj("web", "web-1", &[("tcp", "TCP"), ("udp", "UDP")], &ready(&BACKENDS)),
+            slice_obj(
+                "web",
+                "web-1",
+                &[("tcp", "TCP"), ("udp", "UDP")],
+                &ready(&BACKENDS),
+            ),
         ]),
     );
     topo.program(&manifests);
@@ -383,10 +432,13 @@ fn clusterip_reaches_every_backend_over_tcp_and_udp() {
             let what = if udp { "UDP" } else { "TCP" };
             while seen[k] != all && tries[k] < 200 {
                 tries[k] += 1;
-                let answer = if udp { udp_ask(dst, 0) } else { tcp_ask(dst) }
-                    .unwrap_or_else(|e| {
-                        panic!("{what} request {} to {dst} failed: {e} ({:?})", tries[k], e.kind())
-                    });
+                let answer = if udp { udp_ask(dst, 0) } else { tcp_ask(dst) }.unwrap_or_else(|e| {
+                    panic!(
+                        "{what} request {} to {dst} failed: {e} ({:?})",
+                        tries[k],
+                        e.kind()
+                    )
+                });
                 assert!(
                     all.contains(&answer.backend),
                     "{what}: answer from {answer:?}, which is no endpoint"
@@ -402,7 +454,10 @@ fn clusterip_reaches_every_backend_over_tcp_and_udp() {
         (tcp, tries[0], udp, tries[1])
     }));
     let all: BTreeSet<String> = BACKENDS.iter().map(|s| s.to_string()).collect();
-    assert_eq!(tcp_seen, all, "TCP: backends seen in {tcp_tries} connections");
+    assert_eq!(
+        tcp_seen, all,
+        "TCP: backends seen in {tcp_tries} connections"
+    );
     assert_eq!(udp_seen, all, "UDP: backends seen in {udp_tries} requests");
 }
 
@@ -449,7 +504,16 @@ fn clusterip_without_endpoints_is_refused() {
                 "not-ready",
                 "not-ready-1",
                 &tcp_udp_slice,
-                &[Ep { ip: BACKENDS[0], ready: false }, Ep { ip: BACKENDS[1], ready: false }],
+                &[
+                    Ep {
+                        ip: BACKENDS[0],
+                        ready: false,
+                    },
+                    Ep {
+                        ip: BACKENDS[1],
+                        ready: false,
+                    },
+                ],
             ),
         ]),
     );
@@ -458,7 +522,10 @@ fn clusterip_without_endpoints_is_refused() {
     join(topo.client.spawn(|| {
         let served = tcp_ask(sockaddr(CLUSTER_IP, 80))
             .unwrap_or_else(|e| panic!("control: {CLUSTER_IP}:80 has endpoints but failed: {e}"));
-        assert!(BACKENDS.contains(&served.backend.as_str()), "control: {served:?}");
+        assert!(
+            BACKENDS.contains(&served.backend.as_str()),
+            "control: {served:?}"
+        );
 
         for ip in ["172.30.0.11", "172.30.0.12", "172.30.0.13"] {
             expect_refused(tcp_ask(sockaddr(ip, 80)), &format!("TCP {ip}:80"));
@@ -489,7 +556,10 @@ fn churn_version(i: usize) -> (Vec<&'static str>, String) {
     // Every third version also lists the other backends as not ready.
     if i % 3 == 0 {
         for b in BACKENDS.iter().filter(|b| !subset.contains(b)) {
-            eps.push(Ep { ip: b, ready: false });
+            eps.push(Ep {
+                ip: b,
+                ready: false,
+            });
         }
     }
     let mut items = vec![
@@ -516,13 +586,28 @@ struct ClientReport {
     seen: BTreeSet<String>,
 }
 
-/// Loops new connections (TCP) or new-socket requests (UDP) to `dst` until `stop`.
+/// Shared between the test and its background clients.
+#[derive(Default)]
+struct Progress {
+    /// the version being applied (or last applied) by the test
+    version: AtomicUsize,
+    /// exchanges attempted, per client (0: TCP, 1: UDP)
+    attempts: [AtomicUsize; 2],
+    /// exchanges failed, all clients
+    failed: AtomicUsize,
+    /// tells the clients to stop
+    stop: AtomicBool,
+}
+
+/// Loops new connections (TCP) or new-socket requests (UDP) to `dst` until told to
+/// stop. TCP runs flat out (connections end with a reset, so ports are not used up) to
+/// catch even a short window of inconsistent rules; UDP is paced, because every request
+/// from a new port leaves a conntrack entry behind for 30 s.
 fn background_client(
     ns: &NetNs,
     dst: SocketAddr,
     udp: bool,
-    stop: Arc<AtomicBool>,
-    attempts: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
 ) -> JoinHandle<ClientReport> {
     ns.spawn(move || {
         let mut r = ClientReport {
@@ -531,21 +616,32 @@ fn background_client(
             seen: BTreeSet::new(),
         };
         // Bounded: `stop` ends it normally; the cap only guards against a hung test.
-        for n in 0..200_000usize {
-            if stop.load(Ordering::SeqCst) {
+        for n in 0..1_000_000usize {
+            if progress.stop.load(Ordering::SeqCst) {
                 break;
             }
-            match if udp { udp_ask(dst, 0) } else { tcp_ask(dst) } {
+            let version = progress.version.load(Ordering::SeqCst);
+            let result = if udp {
+                std::thread::sleep(Duration::from_millis(1));
+                udp_ask(dst, 0)
+            } else {
+                tcp_ask_reset(dst)
+            };
+            let failure = match result {
                 Ok(a) if BACKENDS.contains(&a.backend.as_str()) => {
                     r.ok += 1;
                     r.seen.insert(a.backend);
+                    None
                 }
-                Ok(a) => r.failures.push(format!("#{n}: answer from a non-endpoint: {a:?}")),
-                Err(e) => r.failures.push(format!("#{n}: {e} ({:?})", e.kind())),
+                Ok(a) => Some(format!("answer from a non-endpoint: {a:?}")),
+                Err(e) => Some(format!("{e} ({:?})", e.kind())),
+            };
+            if let Some(f) = failure {
+                r.failures
+                    .push(format!("#{n}, while applying version {version}: {f}"));
+                progress.failed.fetch_add(1, Ordering::SeqCst);
             }
-            attempts.fetch_add(1, Ordering::SeqCst);
-            // Pace the loop so that a long run cannot exhaust ephemeral ports.
-            std::thread::sleep(Duration::from_millis(1));
+            progress.attempts[udp as usize].fetch_add(1, Ordering::SeqCst);
         }
         r
     })
@@ -583,71 +679,97 @@ fn clusterip_survives_endpoint_churn_and_port_rename() {
     let (_, text) = churn_version(0);
     topo.program(&dir.write("cluster.json", &text));
 
-    let tcp_dst = sockaddr(CLUSTER_IP, 80);
-    let stop = Arc::new(AtomicBool::new(false));
-    let tcp_attempts = Arc::new(AtomicUsize::new(0));
-    let udp_attempts = Arc::new(AtomicUsize::new(0));
-    let tcp_client = background_client(&topo.client, tcp_dst, false, stop.clone(), tcp_attempts.clone());
-    let udp_client = background_client(&topo.client, tcp_dst, true, stop.clone(), udp_attempts.clone());
+    let dst = sockaddr(CLUSTER_IP, 80);
+    let progress = Arc::new(Progress::default());
+    let tcp_client = background_client(&topo.client, dst, false, progress.clone());
+    let udp_client = background_client(&topo.client, dst, true, progress.clone());
 
     // Stop the clients also if an assertion below fails.
-    struct StopOnDrop(Arc<AtomicBool>);
+    struct StopOnDrop(Arc<Progress>);
     impl Drop for StopOnDrop {
         fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
+            self.0.stop.store(true, Ordering::SeqCst);
         }
     }
-    let stopper = StopOnDrop(stop.clone());
+    let stopper = StopOnDrop(progress.clone());
 
     let mut check_failures = Vec::new();
+    let mut applied = 0;
     for i in 1..=VERSIONS {
-        let tcp_before = tcp_attempts.load(Ordering::SeqCst);
-        let udp_before = udp_attempts.load(Ordering::SeqCst);
+        // Fail fast: the failures are reported below.
+        if progress.failed.load(Ordering::SeqCst) > 0 || !check_failures.is_empty() {
+            break;
+        }
+        let before = progress
+            .attempts
+            .each_ref()
+            .map(|a| a.load(Ordering::SeqCst));
         let (subset, text) = churn_version(i);
+        progress.version.store(i, Ordering::SeqCst);
         topo.program(&dir.write("cluster.json", &text));
+        applied = i;
 
         // The commit is done: a new connection must use the new endpoints. The UDP
         // request comes from a port below the ephemeral range used by no earlier
         // request, so that no earlier conntrack entry (and its NAT binding) applies.
         let udp_port = 20_000 + i as u16;
-        let (tcp, udp) = join(topo.client.spawn(move || (tcp_ask(tcp_dst), udp_ask(tcp_dst, udp_port))));
+        let (tcp, udp) = join(
+            topo.client
+                .spawn(move || (tcp_ask(dst), udp_ask(dst, udp_port))),
+        );
         for (what, r) in [("TCP", tcp), ("UDP", udp)] {
             match r {
                 Ok(a) if subset.contains(&a.backend.as_str()) => {}
-                Ok(a) => check_failures.push(format!("version {i} ({subset:?}): {what} answer from {a:?}")),
+                Ok(a) => check_failures.push(format!(
+                    "version {i} ({subset:?}): {what} answer from {a:?}"
+                )),
                 Err(e) => check_failures.push(format!("version {i} ({subset:?}): {what}: {e}")),
             }
         }
 
         // Let both background clients make progress under this version.
-        wait_for(&tcp_attempts, tcp_before + 2, "the TCP client");
-        wait_for(&udp_attempts, udp_before + 2, "the UDP client");
+        wait_for(&progress.attempts[0], before[0] + 2, "the TCP client");
+        wait_for(&progress.attempts[1], before[1] + 2, "the UDP client");
     }
     drop(stopper);
     let tcp = join(tcp_client);
     let udp = join(udp_client);
     eprintln!(
-        "{VERSIONS} updates: TCP {} ok / {} failed, UDP {} ok / {} failed",
+        "{applied} of {VERSIONS} updates applied: TCP {} ok / {} failed, UDP {} ok / {} failed",
         tcp.ok,
         tcp.failures.len(),
         udp.ok,
         udp.failures.len()
     );
 
-    assert!(check_failures.is_empty(), "after-commit checks failed:\n{}", check_failures.join("\n"));
+    assert!(
+        check_failures.is_empty(),
+        "after-commit checks failed:\n{}",
+        check_failures.join("\n")
+    );
     for (what, r) in [("TCP", &tcp), ("UDP", &udp)] {
         assert!(
             r.failures.is_empty(),
             "{what}: {} of {} failed during the updates; first ones:\n{}",
             r.failures.len(),
             r.ok + r.failures.len(),
-            r.failures.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+            r.failures
+                .iter()
+                .take(20)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         assert!(
             r.ok >= 2 * VERSIONS,
             "{what}: only {} successful exchanges during {VERSIONS} updates",
             r.ok
         );
-        assert_eq!(r.seen.len(), BACKENDS.len(), "{what}: backends seen: {:?}", r.seen);
+        assert_eq!(
+            r.seen.len(),
+            BACKENDS.len(),
+            "{what}: backends seen: {:?}",
+            r.seen
+        );
     }
 }

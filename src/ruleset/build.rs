@@ -579,9 +579,7 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
                         },
                     );
                     if ep.may_hairpin() {
-                        if ep.may_hairpin() {
-                            hairpins.insert(ep.ip);
-                        }
+                        hairpins.insert(ep.ip);
                     }
                 }
             }

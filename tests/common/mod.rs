@@ -222,7 +222,16 @@ impl Drop for NetNs {
 /// directly inside `a`, never in the host's namespace.
 pub fn veth(a: &NetNs, if_a: &str, b: &NetNs, if_b: &str) {
     a.ip(&[
-        "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns", b.name(),
+        "link",
+        "add",
+        if_a,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        if_b,
+        "netns",
+        b.name(),
     ]);
     a.ip(&["link", "set", if_a, "up"]);
     b.ip(&["link", "set", if_b, "up"]);
