@@ -119,7 +119,7 @@ impl Proxier {
                         diff::diff(
                             Some(Known {
                                 table: &known,
-                                rules_known: false,
+                                rules_known: true,
                             }),
                             table,
                             &mut ops,

@@ -161,6 +161,33 @@ fn encode_tuple_at(vs: &[Value], end: bool) -> Vec<u8> {
     out
 }
 
+/// User-data TLV type of our rule digest. nft prints only type 0 (a comment) and skips
+/// other types, so `nft list` output is unchanged by it.
+pub const RULE_DIGEST_UDATA: u8 = 0xd1;
+
+/// A rule's user data: our digest TLV.
+pub fn rule_digest_udata(d: u64) -> Vec<u8> {
+    let mut v = vec![RULE_DIGEST_UDATA, 8];
+    v.extend_from_slice(&d.to_le_bytes());
+    v
+}
+
+/// The digest in a rule's user data, if it carries ours.
+pub fn parse_rule_digest(ud: &[u8]) -> Option<u64> {
+    let mut off = 0;
+    while off + 2 <= ud.len() {
+        let (ty, len) = (ud[off], ud[off + 1] as usize);
+        let v = ud.get(off + 2..off + 2 + len)?;
+        if ty == RULE_DIGEST_UDATA && len == 8 {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(v);
+            return Some(u64::from_le_bytes(b));
+        }
+        off += 2 + len;
+    }
+    None
+}
+
 /// Encodes an element comment as nft does (udata type 0, NUL-terminated, ≤ 128 bytes).
 pub fn comment_udata(c: &str) -> Vec<u8> {
     let mut s = c.as_bytes().to_vec();
@@ -325,6 +352,7 @@ impl BatchBuilder {
         for s in &rule.0 {
             r.stmt(s, f);
         }
+        r.set_userdata(&rule_digest_udata(render::rule_digest(rule, f)));
         // Safety: valid rule; a rule of a few statements is far below SCRATCH.
         unsafe { sys::nftnl_rule_nlmsg_build_payload(nlh, r.as_ptr()) };
         self.commit_scratch();

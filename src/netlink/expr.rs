@@ -91,6 +91,19 @@ impl RawRule {
         }
     }
 
+    /// Attaches user data (copied).
+    pub fn set_userdata(&mut self, ud: &[u8]) {
+        // Safety: libnftnl copies the buffer.
+        unsafe {
+            sys::nftnl_rule_set_data(
+                self.0.as_ptr(),
+                sys::NFTNL_RULE_USERDATA as u16,
+                ud.as_ptr() as *const libc::c_void,
+                ud.len() as u32,
+            )
+        };
+    }
+
     /// The raw pointer, for building messages.
     pub fn as_ptr(&self) -> *mut sys::nftnl_rule {
         self.0.as_ptr()

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use nftnl_sys as sys;
 
 use super::consts::*;
-use super::encode::{key_type, set_userdata};
+use super::encode::{key_type, parse_rule_digest, set_userdata};
 use super::socket::Conn;
 use super::Error;
 use crate::ruleset::ir::*;
@@ -48,6 +48,8 @@ pub struct RawElement {
 pub struct RawTable {
     /// chain names, in kernel order
     pub chains: Vec<String>,
+    /// per chain, the digest of each rule in order (None: a rule without our digest)
+    pub rule_digests: BTreeMap<String, Vec<Option<u64>>>,
     /// sets
     pub sets: Vec<RawSet>,
 }
@@ -128,6 +130,29 @@ pub fn read_table(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, E
                 }
             }
             sys::nftnl_chain_free(c);
+        }
+    }
+    for m in conn.dump(NFT_MSG_GETRULE, fam, &attr(1, &strz(TABLE_NAME)))? {
+        // Safety: as above.
+        unsafe {
+            let r = sys::nftnl_rule_alloc();
+            if r.is_null() {
+                continue;
+            }
+            if sys::nftnl_rule_nlmsg_parse(m.as_ptr() as *const libc::nlmsghdr, r) >= 0 {
+                let table = get_str(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_TABLE as u16));
+                if table == TABLE_NAME {
+                    let chain = get_str(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_CHAIN as u16));
+                    let ud = get_data(|l| {
+                        sys::nftnl_rule_get_data(r, sys::NFTNL_RULE_USERDATA as u16, l)
+                    });
+                    out.rule_digests
+                        .entry(chain)
+                        .or_default()
+                        .push(parse_rule_digest(&ud));
+                }
+            }
+            sys::nftnl_rule_free(r);
         }
     }
     for m in conn.dump(NFT_MSG_GETSET, fam, &attr(1, &strz(TABLE_NAME)))? {
@@ -292,19 +317,31 @@ fn decode_comment(ud: &[u8]) -> Option<String> {
     None
 }
 
-/// Turns a raw table into the IR shape the diff expects. Sets whose layout does not
-/// match the desired declaration of the same name are given a placeholder declaration
-/// so that the diff replaces them. Chains come back without rules (unknown).
+/// Turns a raw table into the IR shape the diff expects (as exactly known). Sets whose
+/// layout does not match the desired declaration of the same name are given a
+/// placeholder declaration so that the diff replaces them. A chain whose rule digests
+/// equal the desired chain's gets the desired rules; any other chain comes back empty,
+/// which differs from every chain we build, so the diff refills it.
 pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
     let mut t = Table::new(family);
     for name in &raw.chains {
+        let want = desired.chain(name);
+        let verified = want.is_some_and(|c| {
+            let have = raw.rule_digests.get(name).map(Vec::as_slice).unwrap_or(&[]);
+            have.len() == c.rules.len()
+                && c.rules
+                    .iter()
+                    .zip(have)
+                    .all(|(r, d)| *d == Some(crate::ruleset::render::rule_digest(r, family)))
+        });
         t.chains.push(Chain {
             name: name.clone(),
-            kind: desired
-                .chain(name)
-                .map(|c| c.kind)
-                .unwrap_or(ChainKind::Regular),
-            rules: Vec::new(),
+            kind: want.map(|c| c.kind).unwrap_or(ChainKind::Regular),
+            rules: if verified {
+                want.map(|c| c.rules.clone()).unwrap_or_default()
+            } else {
+                Vec::new()
+            },
         });
     }
     for rs in &raw.sets {

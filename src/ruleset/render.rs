@@ -205,6 +205,18 @@ pub fn rule(r: &Rule, family: Family) -> String {
         .join(" ")
 }
 
+/// A stable 64-bit digest of a rule (FNV-1a over its nft text). The netlink path stores
+/// it in the rule's user data, so a read-back can tell exactly which rules the kernel
+/// holds without parsing expressions.
+pub fn rule_digest(r: &Rule, family: Family) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in rule(r, family).bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
 /// Renders a chain's `type … hook … priority …;` line, if it is a base chain.
 pub fn chain_header(c: &Chain) -> Option<String> {
     match c.kind {
