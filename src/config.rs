@@ -55,6 +55,34 @@ pub struct Cli {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub sync_period: Duration,
 
+    /// Path to a kubeconfig file (default: in-cluster credentials, then $KUBECONFIG).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The API server's address (overrides the kubeconfig's).
+    #[arg(long, value_name = "URL")]
+    pub master: Option<String>,
+
+    /// Accepted for kube-proxy compatibility: watches need no client-side rate limit.
+    #[arg(long, default_value_t = 5.0)]
+    pub kube_api_qps: f64,
+
+    /// Accepted for kube-proxy compatibility (see --kube-api-qps).
+    #[arg(long, default_value_t = 10)]
+    pub kube_api_burst: u32,
+
+    /// Where `/healthz` and `/livez` are served (empty: off).
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    pub healthz_bind_address: String,
+
+    /// Where `/metrics` and `/debug/rules` are served (empty: off).
+    #[arg(long, default_value = "127.0.0.1:10249")]
+    pub metrics_bind_address: String,
+
+    /// Shortest time between two syncs, so that a burst of changes is one transaction.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    pub min_sync_period: Duration,
+
     /// Log verbosity (0: warnings and info, 2: debug, 4+: trace).
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     pub verbosity: u8,
@@ -103,9 +131,14 @@ pub enum Error {
         /// the value
         value: String,
     },
-    /// Neither manifests nor another source.
-    #[error("no source of cluster objects: pass --manifests PATH")]
-    NoSource,
+    /// A bind address that is not `host:port`.
+    #[error("--{flag}: {value:?} is not an address:port")]
+    BadAddress {
+        /// the flag
+        flag: &'static str,
+        /// the value
+        value: String,
+    },
 }
 
 /// The proxy's configuration, resolved and validated.
@@ -131,6 +164,16 @@ pub struct ProxyConfig {
     pub cleanup: bool,
     /// full resync period
     pub sync_period: Duration,
+    /// shortest time between syncs
+    pub min_sync_period: Duration,
+    /// kubeconfig path
+    pub kubeconfig: Option<PathBuf>,
+    /// API server URL override
+    pub master: Option<String>,
+    /// `/healthz` address
+    pub healthz_bind_address: Option<std::net::SocketAddr>,
+    /// `/metrics` address
+    pub metrics_bind_address: Option<std::net::SocketAddr>,
     /// log verbosity
     pub verbosity: u8,
 }
@@ -174,9 +217,17 @@ impl ProxyConfig {
             }
             NodePortAddresses::Cidrs(nets)
         };
-        if cli.manifests.is_empty() && !cli.cleanup {
-            return Err(Error::NoSource);
-        }
+        let addr = |flag: &'static str, v: &str| -> Result<Option<std::net::SocketAddr>, Error> {
+            if v.trim().is_empty() {
+                return Ok(None);
+            }
+            v.trim().parse().map(Some).map_err(|_| Error::BadAddress {
+                flag,
+                value: v.to_string(),
+            })
+        };
+        let healthz_bind_address = addr("healthz-bind-address", &cli.healthz_bind_address)?;
+        let metrics_bind_address = addr("metrics-bind-address", &cli.metrics_bind_address)?;
         Ok(ProxyConfig {
             manifests: cli.manifests,
             once: cli.once,
@@ -192,6 +243,11 @@ impl ProxyConfig {
             masquerade_mark: 1u32 << cli.masquerade_bit,
             cleanup: cli.cleanup,
             sync_period: cli.sync_period,
+            min_sync_period: cli.min_sync_period,
+            kubeconfig: cli.kubeconfig,
+            master: cli.master,
+            healthz_bind_address,
+            metrics_bind_address,
             verbosity: cli.verbosity,
         })
     }
@@ -240,7 +296,13 @@ mod tests {
         assert!(!c.masquerade_all);
         assert_eq!(c.nodeport_addresses, NodePortAddresses::Primary);
         assert!(parse(&["--manifests", "a", "--cluster-cidr", "nope"]).is_err());
-        assert!(parse(&[]).is_err());
+        assert!(
+            parse(&[]).is_ok(),
+            "no manifests: the API server is the source"
+        );
+        assert!(parse(&["--healthz-bind-address", "nope"]).is_err());
+        let c = parse(&["--metrics-bind-address", ""]).unwrap();
+        assert!(c.metrics_bind_address.is_none());
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
     }

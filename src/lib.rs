@@ -3,7 +3,11 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod conntrack;
+pub mod daemon;
+pub mod health;
 pub mod host;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod proxier;

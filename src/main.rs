@@ -4,7 +4,35 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kube_nft_proxy::config::{Cli, ProxyConfig};
-use kube_nft_proxy::proxier;
+use kube_nft_proxy::{daemon, proxier};
+
+/// Runs the API-server modes (daemon, or `--dry-run` against the cluster).
+fn run_async(dry_run: bool, cfg: ProxyConfig) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kube-nft-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        if dry_run {
+            daemon::dry_run(&cfg).await.map(|t| print!("{t}"))
+        } else {
+            daemon::run(cfg).await
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kube-nft-proxy: {}", proxier::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -25,8 +53,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let api = cfg.manifests.is_empty();
     let result = if cfg.cleanup {
         proxier::cleanup().map(|n| tracing::info!(tables = n, "deleted our tables"))
+    } else if api && !cfg.once {
+        return run_async(cfg.dry_run, cfg);
     } else if cfg.dry_run {
         proxier::dry_run(&cfg).map(|text| print!("{text}"))
     } else if cfg.once {

@@ -65,6 +65,24 @@ pub fn nodeport_ips(cfg: &ProxyConfig, model: &ProxyModel) -> Result<Vec<IpAddr>
 
 /// The desired ruleset for a cluster state, and the problems found in its objects.
 pub fn desired(cfg: &ProxyConfig, state: &ClusterState) -> Result<(Ruleset, Vec<Problem>), Error> {
+    let d = desired_full(cfg, state)?;
+    Ok((d.ruleset, d.problems))
+}
+
+/// Everything a sync computes before talking to the kernel.
+pub struct Desired {
+    /// the ruleset
+    pub ruleset: Ruleset,
+    /// problems with input objects
+    pub problems: Vec<Problem>,
+    /// the model it was built from
+    pub model: ProxyModel,
+    /// the resolved builder inputs
+    pub build: BuildConfig,
+}
+
+/// Like [`desired`], keeping the model and builder inputs (for side outputs).
+pub fn desired_full(cfg: &ProxyConfig, state: &ClusterState) -> Result<Desired, Error> {
     let mut problems = Default::default();
     let model = ProxyModel::compute(state, &cfg.node_name, &mut problems);
     let bc = BuildConfig {
@@ -73,7 +91,12 @@ pub fn desired(cfg: &ProxyConfig, state: &ClusterState) -> Result<(Ruleset, Vec<
         cluster_cidrs: cfg.cluster_cidrs.clone(),
         nodeport_ips: nodeport_ips(cfg, &model)?,
     };
-    Ok((build(&model, &bc), problems.0))
+    Ok(Desired {
+        ruleset: build(&model, &bc),
+        problems: problems.0,
+        model,
+        build: bc,
+    })
 }
 
 /// Logs each problem with the object it came from.

@@ -53,6 +53,87 @@ impl ClusterState {
         s
     }
 
+    /// Number of objects of a kind (`Service`, `EndpointSlice`, `Node`, `ServiceCIDR`).
+    pub fn len_of(&self, kind: &str) -> usize {
+        match kind {
+            "Service" => self.services.len(),
+            "EndpointSlice" => self.slices.len(),
+            "Node" => self.nodes.len(),
+            "ServiceCIDR" => self.service_cidrs.len(),
+            _ => 0,
+        }
+    }
+
+    /// Replaces every object of a kind with `objs` (a complete relist); returns whether
+    /// anything changed.
+    pub fn replace_kind(&mut self, kind: &str, objs: Vec<Object>) -> bool {
+        let mut fresh = ClusterState::default();
+        for o in objs {
+            fresh.upsert(o);
+        }
+        let changed = match kind {
+            "Service" => self.services != fresh.services,
+            "EndpointSlice" => self.slices != fresh.slices,
+            "Node" => self.nodes != fresh.nodes,
+            "ServiceCIDR" => self.service_cidrs != fresh.service_cidrs,
+            _ => false,
+        };
+        match kind {
+            "Service" => self.services = fresh.services,
+            "EndpointSlice" => self.slices = fresh.slices,
+            "Node" => self.nodes = fresh.nodes,
+            "ServiceCIDR" => self.service_cidrs = fresh.service_cidrs,
+            _ => {}
+        }
+        changed
+    }
+
+    /// Adds or replaces an object; returns whether it differs from what was there.
+    pub fn upsert_changed(&mut self, obj: Object) -> bool {
+        let before = self.get(&obj);
+        let same = before.as_ref().is_some_and(|b| objects_equal(b, &obj));
+        self.upsert(obj);
+        !same
+    }
+
+    fn get(&self, obj: &Object) -> Option<Object> {
+        match obj {
+            Object::Service(s) => {
+                let (namespace, name) = ns_name(&s.metadata);
+                self.services
+                    .get(&ServiceName { namespace, name })
+                    .map(|v| Object::Service(Box::new(v.clone())))
+            }
+            Object::EndpointSlice(s) => self
+                .slices
+                .get(&ns_name(&s.metadata))
+                .map(|v| Object::EndpointSlice(Box::new(v.clone()))),
+            Object::Node(n) => self
+                .nodes
+                .get(&ns_name(&n.metadata).1)
+                .map(|v| Object::Node(Box::new(v.clone()))),
+            Object::ServiceCidr(c) => self
+                .service_cidrs
+                .get(&ns_name(&c.metadata).1)
+                .map(|v| Object::ServiceCidr(Box::new(v.clone()))),
+        }
+    }
+
+    /// Removes an object by key; returns whether it was there.
+    pub fn remove(&mut self, obj: &Object) -> bool {
+        match obj {
+            Object::Service(s) => {
+                let (namespace, name) = ns_name(&s.metadata);
+                self.services
+                    .remove(&ServiceName { namespace, name })
+                    .is_some()
+            }
+            Object::EndpointSlice(s) => self.slices.remove(&ns_name(&s.metadata)).is_some(),
+            Object::Node(n) => self.nodes.remove(&ns_name(&n.metadata).1).is_some(),
+            Object::ServiceCidr(c) => self.service_cidrs.remove(&ns_name(&c.metadata).1).is_some(),
+        }
+    }
+
     /// Adds or replaces an object.
     pub fn upsert(&mut self, obj: Object) {
         match obj {
@@ -70,6 +151,16 @@ impl ClusterState {
                 self.service_cidrs.insert(ns_name(&c.metadata).1, *c);
             }
         }
+    }
+}
+
+fn objects_equal(a: &Object, b: &Object) -> bool {
+    match (a, b) {
+        (Object::Service(x), Object::Service(y)) => x == y,
+        (Object::EndpointSlice(x), Object::EndpointSlice(y)) => x == y,
+        (Object::Node(x), Object::Node(y)) => x == y,
+        (Object::ServiceCidr(x), Object::ServiceCidr(y)) => x == y,
+        _ => false,
     }
 }
 

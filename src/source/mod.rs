@@ -1,3 +1,4 @@
 //! Where cluster objects come from.
 
+pub mod kube;
 pub mod manifests;

@@ -1,0 +1,189 @@
+//! Stale UDP flows: when a UDP endpoint goes away, conntrack entries that our rules
+//! DNATed to it would keep sending a client's datagrams to a dead pod until they time
+//! out. We delete exactly those entries through ctnetlink: UDP, DNATed, reply source =
+//! the removed endpoint, original destination = one of the service's frontends.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+/// A flow our rules created: frontend (original destination) → endpoint (reply source).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StaleFlow {
+    /// original destination address
+    pub frontend: IpAddr,
+    /// original destination port
+    pub frontend_port: u16,
+    /// reply source address (the endpoint)
+    pub endpoint: IpAddr,
+    /// reply source port
+    pub endpoint_port: u16,
+}
+
+/// Errors talking to ctnetlink.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The socket could not be opened or used.
+    #[error("conntrack netlink socket failed")]
+    Socket(#[source] std::io::Error),
+}
+
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_STATUS: u16 = 3;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const IPS_DST_NAT: u32 = 1 << 5;
+
+fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while b.len() >= 4 {
+        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
+        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
+        if len < 4 || len > b.len() {
+            break;
+        }
+        out.push((ty, &b[4..len]));
+        let adv = ((len + 3) & !3).min(b.len());
+        b = &b[adv..];
+    }
+    out
+}
+
+fn find(b: &[u8], ty: u16) -> Option<&[u8]> {
+    attrs(b).into_iter().find(|(t, _)| *t == ty).map(|(_, v)| v)
+}
+
+/// (src, dst, proto, sport, dport) of a tuple attribute.
+fn tuple(b: &[u8]) -> Option<(IpAddr, IpAddr, u8, u16, u16)> {
+    let ip = find(b, CTA_TUPLE_IP)?;
+    let (src, dst) = {
+        let a = attrs(ip);
+        let get = |t: u16| a.iter().find(|(x, _)| *x == t).map(|(_, v)| *v);
+        if let (Some(s), Some(d)) = (get(1), get(2)) {
+            (
+                IpAddr::from(<[u8; 4]>::try_from(s).ok()?),
+                IpAddr::from(<[u8; 4]>::try_from(d).ok()?),
+            )
+        } else {
+            let (s, d) = (get(3)?, get(4)?);
+            (
+                IpAddr::from(<[u8; 16]>::try_from(s).ok()?),
+                IpAddr::from(<[u8; 16]>::try_from(d).ok()?),
+            )
+        }
+    };
+    let p = find(b, CTA_TUPLE_PROTO)?;
+    let num = *find(p, CTA_PROTO_NUM)?.first()?;
+    let port = |t| {
+        find(p, t)
+            .and_then(|v| <[u8; 2]>::try_from(v).ok())
+            .map(u16::from_be_bytes)
+            .unwrap_or(0)
+    };
+    Some((
+        src,
+        dst,
+        num,
+        port(CTA_PROTO_SRC_PORT),
+        port(CTA_PROTO_DST_PORT),
+    ))
+}
+
+fn header(ty: u16, flags: u16, seq: u32, family: u8, len: usize) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len);
+    v.extend_from_slice(&(len as u32).to_ne_bytes());
+    v.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | ty).to_ne_bytes());
+    v.extend_from_slice(&flags.to_ne_bytes());
+    v.extend_from_slice(&seq.to_ne_bytes());
+    v.extend_from_slice(&0u32.to_ne_bytes());
+    v.extend_from_slice(&[family, 0, 0, 0]);
+    v
+}
+
+/// Deletes the conntrack entries of `flows` (UDP only) in the current network
+/// namespace; returns how many were deleted.
+pub fn delete_stale_udp(flows: &BTreeSet<StaleFlow>) -> Result<usize, Error> {
+    if flows.is_empty() {
+        return Ok(0);
+    }
+    let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(Error::Socket)?;
+    let mut deleted = 0;
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        // Dump this family's entries and pick ours.
+        let seq = 1;
+        let req = header(IPCTNL_MSG_CT_GET, 0x1 | 0x300, seq, family, 20);
+        sock.send(&req).map_err(Error::Socket)?;
+        let mut victims: Vec<Vec<u8>> = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        'dump: loop {
+            let n = sock.recv_raw(&mut buf).map_err(Error::Socket)?;
+            let mut off = 0;
+            while off + 16 <= n {
+                let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
+                    as usize;
+                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                if len < 16 || off + len > n {
+                    break;
+                }
+                if ty == 3 || ty == 2 {
+                    // NLMSG_DONE or an error ends the dump.
+                    break 'dump;
+                }
+                let payload = &buf[off + 20..off + len];
+                let status = find(payload, CTA_STATUS)
+                    .and_then(|v| <[u8; 4]>::try_from(v).ok())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(0);
+                if let (Some(orig_raw), Some(reply)) = (
+                    find(payload, CTA_TUPLE_ORIG),
+                    find(payload, CTA_TUPLE_REPLY).and_then(tuple),
+                ) {
+                    if let Some(orig) = tuple(orig_raw) {
+                        let f = StaleFlow {
+                            frontend: orig.1,
+                            frontend_port: orig.4,
+                            endpoint: reply.0,
+                            endpoint_port: reply.3,
+                        };
+                        if orig.2 == 17 && status & IPS_DST_NAT != 0 && flows.contains(&f) {
+                            victims.push(orig_raw.to_vec());
+                        }
+                    }
+                }
+                off += (len + 3) & !3;
+            }
+        }
+        for (i, orig) in victims.iter().enumerate() {
+            let alen = 4 + orig.len();
+            let total = 20 + ((alen + 3) & !3);
+            let mut m = header(
+                IPCTNL_MSG_CT_DELETE,
+                0x1 | 0x4,
+                100 + i as u32,
+                family,
+                total,
+            );
+            m.extend_from_slice(&(alen as u16).to_ne_bytes());
+            m.extend_from_slice(&(CTA_TUPLE_ORIG | 0x8000).to_ne_bytes());
+            m.extend_from_slice(orig);
+            while m.len() < total {
+                m.push(0);
+            }
+            sock.send(&m).map_err(Error::Socket)?;
+            let n = sock.recv_raw(&mut buf).map_err(Error::Socket)?;
+            if n >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == 2 {
+                let code = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
+                if code == 0 {
+                    deleted += 1;
+                }
+            }
+        }
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,381 @@
+//! The long-running proxy against an API server: watchers → cluster state → coalesced
+//! syncs → kernel, with health, metrics, healthCheckNodePorts and conntrack cleanup fed
+//! from each sync's result.
+//!
+//! Nothing is programmed before every watcher has delivered its first complete list.
+//! Losing the API server only pauses the watchers (they retry with backoff); the rules
+//! in the kernel stay as last applied. A full reconcile (read back, repair drift) runs
+//! at start-up, after any failed sync and every `syncPeriod`; every other sync diffs
+//! against the last applied ruleset.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::config::ProxyConfig;
+use crate::conntrack::{self, StaleFlow};
+use crate::health::{self, Health, ServiceHealth, ServiceHealthServers, Shared};
+use crate::metrics::{now_unix, Metrics};
+use crate::model::{Object, Problem, Protocol, ProxyModel};
+use crate::proxier::{self, error_chain, Proxier};
+use crate::ruleset::render;
+use crate::source::kube::{watch_all, SourceEvent, Sources};
+use crate::topology;
+
+/// Errors that stop the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No usable API server configuration.
+    #[error("cannot configure the API client")]
+    Config(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr}")]
+    Listen {
+        /// the address
+        addr: String,
+        /// the cause
+        #[source]
+        source: std::io::Error,
+    },
+    /// The watch channel closed.
+    #[error("the watchers stopped")]
+    SourcesClosed,
+    /// A one-shot sync failed.
+    #[error("sync failed")]
+    Sync(#[from] proxier::Error),
+}
+
+/// Builds the API client from `--kubeconfig` / `--master` / in-cluster credentials.
+pub async fn client(cfg: &ProxyConfig) -> Result<Client, Error> {
+    let boxed = |e: Box<dyn std::error::Error + Send + Sync>| Error::Config(e);
+    let mut config = match (&cfg.kubeconfig, &cfg.master) {
+        (Some(path), _) => {
+            let kc = Kubeconfig::read_from(path).map_err(|e| boxed(Box::new(e)))?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| boxed(Box::new(e)))?
+        }
+        (None, Some(master)) => {
+            let url = master.parse().map_err(|e| boxed(Box::new(e)))?;
+            Config::new(url)
+        }
+        (None, None) => Config::infer().await.map_err(|e| boxed(Box::new(e)))?,
+    };
+    if let (Some(_), Some(master)) = (&cfg.kubeconfig, &cfg.master) {
+        config.cluster_url = master.parse().map_err(|e| boxed(Box::new(e)))?;
+    }
+    Client::try_from(config).map_err(|e| boxed(Box::new(e)))
+}
+
+/// Parses an RFC 3339 UTC timestamp (`2024-01-02T03:04:05Z`, optional fraction) into
+/// seconds since the epoch.
+pub fn parse_rfc3339(s: &str) -> Option<f64> {
+    s.parse::<k8s_openapi::jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_second() as f64 + f64::from(t.subsec_nanosecond()) / 1e9)
+}
+
+const TRIGGER_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The side outputs a sync feeds.
+struct SideOutputs {
+    shared: Arc<Shared>,
+    health_servers: ServiceHealthServers,
+    seen_problems: BTreeSet<(String, String)>,
+}
+
+impl SideOutputs {
+    fn problems(&mut self, problems: &[Problem]) {
+        let current: BTreeSet<(String, String)> = problems
+            .iter()
+            .map(|p| (p.object.clone(), p.reason.clone()))
+            .collect();
+        let new: Vec<&(String, String)> = current.difference(&self.seen_problems).collect();
+        for (object, reason) in &new {
+            tracing::warn!(object = %object, "skipped invalid input: {reason}");
+        }
+        self.shared.metrics.invalid(new.len(), current.len());
+        self.seen_problems = current;
+    }
+}
+
+/// Service health and no-local-endpoint counts from a model.
+fn service_health(model: &ProxyModel) -> (BTreeMap<u16, ServiceHealth>, usize, usize) {
+    let mut hc: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
+    let (mut internal, mut external) = (0, 0);
+    for e in model.services.values() {
+        let svc = &e.port;
+        let cat = topology::categorize(
+            svc,
+            &e.endpoints,
+            &model.node.name,
+            model.node.zone.as_deref(),
+        );
+        let local = cat.local.as_ref().map(|l| l.len()).unwrap_or(0);
+        if cat.has_any && svc.internal_policy_local && local == 0 {
+            internal += 1;
+        }
+        if cat.has_any && svc.uses_external_local() && local == 0 {
+            external += 1;
+        }
+        if let Some(port) = svc.health_check_node_port {
+            let ready_local = e.endpoints.iter().filter(|x| x.is_local && x.ready).count();
+            let entry = hc.entry(port).or_insert(ServiceHealth {
+                namespace: svc.name.namespace.clone(),
+                name: svc.name.name.clone(),
+                local_endpoints: 0,
+            });
+            entry.local_endpoints = entry.local_endpoints.max(ready_local);
+        }
+    }
+    (hc, internal, external)
+}
+
+/// UDP flows to endpoints that served in `old` and are gone in `new`.
+fn stale_udp_flows(
+    old: &ProxyModel,
+    new: &ProxyModel,
+    nodeport_ips: &[IpAddr],
+) -> BTreeSet<StaleFlow> {
+    let mut out = BTreeSet::new();
+    for (name, o) in &old.services {
+        if name.protocol != Protocol::Udp {
+            continue;
+        }
+        let svc = &o.port;
+        let still: BTreeSet<(IpAddr, u16)> = new
+            .services
+            .get(name)
+            .map(|n| {
+                n.endpoints
+                    .iter()
+                    .filter(|e| e.serving)
+                    .map(|e| (e.ip, e.port))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut frontends: Vec<(IpAddr, u16)> = svc
+            .cluster_ips
+            .iter()
+            .chain(&svc.external_ips)
+            .chain(&svc.load_balancer_ips)
+            .map(|ip| (*ip, svc.port))
+            .collect();
+        if let Some(np) = svc.node_port {
+            frontends.extend(nodeport_ips.iter().map(|ip| (*ip, np)));
+        }
+        for ep in o.endpoints.iter().filter(|e| e.serving) {
+            if still.contains(&(ep.ip, ep.port)) {
+                continue;
+            }
+            for (ip, port) in &frontends {
+                if ip.is_ipv6() == ep.ip.is_ipv6() {
+                    out.insert(StaleFlow {
+                        frontend: *ip,
+                        frontend_port: *port,
+                        endpoint: ep.ip,
+                        endpoint_port: ep.port,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn listen(
+    addr: Option<std::net::SocketAddr>,
+    handler: impl Fn(&str) -> health::Response + Send + Sync + 'static,
+) -> Result<(), Error> {
+    if let Some(a) = addr {
+        let l = TcpListener::bind(a).await.map_err(|source| Error::Listen {
+            addr: a.to_string(),
+            source,
+        })?;
+        health::serve(l, handler);
+    }
+    Ok(())
+}
+
+/// Runs the proxy against the API server until the process is stopped.
+pub async fn run(cfg: ProxyConfig) -> Result<(), Error> {
+    let client = client(&cfg).await?;
+    let rx = watch_all(client, &cfg.node_name);
+    run_with(cfg, rx).await
+}
+
+/// `--dry-run` against the API server: list everything once, print the ruleset the
+/// named node would get.
+pub async fn dry_run(cfg: &ProxyConfig) -> Result<String, Error> {
+    let client = client(cfg).await?;
+    let mut rx = watch_all(client, &cfg.node_name);
+    let mut sources = Sources::default();
+    while !sources.ready() {
+        let ev = rx.recv().await.ok_or(Error::SourcesClosed)?;
+        sources.apply(ev);
+    }
+    let d = proxier::desired_full(cfg, &sources.state)?;
+    proxier::log_problems(&d.problems);
+    Ok(render::ruleset(&d.ruleset))
+}
+
+/// The daemon loop over an event channel (the API watchers, or anything that speaks
+/// [`SourceEvent`]).
+pub async fn run_with(
+    cfg: ProxyConfig,
+    mut rx: mpsc::UnboundedReceiver<SourceEvent>,
+) -> Result<(), Error> {
+    let shared = Arc::new(Shared {
+        metrics: Metrics::default(),
+        health: Health::new(cfg.sync_period * 2),
+        rules: Mutex::new(String::new()),
+    });
+    {
+        let s = shared.clone();
+        listen(cfg.healthz_bind_address, move |p| s.health.respond(p)).await?;
+    }
+    listen(
+        cfg.metrics_bind_address,
+        health::metrics_handler(shared.clone()),
+    )
+    .await?;
+    let mut side = SideOutputs {
+        shared: shared.clone(),
+        health_servers: ServiceHealthServers::default(),
+        seen_problems: BTreeSet::new(),
+    };
+    let mut sources = Sources::default();
+    let mut proxier = Proxier::new();
+    let mut last_model: Option<ProxyModel> = None;
+    let mut dirty = false;
+    let mut need_full = true;
+    let mut last_sync: Option<Instant> = None;
+    let mut last_full = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    let mut retry_at: Option<Instant> = None;
+    // EndpointSlice trigger times waiting for the sync that programs them.
+    let mut pending_triggers: Vec<f64> = Vec::new();
+    let mut was_ready = false;
+    loop {
+        let now = Instant::now();
+        let min_next = last_sync.map(|t| t + cfg.min_sync_period).unwrap_or(now);
+        let full_due = last_full + cfg.sync_period;
+        let mut wake = full_due;
+        if sources.ready() {
+            if dirty {
+                wake = wake.min(min_next.max(now));
+            }
+            if let Some(r) = retry_at {
+                wake = wake.min(r);
+            }
+        }
+        tokio::select! {
+            ev = rx.recv() => {
+                let mut ev = Some(ev.ok_or(Error::SourcesClosed)?);
+                // Take everything already queued: one sync for a burst.
+                while let Some(e) = ev.take() {
+                    if let SourceEvent::Apply(Object::EndpointSlice(s)) | SourceEvent::InitApply(Object::EndpointSlice(s)) = &e {
+                        if let Some(t) = s.metadata.annotations.as_ref().and_then(|a| a.get(TRIGGER_ANNOTATION)).and_then(|t| parse_rfc3339(t)) {
+                            pending_triggers.push(t);
+                        }
+                    }
+                    let a = sources.apply(e);
+                    if a.any() {
+                        dirty = true;
+                        shared.metrics.queued(a.services, a.slices);
+                        shared.health.queued();
+                    }
+                    ev = rx.try_recv().ok();
+                }
+                if sources.ready() && !was_ready {
+                    was_ready = true;
+                    tracing::info!("every source delivered its first list; programming");
+                    dirty = true;
+                }
+                continue;
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+        if !sources.ready() {
+            continue;
+        }
+        let now = Instant::now();
+        let full = need_full || now >= full_due;
+        let retry = retry_at.is_some_and(|r| now >= r);
+        // A plain change waits for min-sync-period; a due full sync or retry does not.
+        let due = full || retry || (dirty && now >= min_next);
+        if !due {
+            continue;
+        }
+        let start = Instant::now();
+        let result = proxier::desired_full(&cfg, &sources.state).and_then(|d| {
+            let report = proxier.sync(d.ruleset.clone(), full || retry)?;
+            Ok((d, report))
+        });
+        last_sync = Some(Instant::now());
+        match result {
+            Ok((d, report)) => {
+                let elapsed = start.elapsed();
+                shared.metrics.sync_done(elapsed, report.full);
+                shared.health.updated();
+                for t in pending_triggers.drain(..) {
+                    shared.metrics.programmed(now_unix() - t);
+                }
+                if let Ok(mut g) = shared.rules.lock() {
+                    *g = render::ruleset(&d.ruleset);
+                }
+                side.problems(&d.problems);
+                let (hc, internal, external) = service_health(&d.model);
+                shared.metrics.no_local_endpoints(internal, external);
+                side.health_servers.sync(hc, &shared).await;
+                if let Some(old) = &last_model {
+                    let flows = stale_udp_flows(old, &d.model, &d.build.nodeport_ips);
+                    match conntrack::delete_stale_udp(&flows) {
+                        Ok(n) => shared.metrics.conntrack_deleted(n),
+                        Err(e) => {
+                            tracing::warn!(error = %error_chain(&e), "conntrack cleanup failed")
+                        }
+                    }
+                }
+                last_model = Some(d.model);
+                tracing::debug!(
+                    full = report.full,
+                    ops = report.ops,
+                    elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                    "synced"
+                );
+                if report.full {
+                    last_full = Instant::now();
+                }
+                dirty = false;
+                need_full = false;
+                retry_at = None;
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) => {
+                shared.metrics.sync_failed();
+                tracing::error!(error = %error_chain(&e), retry_in_ms = backoff.as_millis() as u64, "sync failed; the last applied rules stay in place");
+                retry_at = Some(Instant::now() + backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                need_full = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(parse_rfc3339("2024-01-02T03:04:05Z"), Some(1704164645.0));
+        assert!(parse_rfc3339("yesterday").is_none());
+    }
+}

@@ -1,0 +1,276 @@
+//! Objects from the API server: kube-runtime watchers for Services, EndpointSlices,
+//! ServiceCIDRs and this proxy's own Node.
+//!
+//! Each watcher runs with kube-runtime's default backoff and feeds plain events into one
+//! channel. [`Sources`] applies them to the [`ClusterState`] synchronously: an initial
+//! (re)list is buffered and swapped in whole at `InitDone`, so objects missing from a
+//! relist are deleted there (a `Delete` event alone may have been lost). The state is
+//! "ready" only once every watcher has delivered its first complete list: a half-known
+//! cluster must never be programmed.
+
+use std::collections::BTreeMap;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::ServiceCIDR;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+use tokio::sync::mpsc;
+
+use crate::model::convert::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
+use crate::model::{ClusterState, Object};
+
+/// The kinds we watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// v1 Service
+    Service,
+    /// discovery.k8s.io/v1 EndpointSlice
+    EndpointSlice,
+    /// networking.k8s.io/v1 ServiceCIDR
+    ServiceCidr,
+    /// v1 Node (ours only)
+    Node,
+}
+
+impl Kind {
+    /// All kinds.
+    pub const ALL: [Kind; 4] = [
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::ServiceCidr,
+        Kind::Node,
+    ];
+
+    /// Kubernetes kind name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::ServiceCidr => "ServiceCIDR",
+            Kind::Node => "Node",
+        }
+    }
+}
+
+/// One event from one watcher.
+#[derive(Debug)]
+pub enum SourceEvent {
+    /// a relist starts
+    Init(Kind),
+    /// an object of a relist
+    InitApply(Object),
+    /// a relist is complete
+    InitDone(Kind),
+    /// an object was added or changed
+    Apply(Object),
+    /// an object was deleted
+    Delete(Object),
+    /// the watcher failed (it retries with backoff)
+    Error(Kind, String),
+}
+
+fn kind_of(o: &Object) -> Kind {
+    match o {
+        Object::Service(_) => Kind::Service,
+        Object::EndpointSlice(_) => Kind::EndpointSlice,
+        Object::ServiceCidr(_) => Kind::ServiceCidr,
+        Object::Node(_) => Kind::Node,
+    }
+}
+
+/// Applies watcher events to the cluster state.
+#[derive(Default)]
+pub struct Sources {
+    /// the state
+    pub state: ClusterState,
+    buffers: BTreeMap<Kind, Vec<Object>>,
+    listed: BTreeMap<Kind, bool>,
+}
+
+/// What an event changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// objects of these kinds changed
+    pub services: usize,
+    /// slices changed
+    pub slices: usize,
+    /// the node or service CIDRs changed
+    pub other: usize,
+}
+
+impl Applied {
+    fn count(&mut self, k: Kind) {
+        match k {
+            Kind::Service => self.services += 1,
+            Kind::EndpointSlice => self.slices += 1,
+            _ => self.other += 1,
+        }
+    }
+
+    /// Whether anything changed.
+    pub fn any(&self) -> bool {
+        self.services + self.slices + self.other > 0
+    }
+}
+
+impl Sources {
+    /// Whether every kind has delivered its first complete list.
+    pub fn ready(&self) -> bool {
+        Kind::ALL
+            .iter()
+            .all(|k| self.listed.get(k).copied().unwrap_or(false))
+    }
+
+    /// Applies one event; returns what changed.
+    pub fn apply(&mut self, ev: SourceEvent) -> Applied {
+        let mut a = Applied::default();
+        match ev {
+            SourceEvent::Init(k) => {
+                self.buffers.insert(k, Vec::new());
+            }
+            SourceEvent::InitApply(o) => {
+                self.buffers.entry(kind_of(&o)).or_default().push(o);
+            }
+            SourceEvent::InitDone(k) => {
+                let objs = self.buffers.remove(&k).unwrap_or_default();
+                let before = self.state.len_of(k.name());
+                let changed = self.state.replace_kind(k.name(), objs);
+                if changed || before != self.state.len_of(k.name()) {
+                    a.count(k);
+                }
+                self.listed.insert(k, true);
+            }
+            SourceEvent::Apply(o) => {
+                let k = kind_of(&o);
+                if self.state.upsert_changed(o) {
+                    a.count(k);
+                }
+            }
+            SourceEvent::Delete(o) => {
+                let k = kind_of(&o);
+                if self.state.remove(&o) {
+                    a.count(k);
+                }
+            }
+            SourceEvent::Error(k, e) => {
+                tracing::warn!(kind = k.name(), error = %e, "watch failed; retrying with backoff, rules stay in place");
+            }
+        }
+        a
+    }
+}
+
+fn forward<K>(
+    kind: Kind,
+    api: Api<K>,
+    cfg: watcher::Config,
+    wrap: fn(K) -> Object,
+    tx: mpsc::UnboundedSender<SourceEvent>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
+        while let Some(ev) = stream.next().await {
+            let out = match ev {
+                Ok(Event::Init) => SourceEvent::Init(kind),
+                Ok(Event::InitApply(o)) => SourceEvent::InitApply(wrap(o)),
+                Ok(Event::InitDone) => SourceEvent::InitDone(kind),
+                Ok(Event::Apply(o)) => SourceEvent::Apply(wrap(o)),
+                Ok(Event::Delete(o)) => SourceEvent::Delete(wrap(o)),
+                Err(e) => SourceEvent::Error(kind, crate::proxier::error_chain(&e)),
+            };
+            if tx.send(out).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+/// Starts the four watchers; events arrive on the returned channel.
+pub fn watch_all(client: Client, node: &str) -> mpsc::UnboundedReceiver<SourceEvent> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    // Upstream's selectors: Services of other proxies and headless Services are not ours.
+    let svc_cfg = watcher::Config::default()
+        .labels(&format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}"));
+    let slice_cfg = watcher::Config::default().labels(&format!("!{SERVICE_PROXY_NAME_LABEL}"));
+    let node_cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
+    forward(
+        Kind::Service,
+        Api::<Service>::all(client.clone()),
+        svc_cfg,
+        |o| Object::Service(Box::new(o)),
+        tx.clone(),
+    );
+    forward(
+        Kind::EndpointSlice,
+        Api::<EndpointSlice>::all(client.clone()),
+        slice_cfg,
+        |o| Object::EndpointSlice(Box::new(o)),
+        tx.clone(),
+    );
+    forward(
+        Kind::ServiceCidr,
+        Api::<ServiceCIDR>::all(client.clone()),
+        watcher::Config::default(),
+        |o| Object::ServiceCidr(Box::new(o)),
+        tx.clone(),
+    );
+    forward(
+        Kind::Node,
+        Api::<Node>::all(client),
+        node_cfg,
+        |o| Object::Node(Box::new(o)),
+        tx,
+    );
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, ip: &str) -> Object {
+        Object::Service(Box::new(
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"clusterIP": ip, "ports": [{"port": 80}]}
+            }))
+            .unwrap(),
+        ))
+    }
+
+    #[test]
+    fn relist_swaps_in_and_deletes_missing_objects() {
+        let mut s = Sources::default();
+        assert!(!s.ready());
+        s.apply(SourceEvent::Init(Kind::Service));
+        s.apply(SourceEvent::InitApply(svc("a", "10.0.0.1")));
+        s.apply(SourceEvent::InitApply(svc("b", "10.0.0.2")));
+        // Nothing is visible until the list is complete.
+        assert_eq!(s.state.services.len(), 0);
+        assert!(s.apply(SourceEvent::InitDone(Kind::Service)).any());
+        assert_eq!(s.state.services.len(), 2);
+        for k in [Kind::EndpointSlice, Kind::ServiceCidr, Kind::Node] {
+            assert!(!s.ready());
+            s.apply(SourceEvent::Init(k));
+            s.apply(SourceEvent::InitDone(k));
+        }
+        assert!(s.ready());
+        // A relist without "b": b is deleted at InitDone.
+        s.apply(SourceEvent::Init(Kind::Service));
+        s.apply(SourceEvent::InitApply(svc("a", "10.0.0.1")));
+        assert_eq!(s.state.services.len(), 2);
+        assert!(s.apply(SourceEvent::InitDone(Kind::Service)).any());
+        assert_eq!(s.state.services.len(), 1);
+        // Re-applying an identical object changes nothing.
+        assert!(!s.apply(SourceEvent::Apply(svc("a", "10.0.0.1"))).any());
+        assert!(s.apply(SourceEvent::Apply(svc("a", "10.0.0.9"))).any());
+        assert!(s.apply(SourceEvent::Delete(svc("a", "10.0.0.9"))).any());
+        assert_eq!(s.state.services.len(), 0);
+    }
+}
