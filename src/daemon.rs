@@ -234,7 +234,7 @@ pub async fn run_with(
     let shared = Arc::new(Shared {
         metrics: Metrics::default(),
         health: Health::new(cfg.sync_period * 2),
-        rules: Mutex::new(String::new()),
+        rules: Mutex::new(None),
     });
     {
         let s = shared.clone();
@@ -314,8 +314,9 @@ pub async fn run_with(
             continue;
         }
         let start = Instant::now();
-        let result = proxier::desired_full(&cfg, &sources.state).and_then(|d| {
-            let report = proxier.sync(d.ruleset.clone(), full || retry)?;
+        let result = proxier::desired_full(&cfg, &sources.state).and_then(|mut d| {
+            let ruleset = std::mem::replace(&mut d.ruleset, crate::ruleset::Ruleset { tables: Vec::new() });
+            let report = proxier.sync(ruleset, full || retry)?;
             Ok((d, report))
         });
         last_sync = Some(Instant::now());
@@ -328,7 +329,7 @@ pub async fn run_with(
                     shared.metrics.programmed(now_unix() - t);
                 }
                 if let Ok(mut g) = shared.rules.lock() {
-                    *g = render::ruleset(&d.ruleset);
+                    *g = proxier.last();
                 }
                 side.problems(&d.problems);
                 let (hc, internal, external) = service_health(&d.model);

@@ -238,8 +238,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// proxier health
     pub health: Health,
-    /// the currently programmed ruleset as nft text
-    pub rules: Mutex<String>,
+    /// the currently programmed ruleset (rendered as nft text on request)
+    pub rules: Mutex<Option<Arc<crate::ruleset::Ruleset>>>,
 }
 
 /// The metrics address: `/metrics`, `/debug/rules`, and health too (as upstream).
@@ -255,9 +255,12 @@ pub fn metrics_handler(shared: Arc<Shared>) -> impl Fn(&str) -> Response + Send 
             status: 200,
             headers: vec![],
             content_type: "text/plain; charset=utf-8",
-            body: match shared.rules.lock() {
-                Ok(g) => g.clone(),
-                Err(p) => p.into_inner().clone(),
+            body: {
+                let rs = match shared.rules.lock() {
+                    Ok(g) => g.clone(),
+                    Err(p) => p.into_inner().clone(),
+                };
+                rs.map(|r| crate::ruleset::render::ruleset(&r)).unwrap_or_default()
             },
         },
         "/healthz" | "/livez" => shared.health.respond(path),

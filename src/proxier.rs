@@ -8,6 +8,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{NodePortAddresses, ProxyConfig};
@@ -110,13 +111,18 @@ pub fn log_problems(problems: &[Problem]) {
 #[derive(Default)]
 pub struct Proxier {
     kernel: Option<Kernel>,
-    last: Option<Ruleset>,
+    last: Option<Arc<Ruleset>>,
 }
 
 impl Proxier {
     /// A proxier that knows nothing about the kernel yet (first sync reads it back).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The last ruleset the kernel accepted (shared, so side outputs need no copy).
+    pub fn last(&self) -> Option<Arc<Ruleset>> {
+        self.last.clone()
     }
 
     /// Computes the operations that bring the kernel to `desired`. With `full`, or when
@@ -184,7 +190,7 @@ impl Proxier {
             self.last = None;
             return Err(e.into());
         }
-        self.last = Some(desired);
+        self.last = Some(Arc::new(desired));
         Ok(SyncReport {
             full: read_back,
             ops: ops.len(),
