@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use kube_nft_proxy::config::{Cli, ProxyConfig};
 use kube_nft_proxy::{daemon, proxier};
 
@@ -41,10 +43,18 @@ fn main() -> ExitCode {
         2 | 3 => tracing::Level::DEBUG,
         _ => tracing::Level::TRACE,
     };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
+    // Our own logs at the chosen level; libraries (kube, hyper) only from -v 4 on.
+    let lib_level = if cli.verbosity >= 4 { level } else { tracing::Level::WARN };
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("kube_nft_proxy", level)
+        .with_default(lib_level);
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false),
+        )
+        .with(filter)
         .init();
     let cfg = match ProxyConfig::from_cli(cli) {
         Ok(c) => c,
