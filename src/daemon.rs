@@ -315,7 +315,10 @@ pub async fn run_with(
         }
         let start = Instant::now();
         let result = proxier::desired_full(&cfg, &sources.state).and_then(|mut d| {
-            let ruleset = std::mem::replace(&mut d.ruleset, crate::ruleset::Ruleset { tables: Vec::new() });
+            let ruleset = std::mem::replace(
+                &mut d.ruleset,
+                crate::ruleset::Ruleset { tables: Vec::new() },
+            );
             let report = proxier.sync(ruleset, full || retry)?;
             Ok((d, report))
         });

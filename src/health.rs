@@ -260,7 +260,8 @@ pub fn metrics_handler(shared: Arc<Shared>) -> impl Fn(&str) -> Response + Send 
                     Ok(g) => g.clone(),
                     Err(p) => p.into_inner().clone(),
                 };
-                rs.map(|r| crate::ruleset::render::ruleset(&r)).unwrap_or_default()
+                rs.map(|r| crate::ruleset::render::ruleset(&r))
+                    .unwrap_or_default()
             },
         },
         "/healthz" | "/livez" => shared.health.respond(path),

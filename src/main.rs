@@ -3,10 +3,10 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 use kube_nft_proxy::config::{Cli, ProxyConfig};
 use kube_nft_proxy::{daemon, proxier};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Runs the API-server modes (daemon, or `--dry-run` against the cluster).
 fn run_async(dry_run: bool, cfg: ProxyConfig) -> ExitCode {
@@ -44,7 +44,11 @@ fn main() -> ExitCode {
         _ => tracing::Level::TRACE,
     };
     // Our own logs at the chosen level; libraries (kube, hyper) only from -v 4 on.
-    let lib_level = if cli.verbosity >= 4 { level } else { tracing::Level::WARN };
+    let lib_level = if cli.verbosity >= 4 {
+        level
+    } else {
+        tracing::Level::WARN
+    };
     let filter = tracing_subscriber::filter::Targets::new()
         .with_target("kube_nft_proxy", level)
         .with_default(lib_level);

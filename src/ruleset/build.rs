@@ -30,7 +30,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::ir::*;
-use crate::model::{Endpoint, ProxyModel};
+use crate::model::{Endpoint, NodeInfo, ProxyModel, ServiceEntry};
 use crate::topology;
 
 /// Set and chain names. They are the operator's vocabulary in `nft list table`.
@@ -124,7 +124,7 @@ fn decl(name: &str, key: Vec<KeyType>, data: Vec<KeyType>, comment: &'static str
 
 /// What happens to new connections to one frontend.
 #[derive(Clone, Debug)]
-struct Plan {
+pub(crate) struct Plan {
     comment: String,
     /// None → reject (no endpoints anywhere), Some(empty) → drop
     endpoints: Option<Vec<Endpoint>>,
@@ -159,16 +159,23 @@ fn frontend(ip: IpAddr, proto: u8, port: u16) -> Key {
     vec![Value::Addr(ip), Value::Proto(proto), Value::Port(port)]
 }
 
-fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key, Plan> {
-    let mut plans: BTreeMap<Key, Plan> = BTreeMap::new();
+/// The frontends of one service port and what happens to their new connections, in
+/// the order the full build claims them (first claim of a key wins).
+pub(crate) fn service_plans(
+    entry: &ServiceEntry,
+    node: &NodeInfo,
+    cfg: &BuildConfig,
+    family: Family,
+) -> Vec<(Key, Plan)> {
+    let mut plans: Vec<(Key, Plan)> = Vec::new();
     let has_pod_cidr = cfg
         .cluster_cidrs
         .iter()
         .any(|n| Family::of_net(n) == family);
-    for entry in model.services.values() {
+    {
         let svc = &entry.port;
         let eps = of_family(&entry.endpoints, family);
-        let cat = topology::categorize(svc, &eps, &model.node.name, model.node.zone.as_deref());
+        let cat = topology::categorize(svc, &eps, &node.name, node.zone.as_deref());
         let proto = svc.name.protocol.number();
         let pick = |local: bool| -> Option<Vec<Endpoint>> {
             if !cat.has_any {
@@ -194,15 +201,18 @@ fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key,
             } else {
                 Masq::Never
             };
-            plans.entry(frontend(*ip, proto, svc.port)).or_insert(Plan {
-                comment: name.clone(),
-                endpoints: pick(svc.internal_policy_local),
-                external: false,
-                masq,
-                shortcut: None,
-                allowed_sources: Vec::new(),
-                affinity: affinity(svc.internal_policy_local),
-            });
+            plans.push((
+                frontend(*ip, proto, svc.port),
+                Plan {
+                    comment: name.clone(),
+                    endpoints: pick(svc.internal_policy_local),
+                    external: false,
+                    masq,
+                    shortcut: None,
+                    allowed_sources: Vec::new(),
+                    affinity: affinity(svc.internal_policy_local),
+                },
+            ));
         }
         let ext_local = svc.uses_external_local();
         // Upstream: the source ranges of this family; if the node's IP is inside one,
@@ -215,7 +225,7 @@ fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key,
             .copied()
             .collect();
         let mut lb_allowed = ranges.clone();
-        let node_ip = model.node.primary(family == Family::V6);
+        let node_ip = node.primary(family == Family::V6);
         if node_ip.is_some_and(|ip| ranges.iter().any(|r| r.contains(&ip))) {
             lb_allowed.extend(
                 svc.load_balancer_ips
@@ -261,9 +271,17 @@ fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key,
             if Family::of(&ip) != family {
                 continue;
             }
-            plans
-                .entry(frontend(ip, proto, port))
-                .or_insert_with(|| ext_plan(what));
+            plans.push((frontend(ip, proto, port), ext_plan(what)));
+        }
+    }
+    plans
+}
+
+fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key, Plan> {
+    let mut plans: BTreeMap<Key, Plan> = BTreeMap::new();
+    for entry in model.services.values() {
+        for (k, p) in service_plans(entry, &model.node, cfg, family) {
+            plans.entry(k).or_insert(p);
         }
     }
     plans
@@ -398,208 +416,162 @@ fn regular(name: &str, rules: Vec<Rule>) -> Chain {
     }
 }
 
-/// Builds one family's table.
-pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Table {
-    let mark = cfg.masquerade_mark;
-    let plans = plans(model, cfg, family);
-    let pod_cidrs: Vec<IpNet> = cfg
-        .cluster_cidrs
-        .iter()
-        .filter(|n| Family::of_net(n) == family)
-        .copied()
-        .collect();
-
-    let mut cluster_ips = decl(CLUSTER_IPS, vec![KeyType::Addr], vec![], "ClusterIPs");
-    let mut reject = decl(
-        NO_ENDPOINT_REJECT,
-        frontend_key(),
-        vec![],
-        "frontends with no endpoints: reject",
-    );
-    let mut drop = decl(
-        NO_ENDPOINT_DROP,
-        frontend_key(),
-        vec![],
-        "frontends with no endpoint for this node's policy: drop",
-    );
-    let mut ext_drop = decl(
-        NO_LOCAL_ENDPOINT_DROP,
-        frontend_key(),
-        vec![],
-        "eTP=Local frontends with no local endpoint: drop traffic from off the node",
-    );
-    let mut masq_always = decl(
-        MASQ_ALWAYS,
-        frontend_key(),
-        vec![],
-        "frontends whose traffic is masqueraded",
-    );
-    let mut masq_unless_pod = decl(
-        MASQ_UNLESS_POD,
-        frontend_key(),
-        vec![],
-        "frontends whose traffic is masqueraded unless it comes from a pod",
-    );
-    let mut firewall = decl(
-        FIREWALL,
-        frontend_key(),
-        vec![],
-        "load-balancer frontends with source ranges",
-    );
-    let mut firewall_allow = decl(
-        FIREWALL_ALLOW,
-        vec![KeyType::Addr, KeyType::Proto, KeyType::Port, KeyType::Net],
-        vec![],
-        "frontend . source range allowed to reach it",
-    );
-    let mut hairpin = decl(
-        HAIRPIN,
-        vec![KeyType::Addr, KeyType::Addr],
-        vec![],
-        "endpoint . endpoint: hairpin traffic to masquerade",
-    );
+/// The sets every table has, empty, in creation order.
+pub(crate) fn fixed_sets() -> Vec<Set> {
     let lb_key = vec![KeyType::Addr, KeyType::Proto, KeyType::Port, KeyType::Index];
     let lb_data = vec![KeyType::Addr, KeyType::Port];
-    let mut endpoints = decl(
-        ENDPOINTS,
-        lb_key.clone(),
-        lb_data.clone(),
-        "frontend . index : endpoint",
-    );
-    let mut shortcut_endpoints = decl(
-        SHORTCUT_ENDPOINTS,
-        lb_key,
-        lb_data,
-        "eTP=Local frontend . index : cluster-wide endpoint, for pod and node traffic",
-    );
-    let mut classes: BTreeMap<usize, Set> = BTreeMap::new();
-    let mut shortcut_classes: BTreeMap<usize, Set> = BTreeMap::new();
+    vec![
+        decl(CLUSTER_IPS, vec![KeyType::Addr], vec![], "ClusterIPs"),
+        decl(
+            NO_ENDPOINT_REJECT,
+            frontend_key(),
+            vec![],
+            "frontends with no endpoints: reject",
+        ),
+        decl(
+            NO_ENDPOINT_DROP,
+            frontend_key(),
+            vec![],
+            "frontends with no endpoint for this node's policy: drop",
+        ),
+        decl(
+            NO_LOCAL_ENDPOINT_DROP,
+            frontend_key(),
+            vec![],
+            "eTP=Local frontends with no local endpoint: drop traffic from off the node",
+        ),
+        decl(
+            MASQ_ALWAYS,
+            frontend_key(),
+            vec![],
+            "frontends whose traffic is masqueraded",
+        ),
+        decl(
+            MASQ_UNLESS_POD,
+            frontend_key(),
+            vec![],
+            "frontends whose traffic is masqueraded unless it comes from a pod",
+        ),
+        decl(
+            FIREWALL,
+            frontend_key(),
+            vec![],
+            "load-balancer frontends with source ranges",
+        ),
+        decl(
+            FIREWALL_ALLOW,
+            vec![KeyType::Addr, KeyType::Proto, KeyType::Port, KeyType::Net],
+            vec![],
+            "frontend . source range allowed to reach it",
+        ),
+        decl(
+            HAIRPIN,
+            vec![KeyType::Addr, KeyType::Addr],
+            vec![],
+            "endpoint . endpoint: hairpin traffic to masquerade",
+        ),
+        decl(
+            ENDPOINTS,
+            lb_key.clone(),
+            lb_data.clone(),
+            "frontend . index : endpoint",
+        ),
+        decl(
+            SHORTCUT_ENDPOINTS,
+            lb_key,
+            lb_data,
+            "eTP=Local frontend . index : cluster-wide endpoint, for pod and node traffic",
+        ),
+    ]
+}
 
-    for entry in model.services.values() {
-        for ip in entry
-            .port
-            .cluster_ips
-            .iter()
-            .filter(|ip| Family::of(ip) == family)
-        {
-            cluster_ips
-                .elements
-                .insert(vec![Value::Addr(*ip)], ElementData::default());
+/// The set of frontends with `n` endpoints.
+pub(crate) fn class_set(n: usize) -> Set {
+    decl(
+        &format!("{FRONTENDS_PREFIX}{n}"),
+        frontend_key(),
+        vec![],
+        "frontends with this many endpoints",
+    )
+}
+
+/// The set of eTP=Local frontends with `n` cluster-wide endpoints.
+pub(crate) fn shortcut_set(n: usize) -> Set {
+    decl(
+        &format!("{SHORTCUT_PREFIX}{n}"),
+        frontend_key(),
+        vec![],
+        "eTP=Local frontends with this many cluster-wide endpoints",
+    )
+}
+
+/// One element contributed by a plan: (set, key, value and comment).
+pub(crate) type Contribution = (String, Key, ElementData);
+
+/// The ClusterIP elements of one service port.
+pub(crate) fn cluster_ip_elements(
+    entry: &ServiceEntry,
+    family: Family,
+    out: &mut Vec<Contribution>,
+) {
+    for ip in entry
+        .port
+        .cluster_ips
+        .iter()
+        .filter(|ip| Family::of(ip) == family)
+    {
+        out.push((
+            CLUSTER_IPS.to_string(),
+            vec![Value::Addr(*ip)],
+            ElementData::default(),
+        ));
+    }
+}
+
+/// The set elements one frontend's plan contributes (affinity plans contribute chains
+/// instead; see [`affinity_parts`]), and the endpoint addresses that need hairpin pairs.
+pub(crate) fn plan_elements(
+    key: &Key,
+    plan: &Plan,
+    out: &mut Vec<Contribution>,
+    hairpins: &mut Vec<IpAddr>,
+) {
+    let tagged = ElementData {
+        data: vec![],
+        comment: Some(plan.comment.clone()),
+    };
+    let mut push = |set: &str, k: Key, e: ElementData| out.push((set.to_string(), k, e));
+    if !plan.allowed_sources.is_empty() {
+        push(FIREWALL, key.clone(), tagged.clone());
+        for net in &plan.allowed_sources {
+            let mut k = key.clone();
+            k.push(Value::Net(net.trunc()));
+            push(FIREWALL_ALLOW, k, ElementData::default());
         }
     }
-    let mut hairpins = BTreeSet::new();
-    let mut affinity_rules = Vec::new();
-    let mut affinity_chains: Vec<Chain> = Vec::new();
-    let mut affinity_sets: BTreeMap<String, Set> = BTreeMap::new();
-    for (key, plan) in &plans {
-        let tagged = ElementData {
-            data: vec![],
-            comment: Some(plan.comment.clone()),
-        };
-        if !plan.allowed_sources.is_empty() {
-            firewall.elements.insert(key.clone(), tagged.clone());
-            for net in &plan.allowed_sources {
-                let mut k = key.clone();
-                k.push(Value::Net(net.trunc()));
-                firewall_allow.elements.insert(k, ElementData::default());
-            }
+    match plan.masq {
+        Masq::Always => push(MASQ_ALWAYS, key.clone(), ElementData::default()),
+        Masq::UnlessPod => push(MASQ_UNLESS_POD, key.clone(), ElementData::default()),
+        Masq::Never => {}
+    }
+    match &plan.endpoints {
+        None => push(NO_ENDPOINT_REJECT, key.clone(), tagged.clone()),
+        Some(eps) if eps.is_empty() && plan.external => {
+            push(NO_LOCAL_ENDPOINT_DROP, key.clone(), tagged.clone())
         }
-        match plan.masq {
-            Masq::Always => {
-                masq_always
-                    .elements
-                    .insert(key.clone(), ElementData::default());
-            }
-            Masq::UnlessPod => {
-                masq_unless_pod
-                    .elements
-                    .insert(key.clone(), ElementData::default());
-            }
-            Masq::Never => {}
+        Some(eps) if eps.is_empty() => push(NO_ENDPOINT_DROP, key.clone(), tagged.clone()),
+        Some(eps) if plan.affinity.is_some() => {
+            hairpins.extend(eps.iter().filter(|e| e.may_hairpin()).map(|e| e.ip));
         }
-        match &plan.endpoints {
-            None => {
-                reject.elements.insert(key.clone(), tagged.clone());
-            }
-            Some(eps) if eps.is_empty() && plan.external => {
-                ext_drop.elements.insert(key.clone(), tagged.clone());
-            }
-            Some(eps) if eps.is_empty() => {
-                drop.elements.insert(key.clone(), tagged.clone());
-            }
-            Some(eps) if plan.affinity.is_some() => {
-                if let Some((timeout, base, local)) = &plan.affinity {
-                    let chain = format!(
-                        "{AFFINITY_PREFIX}{base}{}",
-                        if *local { "/local" } else { "" }
-                    );
-                    affinity_rules.push(rule(vec![
-                        Stmt::Cidr {
-                            field: Field::Daddr,
-                            net: IpNet::from(ip_of(key)),
-                            negate: false,
-                        },
-                        Stmt::L4Proto(proto_of(key)),
-                        Stmt::Dport(port_of(key)),
-                        Stmt::Verdict(Verdict::Goto(chain.clone())),
-                    ]));
-                    if !affinity_chains.iter().any(|c: &Chain| c.name == chain) {
-                        affinity_chains.push(affinity_chain(
-                            &chain,
-                            base,
-                            *timeout,
-                            proto_of(key),
-                            eps,
-                            &mut affinity_sets,
-                        ));
-                    }
-                    hairpins.extend(eps.iter().filter(|e| e.may_hairpin()).map(|e| e.ip));
-                }
-            }
-            Some(eps) => {
-                let n = eps.len();
-                classes
-                    .entry(n)
-                    .or_insert_with(|| {
-                        decl(
-                            &format!("{FRONTENDS_PREFIX}{n}"),
-                            frontend_key(),
-                            vec![],
-                            "frontends with this many endpoints",
-                        )
-                    })
-                    .elements
-                    .insert(key.clone(), tagged.clone());
-                for (i, ep) in eps.iter().enumerate() {
-                    endpoints.elements.insert(
-                        lb_map_key(key, i),
-                        ElementData {
-                            data: lb_map_data(ep),
-                            comment: None,
-                        },
-                    );
-                    if ep.may_hairpin() {
-                        hairpins.insert(ep.ip);
-                    }
-                }
-            }
-        }
-        if let Some(eps) = &plan.shortcut {
-            let n = eps.len();
-            shortcut_classes
-                .entry(n)
-                .or_insert_with(|| {
-                    decl(
-                        &format!("{SHORTCUT_PREFIX}{n}"),
-                        frontend_key(),
-                        vec![],
-                        "eTP=Local frontends with this many cluster-wide endpoints",
-                    )
-                })
-                .elements
-                .insert(key.clone(), tagged.clone());
+        Some(eps) => {
+            push(
+                &format!("{FRONTENDS_PREFIX}{}", eps.len()),
+                key.clone(),
+                tagged.clone(),
+            );
             for (i, ep) in eps.iter().enumerate() {
-                shortcut_endpoints.elements.insert(
+                push(
+                    ENDPOINTS,
                     lb_map_key(key, i),
                     ElementData {
                         data: lb_map_data(ep),
@@ -607,19 +579,90 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
                     },
                 );
                 if ep.may_hairpin() {
-                    hairpins.insert(ep.ip);
+                    hairpins.push(ep.ip);
                 }
             }
         }
     }
-    for ip in hairpins {
-        hairpin.elements.insert(
-            vec![Value::Addr(ip), Value::Addr(ip)],
-            ElementData::default(),
+    if let Some(eps) = &plan.shortcut {
+        push(
+            &format!("{SHORTCUT_PREFIX}{}", eps.len()),
+            key.clone(),
+            tagged,
         );
+        for (i, ep) in eps.iter().enumerate() {
+            push(
+                SHORTCUT_ENDPOINTS,
+                lb_map_key(key, i),
+                ElementData {
+                    data: lb_map_data(ep),
+                    comment: None,
+                },
+            );
+            if ep.may_hairpin() {
+                hairpins.push(ep.ip);
+            }
+        }
     }
+}
 
-    // Chains, jump targets first.
+/// The hairpin pair of an endpoint address.
+pub(crate) fn hairpin_key(ip: IpAddr) -> Key {
+    vec![Value::Addr(ip), Value::Addr(ip)]
+}
+
+/// Session-affinity parts: dispatch rules, chains and per-endpoint sets.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct AffinityParts {
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) chains: Vec<Chain>,
+    pub(crate) sets: BTreeMap<String, Set>,
+}
+
+/// Adds the affinity parts of one frontend's plan (nothing for other plans).
+pub(crate) fn affinity_parts(key: &Key, plan: &Plan, parts: &mut AffinityParts) {
+    let (Some((timeout, base, local)), Some(eps)) = (&plan.affinity, &plan.endpoints) else {
+        return;
+    };
+    if eps.is_empty() {
+        return;
+    }
+    let chain = format!(
+        "{AFFINITY_PREFIX}{base}{}",
+        if *local { "/local" } else { "" }
+    );
+    parts.rules.push(rule(vec![
+        Stmt::Cidr {
+            field: Field::Daddr,
+            net: IpNet::from(ip_of(key)),
+            negate: false,
+        },
+        Stmt::L4Proto(proto_of(key)),
+        Stmt::Dport(port_of(key)),
+        Stmt::Verdict(Verdict::Goto(chain.clone())),
+    ]));
+    if !parts.chains.iter().any(|c| c.name == chain) {
+        let c = affinity_chain(&chain, base, *timeout, proto_of(key), eps, &mut parts.sets);
+        parts.chains.push(c);
+    }
+}
+
+/// The chains of a table, jump targets first.
+pub(crate) fn chains(
+    family: Family,
+    cfg: &BuildConfig,
+    service_cidrs: &[IpNet],
+    classes: &BTreeSet<usize>,
+    shortcut_classes: &BTreeSet<usize>,
+    affinity: &AffinityParts,
+) -> Vec<Chain> {
+    let mark = cfg.masquerade_mark;
+    let pod_cidrs: Vec<IpNet> = cfg
+        .cluster_cidrs
+        .iter()
+        .filter(|n| Family::of_net(n) == family)
+        .copied()
+        .collect();
     let mut chains = Vec::new();
     chains.push(regular(
         ENDPOINTS_CHECK,
@@ -662,11 +705,7 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
         },
         Stmt::Reject,
     ])];
-    for net in model
-        .service_cidrs
-        .iter()
-        .filter(|n| Family::of_net(n) == family)
-    {
+    for net in service_cidrs.iter().filter(|n| Family::of_net(n) == family) {
         cip_rules.push(rule(vec![
             Stmt::Cidr {
                 field: Field::Daddr,
@@ -695,7 +734,6 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
             Stmt::Verdict(Verdict::Drop),
         ])],
     ));
-
     let mut svc_rules = vec![rule(vec![
         Stmt::Lookup {
             fields: frontend_fields(),
@@ -734,7 +772,7 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
         f.push(Field::Numgen(n as u32));
         f
     };
-    for n in shortcut_classes.keys() {
+    for n in shortcut_classes {
         let set = format!("{SHORTCUT_PREFIX}{n}");
         let dnat = Stmt::DnatMap {
             fields: lb_fields(*n),
@@ -769,8 +807,8 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
             dnat,
         ]));
     }
-    svc_rules.extend(affinity_rules);
-    for n in classes.keys() {
+    svc_rules.extend(affinity.rules.iter().cloned());
+    for n in classes {
         svc_rules.push(rule(vec![
             Stmt::Lookup {
                 fields: frontend_fields(),
@@ -783,7 +821,7 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
             },
         ]));
     }
-    chains.extend(affinity_chains);
+    chains.extend(affinity.chains.iter().cloned());
     chains.push(regular(SERVICES, svc_rules));
     chains.push(regular(
         MASQUERADING,
@@ -859,28 +897,85 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
         100,
         vec![rule(vec![jump(MASQUERADING)])],
     ));
+    chains
+}
 
-    let mut sets = vec![
-        cluster_ips,
-        reject,
-        drop,
-        ext_drop,
-        masq_always,
-        masq_unless_pod,
-        firewall,
-        firewall_allow,
-        hairpin,
-        endpoints,
-        shortcut_endpoints,
-    ];
-    sets.extend(classes.into_values());
-    sets.extend(shortcut_classes.into_values());
-    sets.extend(affinity_sets.into_values());
+/// The count of a class set's name (`frontends-3` → 3).
+pub(crate) fn class_of(set: &str, prefix: &str) -> Option<usize> {
+    set.strip_prefix(prefix)?.parse().ok()
+}
+
+/// Assembles a table from element contributions, hairpin addresses and affinity parts.
+pub(crate) fn assemble(
+    family: Family,
+    cfg: &BuildConfig,
+    service_cidrs: &[IpNet],
+    elements: Vec<Contribution>,
+    hairpins: &BTreeSet<IpAddr>,
+    affinity: AffinityParts,
+) -> Table {
+    let mut by_set: BTreeMap<String, BTreeMap<Key, ElementData>> = BTreeMap::new();
+    for (set, k, e) in elements {
+        by_set.entry(set).or_default().entry(k).or_insert(e);
+    }
+    let hp = by_set.entry(HAIRPIN.to_string()).or_default();
+    for ip in hairpins {
+        hp.insert(hairpin_key(*ip), ElementData::default());
+    }
+    let classes: BTreeSet<usize> = by_set
+        .keys()
+        .filter_map(|s| class_of(s, FRONTENDS_PREFIX))
+        .collect();
+    let shortcut_classes: BTreeSet<usize> = by_set
+        .keys()
+        .filter_map(|s| class_of(s, SHORTCUT_PREFIX))
+        .collect();
+    let mut sets = fixed_sets();
+    sets.extend(classes.iter().map(|n| class_set(*n)));
+    sets.extend(shortcut_classes.iter().map(|n| shortcut_set(*n)));
+    for s in &mut sets {
+        if let Some(e) = by_set.remove(&s.decl.name) {
+            s.elements = e;
+        }
+    }
+    let chains = chains(
+        family,
+        cfg,
+        service_cidrs,
+        &classes,
+        &shortcut_classes,
+        &affinity,
+    );
+    sets.extend(affinity.sets.into_values());
     Table {
         family,
         sets,
         chains,
     }
+}
+
+/// Builds one family's table.
+pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Table {
+    let plans = plans(model, cfg, family);
+    let mut elements = Vec::new();
+    for entry in model.services.values() {
+        cluster_ip_elements(entry, family, &mut elements);
+    }
+    let mut hairpins = Vec::new();
+    let mut affinity = AffinityParts::default();
+    for (key, plan) in &plans {
+        plan_elements(key, plan, &mut elements, &mut hairpins);
+        affinity_parts(key, plan, &mut affinity);
+    }
+    let hairpins: BTreeSet<IpAddr> = hairpins.into_iter().collect();
+    assemble(
+        family,
+        cfg,
+        &model.service_cidrs,
+        elements,
+        &hairpins,
+        affinity,
+    )
 }
 
 /// Builds both tables.
