@@ -22,9 +22,13 @@ use crate::config::ProxyConfig;
 use crate::conntrack::{self, StaleFlow};
 use crate::health::{self, Health, ServiceHealth, ServiceHealthServers, Shared};
 use crate::metrics::{now_unix, Metrics};
-use crate::model::{Object, Problem, Protocol, ProxyModel};
+use crate::model::{
+    Object, Problem, Problems, Protocol, ProxyModel, ServiceEntry, ServiceName, ServicePortName,
+};
 use crate::proxier::{self, error_chain, Proxier};
+use crate::ruleset::incremental::Incremental;
 use crate::ruleset::render;
+use crate::ruleset::BuildConfig;
 use crate::source::kube::{watch_all, SourceEvent, Sources};
 use crate::topology;
 
@@ -91,66 +95,41 @@ struct SideOutputs {
 }
 
 impl SideOutputs {
-    fn problems(&mut self, problems: &[Problem]) {
+    /// Logs and counts problems not seen before. A full sync passes all current
+    /// problems (`partial` false); a partial sync only those of the Services it rebuilt.
+    fn problems(&mut self, problems: &[Problem], partial: bool) {
         let current: BTreeSet<(String, String)> = problems
             .iter()
             .map(|p| (p.object.clone(), p.reason.clone()))
             .collect();
-        let new: Vec<&(String, String)> = current.difference(&self.seen_problems).collect();
+        let new: Vec<(String, String)> = current.difference(&self.seen_problems).cloned().collect();
         for (object, reason) in &new {
             tracing::warn!(object = %object, "skipped invalid input: {reason}");
         }
-        self.shared.metrics.invalid(new.len(), current.len());
-        self.seen_problems = current;
+        if partial {
+            self.seen_problems.extend(new.iter().cloned());
+        } else {
+            self.seen_problems = current;
+        }
+        self.shared
+            .metrics
+            .invalid(new.len(), self.seen_problems.len());
     }
-}
-
-/// Service health and no-local-endpoint counts from a model.
-fn service_health(model: &ProxyModel) -> (BTreeMap<u16, ServiceHealth>, usize, usize) {
-    let mut hc: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
-    let (mut internal, mut external) = (0, 0);
-    for e in model.services.values() {
-        let svc = &e.port;
-        let cat = topology::categorize(
-            svc,
-            &e.endpoints,
-            &model.node.name,
-            model.node.zone.as_deref(),
-        );
-        let local = cat.local.as_ref().map(|l| l.len()).unwrap_or(0);
-        if cat.has_any && svc.internal_policy_local && local == 0 {
-            internal += 1;
-        }
-        if cat.has_any && svc.uses_external_local() && local == 0 {
-            external += 1;
-        }
-        if let Some(port) = svc.health_check_node_port {
-            let ready_local = e.endpoints.iter().filter(|x| x.is_local && x.ready).count();
-            let entry = hc.entry(port).or_insert(ServiceHealth {
-                namespace: svc.name.namespace.clone(),
-                name: svc.name.name.clone(),
-                local_endpoints: 0,
-            });
-            entry.local_endpoints = entry.local_endpoints.max(ready_local);
-        }
-    }
-    (hc, internal, external)
 }
 
 /// UDP flows to endpoints that served in `old` and are gone in `new`.
 fn stale_udp_flows(
-    old: &ProxyModel,
-    new: &ProxyModel,
+    old: &BTreeMap<ServicePortName, ServiceEntry>,
+    new: &BTreeMap<ServicePortName, ServiceEntry>,
     nodeport_ips: &[IpAddr],
 ) -> BTreeSet<StaleFlow> {
     let mut out = BTreeSet::new();
-    for (name, o) in &old.services {
+    for (name, o) in old {
         if name.protocol != Protocol::Udp {
             continue;
         }
         let svc = &o.port;
         let still: BTreeSet<(IpAddr, u16)> = new
-            .services
             .get(name)
             .map(|n| {
                 n.endpoints
@@ -252,8 +231,11 @@ pub async fn run_with(
     };
     let mut sources = Sources::default();
     let mut proxier = Proxier::new();
-    let mut last_model: Option<ProxyModel> = None;
+    let mut model: Option<ProxyModel> = None;
+    let mut build_cfg: Option<BuildConfig> = None;
+    let mut port_side: BTreeMap<ServicePortName, PortSide> = BTreeMap::new();
     let mut dirty = false;
+    let mut dirty_services: BTreeSet<ServiceName> = BTreeSet::new();
     let mut need_full = true;
     let mut last_sync: Option<Instant> = None;
     let mut last_full = Instant::now();
@@ -288,6 +270,8 @@ pub async fn run_with(
                     let a = sources.apply(e);
                     if a.any() {
                         dirty = true;
+                        need_full |= a.global;
+                        dirty_services.extend(a.dirty);
                         shared.metrics.queued(a.services, a.slices);
                         shared.health.queued();
                     }
@@ -314,50 +298,108 @@ pub async fn run_with(
             continue;
         }
         let start = Instant::now();
-        let result = proxier::desired_full(&cfg, &sources.state).and_then(|mut d| {
-            let ruleset = std::mem::replace(
-                &mut d.ruleset,
-                crate::ruleset::Ruleset { tables: Vec::new() },
-            );
-            let report = proxier.sync(ruleset, full || retry)?;
-            Ok((d, report))
-        });
+        // Partial sync: recompute only the dirty Services and commit the delta.
+        let mut outcome: Option<Result<bool, proxier::Error>> = None;
+        if !full && !retry {
+            if let (Some(m), Ok(mut guard)) = (model.as_mut(), shared.rules.lock()) {
+                if let Some(inc) = guard.as_mut() {
+                    let old: BTreeMap<ServicePortName, ServiceEntry> = dirty_services
+                        .iter()
+                        .flat_map(|svc| ports_of(m, svc))
+                        .collect();
+                    let mut problems = Problems::default();
+                    let changed = m.update_services(&sources.state, &dirty_services, &mut problems);
+                    match inc.update(m, &changed, false) {
+                        Some(ops) => {
+                            let r = proxier.commit(&ops).map(|_| false);
+                            if r.is_ok() {
+                                side.problems(&problems.0, true);
+                                for name in &changed {
+                                    match m.services.get(name) {
+                                        Some(e) => {
+                                            port_side.insert(name.clone(), PortSide::of(e, m));
+                                        }
+                                        None => {
+                                            port_side.remove(name);
+                                        }
+                                    }
+                                }
+                                let new: BTreeMap<ServicePortName, ServiceEntry> = changed
+                                    .iter()
+                                    .filter_map(|n| {
+                                        m.services.get(n).map(|e| (n.clone(), e.clone()))
+                                    })
+                                    .collect();
+                                let np = build_cfg
+                                    .as_ref()
+                                    .map(|b| b.nodeport_ips.clone())
+                                    .unwrap_or_default();
+                                clean_conntrack(&shared, &old, &new, &np);
+                            }
+                            outcome = Some(r);
+                        }
+                        None => {
+                            // Needs a full build (affinity, a contested frontend, ...).
+                            drop(guard);
+                        }
+                    }
+                }
+            }
+        }
+        let result = match outcome {
+            Some(r) => r,
+            None => {
+                // Full sync: rebuild everything, read the kernel back, repair the diff.
+                proxier::desired_full(&cfg, &sources.state).and_then(|d| {
+                    let inc = Incremental::full(&d.model, &d.build);
+                    proxier.sync_to(inc.ruleset())?;
+                    side.problems(&d.problems, false);
+                    port_side = d
+                        .model
+                        .services
+                        .iter()
+                        .map(|(n, e)| (n.clone(), PortSide::of(e, &d.model)))
+                        .collect();
+                    if let Some(old) = &model {
+                        let old_map = old.services.clone();
+                        clean_conntrack(
+                            &shared,
+                            &old_map,
+                            &d.model.services,
+                            &d.build.nodeport_ips,
+                        );
+                    }
+                    if let Ok(mut g) = shared.rules.lock() {
+                        *g = Some(inc);
+                    }
+                    model = Some(d.model);
+                    build_cfg = Some(d.build);
+                    Ok(true)
+                })
+            }
+        };
         last_sync = Some(Instant::now());
         match result {
-            Ok((d, report)) => {
+            Ok(was_full) => {
                 let elapsed = start.elapsed();
-                shared.metrics.sync_done(elapsed, report.full);
+                shared.metrics.sync_done(elapsed, was_full);
                 shared.health.updated();
                 for t in pending_triggers.drain(..) {
                     shared.metrics.programmed(now_unix() - t);
                 }
-                if let Ok(mut g) = shared.rules.lock() {
-                    *g = proxier.last();
-                }
-                side.problems(&d.problems);
-                let (hc, internal, external) = service_health(&d.model);
+                let (hc, internal, external) = aggregate_side(&port_side);
                 shared.metrics.no_local_endpoints(internal, external);
                 side.health_servers.sync(hc, &shared).await;
-                if let Some(old) = &last_model {
-                    let flows = stale_udp_flows(old, &d.model, &d.build.nodeport_ips);
-                    match conntrack::delete_stale_udp(&flows) {
-                        Ok(n) => shared.metrics.conntrack_deleted(n),
-                        Err(e) => {
-                            tracing::warn!(error = %error_chain(&e), "conntrack cleanup failed")
-                        }
-                    }
-                }
-                last_model = Some(d.model);
                 tracing::debug!(
-                    full = report.full,
-                    ops = report.ops,
+                    full = was_full,
                     elapsed_ms = elapsed.as_secs_f64() * 1e3,
                     "synced"
                 );
-                if report.full {
+                if was_full {
                     last_full = Instant::now();
                 }
                 dirty = false;
+                dirty_services.clear();
                 need_full = false;
                 retry_at = None;
                 backoff = Duration::from_millis(100);
@@ -371,6 +413,86 @@ pub async fn run_with(
             }
         }
     }
+}
+
+/// The service ports of one Service in a model.
+fn ports_of(m: &ProxyModel, svc: &ServiceName) -> Vec<(ServicePortName, ServiceEntry)> {
+    m.services
+        .iter()
+        .filter(|(k, _)| k.namespace == svc.namespace && k.name == svc.name)
+        .map(|(k, e)| (k.clone(), e.clone()))
+        .collect()
+}
+
+fn clean_conntrack(
+    shared: &Shared,
+    old: &BTreeMap<ServicePortName, ServiceEntry>,
+    new: &BTreeMap<ServicePortName, ServiceEntry>,
+    nodeport_ips: &[IpAddr],
+) {
+    let flows = stale_udp_flows(old, new, nodeport_ips);
+    match conntrack::delete_stale_udp(&flows) {
+        Ok(n) => shared.metrics.conntrack_deleted(n),
+        Err(e) => tracing::warn!(error = %error_chain(&e), "conntrack cleanup failed"),
+    }
+}
+
+/// What one service port contributes to the side outputs.
+#[derive(Clone, Debug)]
+struct PortSide {
+    health: Option<(u16, ServiceHealth)>,
+    no_local_internal: bool,
+    no_local_external: bool,
+}
+
+impl PortSide {
+    fn of(e: &ServiceEntry, model: &ProxyModel) -> PortSide {
+        let svc = &e.port;
+        let cat = topology::categorize(
+            svc,
+            &e.endpoints,
+            &model.node.name,
+            model.node.zone.as_deref(),
+        );
+        let local = cat.local.as_ref().map(|l| l.len()).unwrap_or(0);
+        PortSide {
+            health: svc.health_check_node_port.map(|port| {
+                (
+                    port,
+                    ServiceHealth {
+                        namespace: svc.name.namespace.clone(),
+                        name: svc.name.name.clone(),
+                        local_endpoints: e
+                            .endpoints
+                            .iter()
+                            .filter(|x| x.is_local && x.ready)
+                            .count(),
+                    },
+                )
+            }),
+            no_local_internal: cat.has_any && svc.internal_policy_local && local == 0,
+            no_local_external: cat.has_any && svc.uses_external_local() && local == 0,
+        }
+    }
+}
+
+fn aggregate_side(
+    sides: &BTreeMap<ServicePortName, PortSide>,
+) -> (BTreeMap<u16, ServiceHealth>, usize, usize) {
+    let mut hc: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
+    let (mut internal, mut external) = (0, 0);
+    for s in sides.values() {
+        internal += usize::from(s.no_local_internal);
+        external += usize::from(s.no_local_external);
+        if let Some((port, h)) = &s.health {
+            let e = hc.entry(*port).or_insert_with(|| ServiceHealth {
+                local_endpoints: 0,
+                ..h.clone()
+            });
+            e.local_endpoints = e.local_endpoints.max(h.local_endpoints);
+        }
+    }
+    (hc, internal, external)
 }
 
 #[cfg(test)]

@@ -238,8 +238,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// proxier health
     pub health: Health,
-    /// the currently programmed ruleset (rendered as nft text on request)
-    pub rules: Mutex<Option<Arc<crate::ruleset::Ruleset>>>,
+    /// the desired (and, after each successful sync, programmed) ruleset with its
+    /// incremental bookkeeping; rendered as nft text on request
+    pub rules: Mutex<Option<crate::ruleset::incremental::Incremental>>,
 }
 
 /// The metrics address: `/metrics`, `/debug/rules`, and health too (as upstream).
@@ -256,11 +257,12 @@ pub fn metrics_handler(shared: Arc<Shared>) -> impl Fn(&str) -> Response + Send 
             headers: vec![],
             content_type: "text/plain; charset=utf-8",
             body: {
-                let rs = match shared.rules.lock() {
-                    Ok(g) => g.clone(),
-                    Err(p) => p.into_inner().clone(),
+                let g = match shared.rules.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
                 };
-                rs.map(|r| crate::ruleset::render::ruleset(&r))
+                g.as_ref()
+                    .map(|i| crate::ruleset::render::ruleset(i.ruleset()))
                     .unwrap_or_default()
             },
         },

@@ -171,6 +171,37 @@ impl Proxier {
         Ok((ops, read_back))
     }
 
+    /// Reads our tables back and brings the kernel to `desired` in one transaction (a
+    /// full reconcile); does not keep a copy of `desired`.
+    pub fn sync_to(&mut self, desired: &Ruleset) -> Result<SyncReport, Error> {
+        self.last = None;
+        let start = Instant::now();
+        let (ops, _) = self.plan(desired, true)?;
+        let touched_rules = ops.iter().any(diff::touches_rules);
+        self.commit(&ops)?;
+        Ok(SyncReport {
+            full: true,
+            ops: ops.len(),
+            touched_rules,
+            service_ports: 0,
+            duration: start.elapsed(),
+        })
+    }
+
+    /// Commits operations computed elsewhere (an incremental update).
+    pub fn commit(&mut self, ops: &[Op]) -> Result<(), Error> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        if self.kernel.is_none() {
+            self.kernel = Some(Kernel::open()?);
+        }
+        match self.kernel.as_mut() {
+            Some(k) => k.apply(ops).map_err(Error::from),
+            None => Ok(()),
+        }
+    }
+
     /// Brings the kernel to `desired` in one transaction.
     pub fn sync(&mut self, desired: Ruleset, full: bool) -> Result<SyncReport, Error> {
         let start = Instant::now();

@@ -1,6 +1,6 @@
 //! The cluster objects the proxy knows, by key, and the proxy model computed from them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -34,6 +34,17 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, Node>,
     /// ServiceCIDRs by name
     pub service_cidrs: BTreeMap<String, ServiceCIDR>,
+    /// EndpointSlice keys by the Service they belong to (their service-name label)
+    slice_index: BTreeMap<ServiceName, BTreeSet<(String, String)>>,
+}
+
+/// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label).
+pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceName> {
+    let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(ServiceName {
+        namespace: slice.metadata.namespace.clone().unwrap_or_default(),
+        name: svc.clone(),
+    })
 }
 
 fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
@@ -51,6 +62,51 @@ impl ClusterState {
             s.upsert(o);
         }
         s
+    }
+
+    fn unindex_slice(&mut self, key: &(String, String)) {
+        if let Some(old) = self.slices.get(key).and_then(slice_service) {
+            if let Some(set) = self.slice_index.get_mut(&old) {
+                set.remove(key);
+                if set.is_empty() {
+                    self.slice_index.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// The EndpointSlices of one Service.
+    pub fn slices_of(&self, svc: &ServiceName) -> Vec<&EndpointSlice> {
+        self.slice_index
+            .get(svc)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.slices.get(k))
+            .collect()
+    }
+
+    /// The Service a stored object belongs to, if it is a Service or an EndpointSlice.
+    pub fn service_of(&self, obj: &Object) -> Option<ServiceName> {
+        match obj {
+            Object::Service(s) => {
+                let (namespace, name) = ns_name(&s.metadata);
+                Some(ServiceName { namespace, name })
+            }
+            Object::EndpointSlice(s) => slice_service(s),
+            _ => None,
+        }
+    }
+
+    /// The Service a stored slice with this object's key belongs to now (before an
+    /// update replaces it).
+    pub fn stored_slice_service(&self, obj: &Object) -> Option<ServiceName> {
+        match obj {
+            Object::EndpointSlice(s) => self
+                .slices
+                .get(&ns_name(&s.metadata))
+                .and_then(slice_service),
+            _ => None,
+        }
     }
 
     /// Number of objects of a kind (`Service`, `EndpointSlice`, `Node`, `ServiceCIDR`).
@@ -80,7 +136,10 @@ impl ClusterState {
         };
         match kind {
             "Service" => self.services = fresh.services,
-            "EndpointSlice" => self.slices = fresh.slices,
+            "EndpointSlice" => {
+                self.slices = fresh.slices;
+                self.slice_index = fresh.slice_index;
+            }
             "Node" => self.nodes = fresh.nodes,
             "ServiceCIDR" => self.service_cidrs = fresh.service_cidrs,
             _ => {}
@@ -128,7 +187,11 @@ impl ClusterState {
                     .remove(&ServiceName { namespace, name })
                     .is_some()
             }
-            Object::EndpointSlice(s) => self.slices.remove(&ns_name(&s.metadata)).is_some(),
+            Object::EndpointSlice(s) => {
+                let key = ns_name(&s.metadata);
+                self.unindex_slice(&key);
+                self.slices.remove(&key).is_some()
+            }
             Object::Node(n) => self.nodes.remove(&ns_name(&n.metadata).1).is_some(),
             Object::ServiceCidr(c) => self.service_cidrs.remove(&ns_name(&c.metadata).1).is_some(),
         }
@@ -142,7 +205,12 @@ impl ClusterState {
                 self.services.insert(ServiceName { namespace, name }, *s);
             }
             Object::EndpointSlice(s) => {
-                self.slices.insert(ns_name(&s.metadata), *s);
+                let key = ns_name(&s.metadata);
+                self.unindex_slice(&key);
+                if let Some(svc) = slice_service(&s) {
+                    self.slice_index.entry(svc).or_default().insert(key.clone());
+                }
+                self.slices.insert(key, *s);
             }
             Object::Node(n) => {
                 self.nodes.insert(ns_name(&n.metadata).1, *n);
@@ -195,36 +263,10 @@ impl ProxyModel {
                 ..Default::default()
             },
         };
-        let mut by_service: BTreeMap<ServiceName, Vec<&EndpointSlice>> = BTreeMap::new();
-        for ((ns, _), slice) in &state.slices {
-            if let Some(svc) = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            {
-                by_service
-                    .entry(ServiceName {
-                        namespace: ns.clone(),
-                        name: svc.clone(),
-                    })
-                    .or_default()
-                    .push(slice);
-            }
-        }
         let mut services = BTreeMap::new();
-        for (name, svc) in &state.services {
-            let ports = convert::service_ports(svc, problems);
-            if ports.is_empty() {
-                continue;
-            }
-            let slices = by_service.get(name).map(|v| v.as_slice()).unwrap_or(&[]);
-            let mut eps = convert::slice_endpoints(slices.iter().copied(), node_name, problems);
-            for port in ports {
-                let endpoints = eps
-                    .remove(&(port.name.port.clone(), port.name.protocol))
-                    .unwrap_or_default();
-                services.insert(port.name.clone(), ServiceEntry { port, endpoints });
+        for name in state.services.keys() {
+            for e in service_entries(state, name, node_name, problems) {
+                services.insert(e.port.name.clone(), e);
             }
         }
         let service_cidrs = convert::service_cidrs(state.service_cidrs.values(), problems);
@@ -234,4 +276,66 @@ impl ProxyModel {
             service_cidrs,
         }
     }
+
+    /// Recomputes only the given Services (after their Service object or slices
+    /// changed); returns the service ports that were removed, added or recomputed.
+    pub fn update_services(
+        &mut self,
+        state: &ClusterState,
+        dirty: &BTreeSet<ServiceName>,
+        problems: &mut Problems,
+    ) -> BTreeSet<ServicePortName> {
+        let mut changed = BTreeSet::new();
+        for svc in dirty {
+            let lower = ServicePortName {
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
+                port: String::new(),
+                protocol: crate::model::Protocol::Tcp,
+            };
+            let old: Vec<ServicePortName> = self
+                .services
+                .range(lower..)
+                .map(|(k, _)| k)
+                .take_while(|k| k.namespace == svc.namespace && k.name == svc.name)
+                .cloned()
+                .collect();
+            for k in old {
+                self.services.remove(&k);
+                changed.insert(k);
+            }
+            for e in service_entries(state, svc, &self.node.name, problems) {
+                changed.insert(e.port.name.clone());
+                self.services.insert(e.port.name.clone(), e);
+            }
+        }
+        changed
+    }
+}
+
+/// The service ports of one Service with their endpoints.
+fn service_entries(
+    state: &ClusterState,
+    name: &ServiceName,
+    node_name: &str,
+    problems: &mut Problems,
+) -> Vec<ServiceEntry> {
+    let Some(svc) = state.services.get(name) else {
+        return Vec::new();
+    };
+    let ports = convert::service_ports(svc, problems);
+    if ports.is_empty() {
+        return Vec::new();
+    }
+    let slices = state.slices_of(name);
+    let mut eps = convert::slice_endpoints(slices.into_iter(), node_name, problems);
+    ports
+        .into_iter()
+        .map(|port| {
+            let endpoints = eps
+                .remove(&(port.name.port.clone(), port.name.protocol))
+                .unwrap_or_default();
+            ServiceEntry { port, endpoints }
+        })
+        .collect()
 }

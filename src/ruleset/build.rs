@@ -138,7 +138,7 @@ pub(crate) struct Plan {
     /// empty: no firewall
     allowed_sources: Vec<IpNet>,
     /// ClientIP affinity: (timeout, name base of the service port, uses the local list)
-    affinity: Option<(u32, String, bool)>,
+    pub(crate) affinity: Option<(u32, String, bool)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

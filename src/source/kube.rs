@@ -8,7 +8,7 @@
 //! "ready" only once every watcher has delivered its first complete list: a half-known
 //! cluster must never be programmed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -20,7 +20,7 @@ use kube::{Api, Client};
 use tokio::sync::mpsc;
 
 use crate::model::convert::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
-use crate::model::{ClusterState, Object};
+use crate::model::{ClusterState, Object, ServiceName};
 
 /// The kinds we watch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -99,6 +99,11 @@ pub struct Applied {
     pub slices: usize,
     /// the node or service CIDRs changed
     pub other: usize,
+    /// the Services whose ports or endpoints may have changed
+    pub dirty: BTreeSet<ServiceName>,
+    /// something changed that is not one Service's business (a relist, the node, a
+    /// ServiceCIDR): the next sync must rebuild everything
+    pub global: bool,
 }
 
 impl Applied {
@@ -140,19 +145,28 @@ impl Sources {
                 let changed = self.state.replace_kind(k.name(), objs);
                 if changed || before != self.state.len_of(k.name()) {
                     a.count(k);
+                    a.global = true;
                 }
                 self.listed.insert(k, true);
             }
             SourceEvent::Apply(o) => {
                 let k = kind_of(&o);
+                let before = self.state.stored_slice_service(&o);
+                let now = self.state.service_of(&o);
                 if self.state.upsert_changed(o) {
                     a.count(k);
+                    a.dirty.extend(before.into_iter().chain(now));
+                    a.global |= matches!(k, Kind::Node | Kind::ServiceCidr);
                 }
             }
             SourceEvent::Delete(o) => {
                 let k = kind_of(&o);
+                let before = self.state.stored_slice_service(&o);
+                let now = self.state.service_of(&o);
                 if self.state.remove(&o) {
                     a.count(k);
+                    a.dirty.extend(before.into_iter().chain(now));
+                    a.global |= matches!(k, Kind::Node | Kind::ServiceCidr);
                 }
             }
             SourceEvent::Error(k, e) => {

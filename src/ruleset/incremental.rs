@@ -1,0 +1,596 @@
+//! Incremental builds: a partial sync costs what changed, not the size of the cluster.
+//!
+//! [`Incremental`] keeps the desired ruleset together with what each service port
+//! contributed to it (its set elements and hairpin addresses, with reference counts for
+//! elements that several ports share, such as a ClusterIP). A partial sync recomputes
+//! only the dirty service ports, retracts their old contributions, adds the new ones and
+//! emits exactly the element operations that follow — plus a new count-class set and a
+//! refilled `services` chain in the rare case the set of endpoint counts changes.
+//!
+//! Anything unusual falls back to a full build ([`Incremental::update`] returns `None`):
+//! session affinity (chains per service), a frontend claimed by two services (the full
+//! build's first-claim rule), node or ServiceCIDR changes. A test checks that any
+//! sequence of incremental updates yields the same table as a full build.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use super::build::names::{
+    FRONTENDS_PREFIX as FRONTENDS_PREFIX_STR, SHORTCUT_PREFIX as SHORTCUT_PREFIX_STR,
+};
+use super::build::{self, AffinityParts, BuildConfig, Contribution, Plan};
+use super::diff::Op;
+use super::ir::*;
+use crate::model::{ProxyModel, ServicePortName};
+
+#[derive(Clone, Debug, Default)]
+struct PortContrib {
+    frontends: Vec<Key>,
+    elements: Vec<Contribution>,
+    hairpins: Vec<IpAddr>,
+    affinity: bool,
+}
+
+#[derive(Clone, Debug)]
+struct FamState {
+    by_port: BTreeMap<ServicePortName, PortContrib>,
+    owner: BTreeMap<Key, ServicePortName>,
+    refs: BTreeMap<(String, Key), usize>,
+    hairpin_refs: BTreeMap<IpAddr, usize>,
+    affinity: AffinityParts,
+}
+
+/// The desired ruleset, kept up to date by per-service deltas.
+#[derive(Clone, Debug)]
+pub struct Incremental {
+    cfg: BuildConfig,
+    ruleset: Ruleset,
+    fams: Vec<FamState>,
+}
+
+fn port_contrib(
+    entry: &crate::model::ServiceEntry,
+    model: &ProxyModel,
+    cfg: &BuildConfig,
+    family: Family,
+) -> (PortContrib, Vec<(Key, Plan)>) {
+    let plans = build::service_plans(entry, &model.node, cfg, family);
+    let mut c = PortContrib::default();
+    build::cluster_ip_elements(entry, family, &mut c.elements);
+    for (k, p) in &plans {
+        c.frontends.push(k.clone());
+        c.affinity |= p.affinity.is_some();
+    }
+    (c, plans)
+}
+
+impl Incremental {
+    /// A full build of `model`.
+    pub fn full(model: &ProxyModel, cfg: &BuildConfig) -> Incremental {
+        let mut fams = Vec::new();
+        let mut tables = Vec::new();
+        for family in Family::ALL {
+            let mut st = FamState {
+                by_port: BTreeMap::new(),
+                owner: BTreeMap::new(),
+                refs: BTreeMap::new(),
+                hairpin_refs: BTreeMap::new(),
+                affinity: AffinityParts::default(),
+            };
+            let mut all_elements = Vec::new();
+            for (name, entry) in &model.services {
+                let (mut c, plans) = port_contrib(entry, model, cfg, family);
+                let mut claimed = Vec::new();
+                for (k, p) in &plans {
+                    if st.owner.contains_key(k) {
+                        continue;
+                    }
+                    st.owner.insert(k.clone(), name.clone());
+                    claimed.push(k.clone());
+                    build::plan_elements(k, p, &mut c.elements, &mut c.hairpins);
+                    build::affinity_parts(k, p, &mut st.affinity);
+                }
+                c.frontends = claimed;
+                for (set, k, _) in &c.elements {
+                    *st.refs.entry((set.clone(), k.clone())).or_default() += 1;
+                }
+                for ip in &c.hairpins {
+                    *st.hairpin_refs.entry(*ip).or_default() += 1;
+                }
+                all_elements.extend(c.elements.iter().cloned());
+                st.by_port.insert(name.clone(), c);
+            }
+            let hairpins: BTreeSet<IpAddr> = st.hairpin_refs.keys().copied().collect();
+            tables.push(build::assemble(
+                family,
+                cfg,
+                &model.service_cidrs,
+                all_elements,
+                &hairpins,
+                st.affinity.clone(),
+            ));
+            fams.push(st);
+        }
+        Incremental {
+            cfg: cfg.clone(),
+            ruleset: Ruleset { tables },
+            fams,
+        }
+    }
+
+    /// The desired ruleset.
+    pub fn ruleset(&self) -> &Ruleset {
+        &self.ruleset
+    }
+
+    /// Recomputes the `dirty` service ports of `model` (already updated) and returns the
+    /// operations that turn the previous desired ruleset into the new one, or `None`
+    /// when the change needs a full build (the state is then unchanged).
+    pub fn update(
+        &mut self,
+        model: &ProxyModel,
+        dirty: &BTreeSet<ServicePortName>,
+        service_cidrs_changed: bool,
+    ) -> Option<Vec<Op>> {
+        if service_cidrs_changed {
+            return None;
+        }
+        // Plan everything first; bail out before touching any state.
+        let mut planned: Vec<Vec<(ServicePortName, PortContrib)>> = Vec::new();
+        for (fi, family) in Family::ALL.iter().enumerate() {
+            let st = &self.fams[fi];
+            let mut out = Vec::new();
+            let mut claimed: BTreeSet<Key> = BTreeSet::new();
+            for name in dirty {
+                if st.by_port.get(name).is_some_and(|c| c.affinity) {
+                    return None;
+                }
+                let Some(entry) = model.services.get(name) else {
+                    continue;
+                };
+                let (mut c, plans) = port_contrib(entry, model, &self.cfg, *family);
+                if c.affinity {
+                    return None;
+                }
+                for (k, p) in &plans {
+                    let owned_by_other = st
+                        .owner
+                        .get(k)
+                        .is_some_and(|o| o != name && !dirty.contains(o));
+                    if owned_by_other || !claimed.insert(k.clone()) {
+                        return None;
+                    }
+                    build::plan_elements(k, p, &mut c.elements, &mut c.hairpins);
+                }
+                out.push((name.clone(), c));
+            }
+            // A dirty port giving up a frontend another port also wants: full build.
+            for name in dirty {
+                if let Some(old) = st.by_port.get(name) {
+                    for k in &old.frontends {
+                        if !claimed.contains(k)
+                            && wanted_by_other(model, &self.cfg, *family, k, name, dirty)
+                        {
+                            return None;
+                        }
+                    }
+                }
+            }
+            planned.push(out);
+        }
+        let mut ops = Vec::new();
+        for (fi, family) in Family::ALL.iter().enumerate() {
+            let new_contribs = std::mem::take(&mut planned[fi]);
+            self.apply_family(fi, *family, dirty, new_contribs, &mut ops);
+        }
+        Some(ops)
+    }
+
+    fn apply_family(
+        &mut self,
+        fi: usize,
+        family: Family,
+        dirty: &BTreeSet<ServicePortName>,
+        new: Vec<(ServicePortName, PortContrib)>,
+        ops: &mut Vec<Op>,
+    ) {
+        let st = &mut self.fams[fi];
+        let table = &mut self.ruleset.tables[fi];
+        // Retract old contributions.
+        let mut before: BTreeMap<(String, Key), Option<ElementData>> = BTreeMap::new();
+        let mut hp_touched: BTreeSet<IpAddr> = BTreeSet::new();
+        for name in dirty {
+            let Some(old) = st.by_port.remove(name) else {
+                continue;
+            };
+            for k in &old.frontends {
+                st.owner.remove(k);
+            }
+            for (set, k, _) in old.elements {
+                let key = (set, k);
+                if !before.contains_key(&key) {
+                    let cur = table
+                        .set(&key.0)
+                        .and_then(|s| s.elements.get(&key.1))
+                        .cloned();
+                    before.insert(key.clone(), cur);
+                }
+                if let Some(n) = st.refs.get_mut(&key) {
+                    *n -= 1;
+                    if *n == 0 {
+                        st.refs.remove(&key);
+                    }
+                }
+            }
+            for ip in old.hairpins {
+                hp_touched.insert(ip);
+                if let Some(n) = st.hairpin_refs.get_mut(&ip) {
+                    *n -= 1;
+                    if *n == 0 {
+                        st.hairpin_refs.remove(&ip);
+                    }
+                }
+            }
+        }
+        // Add new contributions; the first contribution of a key gives its value.
+        let mut after: BTreeMap<(String, Key), ElementData> = BTreeMap::new();
+        for (name, c) in new {
+            for k in &c.frontends {
+                st.owner.insert(k.clone(), name.clone());
+            }
+            for (set, k, e) in &c.elements {
+                let key = (set.clone(), k.clone());
+                if !before.contains_key(&key) {
+                    let cur = table.set(set).and_then(|s| s.elements.get(k)).cloned();
+                    before.insert(key.clone(), cur);
+                }
+                *st.refs.entry(key.clone()).or_default() += 1;
+                after.entry(key).or_insert_with(|| e.clone());
+            }
+            for ip in &c.hairpins {
+                hp_touched.insert(*ip);
+                *st.hairpin_refs.entry(*ip).or_default() += 1;
+            }
+            st.by_port.insert(name, c);
+        }
+        // Final state of each touched key.
+        let mut dels: BTreeMap<String, Vec<Key>> = BTreeMap::new();
+        let mut adds: BTreeMap<String, Vec<(Key, ElementData)>> = BTreeMap::new();
+        for (key, old) in &before {
+            let alive = st.refs.contains_key(key);
+            let new_val = if alive {
+                // Still referenced: by a new contribution (its value) or by an untouched
+                // port (the value already in the table).
+                after.get(key).cloned().or_else(|| old.clone())
+            } else {
+                None
+            };
+            match (old, new_val) {
+                (Some(o), Some(n)) if *o == n => {}
+                (Some(_), Some(n)) => {
+                    dels.entry(key.0.clone()).or_default().push(key.1.clone());
+                    adds.entry(key.0.clone())
+                        .or_default()
+                        .push((key.1.clone(), n));
+                }
+                (Some(_), None) => dels.entry(key.0.clone()).or_default().push(key.1.clone()),
+                (None, Some(n)) => adds
+                    .entry(key.0.clone())
+                    .or_default()
+                    .push((key.1.clone(), n)),
+                (None, None) => {}
+            }
+        }
+        for ip in &hp_touched {
+            let alive = st.hairpin_refs.contains_key(ip);
+            let was = table
+                .set(build::names::HAIRPIN)
+                .is_some_and(|s| s.elements.contains_key(&build::hairpin_key(*ip)));
+            let k = build::hairpin_key(*ip);
+            if alive && !was {
+                adds.entry(build::names::HAIRPIN.to_string())
+                    .or_default()
+                    .push((k, ElementData::default()));
+            } else if !alive && was {
+                dels.entry(build::names::HAIRPIN.to_string())
+                    .or_default()
+                    .push(k);
+            }
+        }
+        // Apply to the table, creating count-class sets as needed.
+        let mut new_sets = Vec::new();
+        for (set, items) in &adds {
+            if table.set(set).is_none() {
+                let s = if let Some(n) = build::class_of(set, FRONTENDS_PREFIX_STR) {
+                    build::class_set(n)
+                } else if let Some(n) = build::class_of(set, SHORTCUT_PREFIX_STR) {
+                    build::shortcut_set(n)
+                } else {
+                    continue;
+                };
+                new_sets.push(s.decl.clone());
+                table.sets.push(s);
+            }
+            let _ = items;
+        }
+        for (set, keys) in &dels {
+            if let Some(s) = table.sets.iter_mut().find(|s| &s.decl.name == set) {
+                for k in keys {
+                    s.elements.remove(k);
+                }
+            }
+        }
+        for (set, items) in &adds {
+            if let Some(s) = table.sets.iter_mut().find(|s| &s.decl.name == set) {
+                for (k, e) in items {
+                    s.elements.insert(k.clone(), e.clone());
+                }
+            }
+        }
+        // Count classes that emptied go away.
+        let emptied: Vec<String> = table
+            .sets
+            .iter()
+            .filter(|s| s.elements.is_empty())
+            .filter(|s| {
+                build::class_of(&s.decl.name, FRONTENDS_PREFIX_STR).is_some()
+                    || build::class_of(&s.decl.name, SHORTCUT_PREFIX_STR).is_some()
+            })
+            .map(|s| s.decl.name.clone())
+            .collect();
+        table.sets.retain(|s| !emptied.contains(&s.decl.name));
+        for d in &new_sets {
+            ops.push(Op::AddSet(family, d.clone()));
+        }
+        for (set, keys) in dels {
+            if emptied.contains(&set) || keys.is_empty() {
+                continue;
+            }
+            if let Some(s) = table.set(&set) {
+                ops.push(Op::DelElements(family, s.decl.clone(), keys));
+            }
+        }
+        for (set, items) in adds {
+            if let Some(s) = table.set(&set) {
+                ops.push(Op::AddElements(family, s.decl.clone(), items));
+            }
+        }
+        if !new_sets.is_empty() || !emptied.is_empty() {
+            let classes: BTreeSet<usize> = table
+                .sets
+                .iter()
+                .filter_map(|s| build::class_of(&s.decl.name, FRONTENDS_PREFIX_STR))
+                .collect();
+            let shortcut: BTreeSet<usize> = table
+                .sets
+                .iter()
+                .filter_map(|s| build::class_of(&s.decl.name, SHORTCUT_PREFIX_STR))
+                .collect();
+            let cidrs = self.service_cidrs_of(fi);
+            let chains = build::chains(
+                family,
+                &self.cfg,
+                &cidrs,
+                &classes,
+                &shortcut,
+                &self.fams[fi].affinity,
+            );
+            let table = &mut self.ruleset.tables[fi];
+            for c in &chains {
+                if table.chain(&c.name).map(|o| &o.rules) != Some(&c.rules) {
+                    ops.push(Op::FlushChain(family, c.name.clone()));
+                    for r in &c.rules {
+                        ops.push(Op::AddRule(family, c.name.clone(), r.clone()));
+                    }
+                }
+            }
+            table.chains = chains;
+            for s in emptied {
+                ops.push(Op::DelSet(family, s));
+            }
+        }
+    }
+
+    /// The ServiceCIDRs as they appear in the table's cluster-ips-check chain.
+    fn service_cidrs_of(&self, fi: usize) -> Vec<ipnet::IpNet> {
+        let t = &self.ruleset.tables[fi];
+        t.chain(build::names::CLUSTER_IPS_CHECK)
+            .map(|c| {
+                c.rules
+                    .iter()
+                    .filter_map(|r| match r.0.first() {
+                        Some(Stmt::Cidr { net, .. }) => Some(*net),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Whether a service port other than `name` (and not dirty) plans frontend `k`.
+fn wanted_by_other(
+    model: &ProxyModel,
+    cfg: &BuildConfig,
+    family: Family,
+    k: &Key,
+    name: &ServicePortName,
+    dirty: &BTreeSet<ServicePortName>,
+) -> bool {
+    // Only a ClusterIP, external IP, LB IP or node port can collide; checking the
+    // frontend address against every service is linear, but this runs only for the
+    // frontends a dirty port gave up, which is rare.
+    model.services.iter().any(|(n, e)| {
+        n != name
+            && !dirty.contains(n)
+            && build::service_plans(e, &model.node, cfg, family)
+                .iter()
+                .any(|(pk, _)| pk == k)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ruleset::build::build;
+    use crate::synthetic;
+
+    /// A table with its sets sorted by name (creation order differs by design).
+    type Normal = (Family, Vec<(String, Vec<(Key, ElementData)>)>, Vec<Chain>);
+
+    fn normalized(r: &Ruleset) -> Vec<Normal> {
+        r.tables
+            .iter()
+            .map(|t| {
+                let mut sets: Vec<_> = t
+                    .sets
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.decl.name.clone(),
+                            s.elements
+                                .iter()
+                                .map(|(k, e)| (k.clone(), e.clone()))
+                                .collect(),
+                        )
+                    })
+                    .collect();
+                sets.sort_by(|a: &(String, Vec<_>), b| a.0.cmp(&b.0));
+                (t.family, sets, t.chains.clone())
+            })
+            .collect()
+    }
+
+    /// Applies element and chain operations to a table (what the kernel would do).
+    fn apply(r: &mut Ruleset, ops: &[Op]) {
+        for op in ops {
+            match op {
+                Op::AddSet(f, d) => {
+                    let t = r.tables.iter_mut().find(|t| t.family == *f).unwrap();
+                    assert!(t.set(&d.name).is_none(), "set {} exists", d.name);
+                    t.sets.push(Set {
+                        decl: d.clone(),
+                        elements: BTreeMap::new(),
+                    });
+                }
+                Op::DelSet(f, n) => {
+                    let t = r.tables.iter_mut().find(|t| t.family == *f).unwrap();
+                    assert!(t.set(n).is_some(), "set {n} missing");
+                    t.sets.retain(|s| &s.decl.name != n);
+                }
+                Op::DelElements(f, d, keys) => {
+                    let t = r.tables.iter_mut().find(|t| t.family == *f).unwrap();
+                    let s = t.sets.iter_mut().find(|s| s.decl.name == d.name).unwrap();
+                    for k in keys {
+                        assert!(s.elements.remove(k).is_some(), "ENOENT {} {k:?}", d.name);
+                    }
+                }
+                Op::AddElements(f, d, items) => {
+                    let t = r.tables.iter_mut().find(|t| t.family == *f).unwrap();
+                    let s = t.sets.iter_mut().find(|s| s.decl.name == d.name).unwrap();
+                    for (k, e) in items {
+                        assert!(
+                            s.elements.insert(k.clone(), e.clone()).is_none(),
+                            "EEXIST {} {k:?}",
+                            d.name
+                        );
+                    }
+                }
+                Op::FlushChain(f, c) => {
+                    let t = r.tables.iter_mut().find(|t| t.family == *f).unwrap();
+                    t.chains
+                        .iter_mut()
+                        .find(|x| &x.name == c)
+                        .unwrap()
+                        .rules
+                        .clear();
+                }
+                Op::AddRule(f, c, rule) => {
+                    let t = r.tables.iter_mut().find(|t| t.family == *f).unwrap();
+                    t.chains
+                        .iter_mut()
+                        .find(|x| &x.name == c)
+                        .unwrap()
+                        .rules
+                        .push(rule.clone());
+                }
+                other => panic!("unexpected op {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn incremental_updates_equal_full_builds() {
+        let cfg = BuildConfig {
+            cluster_cidrs: vec!["10.128.0.0/9".parse().unwrap()],
+            nodeport_ips: vec!["192.168.0.2".parse().unwrap()],
+            ..Default::default()
+        };
+        let mut model = synthetic::model(40, 3);
+        let mut inc = Incremental::full(&model, &cfg);
+        assert_eq!(normalized(inc.ruleset()), normalized(&build(&model, &cfg)));
+        let mut kernel = inc.ruleset().clone();
+        // A deterministic pseudo-random walk of changes.
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut rnd = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        for step in 0..400 {
+            let i = rnd(50);
+            let name = synthetic::entry(i, 1).port.name;
+            match rnd(5) {
+                0 => {
+                    model.services.remove(&name);
+                }
+                1 => {
+                    let n = rnd(5);
+                    model.services.insert(name.clone(), synthetic::entry(i, n));
+                }
+                2 => {
+                    if let Some(e) = model.services.get_mut(&name) {
+                        if let Some(ep) = e.endpoints.first_mut() {
+                            ep.ip = synthetic::endpoint(1000 + step, 0).ip;
+                            ep.is_local = rnd(2) == 0;
+                        }
+                    }
+                }
+                3 => {
+                    if let Some(e) = model.services.get_mut(&name) {
+                        if let Some(ep) = e.endpoints.last_mut() {
+                            ep.ready = !ep.ready;
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(e) = model.services.get_mut(&name) {
+                        e.port.node_port = if e.port.node_port.is_some() {
+                            None
+                        } else {
+                            Some(30000 + i as u16)
+                        };
+                        e.port.external_policy_local = rnd(2) == 0;
+                    }
+                }
+            }
+            let dirty: BTreeSet<ServicePortName> = [name].into_iter().collect();
+            let ops = inc
+                .update(&model, &dirty, false)
+                .expect("no fallback for plain changes");
+            apply(&mut kernel, &ops);
+            let full = build(&model, &cfg);
+            assert_eq!(
+                normalized(inc.ruleset()),
+                normalized(&full),
+                "step {step}: incremental differs from full"
+            );
+            assert_eq!(
+                normalized(&kernel),
+                normalized(&full),
+                "step {step}: ops do not reproduce the full build"
+            );
+        }
+    }
+}
