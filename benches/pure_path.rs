@@ -12,9 +12,11 @@ use criterion::{criterion_group, Criterion};
 use kube_nft_proxy::model::{ClusterState, Object, Problems, ProxyModel};
 use kube_nft_proxy::netlink::encode;
 use kube_nft_proxy::ruleset::diff::{diff, Known, Op};
+use kube_nft_proxy::ruleset::incremental::Incremental;
 use kube_nft_proxy::ruleset::ir::Ruleset;
 use kube_nft_proxy::ruleset::{build, BuildConfig};
 use kube_nft_proxy::synthetic;
+use std::collections::BTreeSet;
 
 const ENDPOINTS: usize = 10;
 
@@ -53,6 +55,29 @@ fn full(objs: &[Object], cfg: &BuildConfig) -> usize {
     encode(&ops(None, &rs)).bytes.len()
 }
 
+/// The daemon's partial-sync path for one changed slice; returns the batch size.
+fn one_slice(
+    state: &mut ClusterState,
+    model: &mut ProxyModel,
+    inc: &mut Incremental,
+    changed: &[Object],
+    cfg: &BuildConfig,
+) -> usize {
+    let mut dirty = BTreeSet::new();
+    for o in changed.iter().skip(1).cloned() {
+        if let Some(s) = state.service_of(&o) {
+            dirty.insert(s);
+        }
+        state.upsert(o);
+    }
+    let ports = model.update_services(state, &dirty, &mut Problems::default());
+    let ops = inc
+        .update(model, &ports, false)
+        .expect("plain endpoint change stays incremental");
+    let _ = cfg;
+    encode(&ops).bytes.len()
+}
+
 fn bench(c: &mut Criterion) {
     let cfg = BuildConfig::default();
     for n in scales() {
@@ -60,17 +85,21 @@ fn bench(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("pure/{n}x{ENDPOINTS}"));
         g.sample_size(10);
         g.bench_function("full build", |b| b.iter(|| full(&objs, &cfg)));
-        // One changed slice: replace it in the state, rebuild, diff against the last.
+        // One changed slice, as the daemon handles it: update the state, recompute the
+        // one Service, update the incremental ruleset, encode the delta. Alternates
+        // between two versions of the slice so every iteration is a real change.
         let mut state = ClusterState::from_objects(objs.iter().cloned());
-        let last = build(&model_of(&state), &cfg);
-        let changed = synthetic::objects(1, ENDPOINTS, 7);
+        let mut model = model_of(&state);
+        let mut inc = Incremental::full(&model, &cfg);
+        let versions = [
+            synthetic::objects(1, ENDPOINTS, 7),
+            synthetic::objects(1, ENDPOINTS, 0),
+        ];
+        let mut flip = 0;
         g.bench_function("one slice changed", |b| {
             b.iter(|| {
-                for o in changed.iter().skip(1).cloned() {
-                    state.upsert(o);
-                }
-                let rs = build(&model_of(&state), &cfg);
-                encode(&ops(Some(&last), &rs)).bytes.len()
+                flip ^= 1;
+                one_slice(&mut state, &mut model, &mut inc, &versions[flip], &cfg)
             })
         });
         g.finish();
@@ -108,17 +137,19 @@ fn summary() {
             encode(&o);
         });
         let full_t = t_state + t_model + t_ir + t_diff + t_enc;
-        let changed = synthetic::objects(1, ENDPOINTS, 9);
+        let versions = [
+            synthetic::objects(1, ENDPOINTS, 9),
+            synthetic::objects(1, ENDPOINTS, 0),
+        ];
+        let mut inc = Incremental::full(&model, &cfg);
+        let mut flip = 0;
         let t_one = median_of(5, || {
-            for x in changed.iter().skip(1).cloned() {
-                state.upsert(x);
-            }
-            let new = build(&model_of(&state), &cfg);
-            encode(&ops(Some(&rs), &new));
+            flip ^= 1;
+            one_slice(&mut state, &mut model, &mut inc, &versions[flip], &cfg);
         });
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "{n:>6} x {ENDPOINTS}: full {:.1} ms (objects {:.1}, model {:.1}, IR {:.1}, diff {:.1}, encode {:.1}) | one slice changed {:.1} ms | ratio {:.3}",
+            "{n:>6} x {ENDPOINTS}: full {:.1} ms (objects {:.1}, model {:.1}, IR {:.1}, diff {:.1}, encode {:.1}) | one slice changed {:.3} ms | ratio {:.5}",
             ms(full_t), ms(t_state), ms(t_model), ms(t_ir), ms(t_diff), ms(t_enc), ms(t_one),
             t_one.as_secs_f64() / full_t.as_secs_f64()
         );
