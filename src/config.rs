@@ -51,6 +51,11 @@ pub struct Cli {
     #[arg(long)]
     pub cleanup: bool,
 
+    /// Take over from kube-proxy: once our rules are in place, delete kube-proxy's
+    /// `ip`/`ip6 kube-proxy` nftables tables and its iptables `KUBE-*` chains.
+    #[arg(long)]
+    pub cleanup_kube_proxy: bool,
+
     /// How often to reconcile everything with the kernel when running continuously.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub sync_period: Duration,
@@ -162,6 +167,8 @@ pub struct ProxyConfig {
     pub masquerade_mark: u32,
     /// delete our tables and exit
     pub cleanup: bool,
+    /// delete kube-proxy's leftovers after our first sync
+    pub cleanup_kube_proxy: bool,
     /// full resync period
     pub sync_period: Duration,
     /// shortest time between syncs
@@ -242,6 +249,7 @@ impl ProxyConfig {
             nodeport_addresses,
             masquerade_mark: 1u32 << cli.masquerade_bit,
             cleanup: cli.cleanup,
+            cleanup_kube_proxy: cli.cleanup_kube_proxy,
             sync_period: cli.sync_period,
             min_sync_period: cli.min_sync_period,
             kubeconfig: cli.kubeconfig,

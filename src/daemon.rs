@@ -244,6 +244,7 @@ pub async fn run_with(
     // EndpointSlice trigger times waiting for the sync that programs them.
     let mut pending_triggers: Vec<f64> = Vec::new();
     let mut was_ready = false;
+    let mut migrated = !cfg.cleanup_kube_proxy;
     loop {
         let now = Instant::now();
         let min_next = last_sync.map(|t| t + cfg.min_sync_period).unwrap_or(now);
@@ -397,6 +398,21 @@ pub async fn run_with(
                 );
                 if was_full {
                     last_full = Instant::now();
+                }
+                if !migrated {
+                    match proxier.migrate_from_kube_proxy() {
+                        Ok(m) => {
+                            migrated = true;
+                            tracing::info!(
+                                tables = m.tables,
+                                iptables_chains = m.chains,
+                                "our rules are in place; removed kube-proxy's rules"
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %error_chain(&e), "kube-proxy cleanup failed; will retry after the next sync")
+                        }
+                    }
                 }
                 dirty = false;
                 dirty_services.clear();

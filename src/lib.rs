@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod health;
 pub mod host;
 pub mod metrics;
+pub mod migrate;
 pub mod model;
 pub mod netlink;
 pub mod proxier;

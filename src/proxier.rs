@@ -120,6 +120,17 @@ impl Proxier {
         Self::default()
     }
 
+    /// Runs the kube-proxy takeover (after our rules are committed).
+    pub fn migrate_from_kube_proxy(&mut self) -> Result<crate::migrate::Report, Error> {
+        if self.kernel.is_none() {
+            self.kernel = Some(Kernel::open()?);
+        }
+        match self.kernel.as_mut() {
+            Some(k) => Ok(crate::migrate::cleanup_kube_proxy(k)?),
+            None => Ok(Default::default()),
+        }
+    }
+
     /// The last ruleset the kernel accepted (shared, so side outputs need no copy).
     pub fn last(&self) -> Option<Arc<Ruleset>> {
         self.last.clone()
@@ -268,6 +279,14 @@ pub fn once(cfg: &ProxyConfig) -> Result<SyncReport, Error> {
     let mut p = Proxier::new();
     let mut r = p.sync(rs, true)?;
     r.service_ports = ports;
+    if cfg.cleanup_kube_proxy {
+        let m = p.migrate_from_kube_proxy()?;
+        tracing::info!(
+            tables = m.tables,
+            iptables_chains = m.chains,
+            "removed kube-proxy's rules"
+        );
+    }
     Ok(r)
 }
 
@@ -311,6 +330,18 @@ pub fn run_files(cfg: &ProxyConfig) -> Result<(), Error> {
                         elapsed_ms = r.duration.as_secs_f64() * 1e3,
                         "synced"
                     );
+                    if cfg.cleanup_kube_proxy && seen.is_none() {
+                        match p.migrate_from_kube_proxy() {
+                            Ok(m) => tracing::info!(
+                                tables = m.tables,
+                                iptables_chains = m.chains,
+                                "removed kube-proxy's rules"
+                            ),
+                            Err(e) => {
+                                tracing::warn!(error = %error_chain(&e), "kube-proxy cleanup failed")
+                            }
+                        }
+                    }
                     if r.full {
                         last_full = Instant::now();
                     }

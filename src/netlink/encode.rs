@@ -266,6 +266,7 @@ impl BatchBuilder {
         match op {
             Op::AddTable(f) => self.table(*f, NFT_MSG_NEWTABLE, NLM_F_CREATE),
             Op::DelTable(f) => self.table(*f, NFT_MSG_DELTABLE, 0),
+            Op::DelForeignTable(f, name) => self.table_named(*f, name, NFT_MSG_DELTABLE, 0),
             Op::AddChain(f, c) => {
                 self.chain(*f, &c.name, Some(c.kind), NFT_MSG_NEWCHAIN, NLM_F_CREATE)
             }
@@ -288,8 +289,12 @@ impl BatchBuilder {
     }
 
     fn table(&mut self, f: Family, msg: u16, flags: u16) {
+        self.table_named(f, TABLE_NAME, msg, flags)
+    }
+
+    fn table_named(&mut self, f: Family, table: &str, msg: u16, flags: u16) {
         let nlh = self.hdr(msg, f, flags | NLM_F_REQUEST);
-        let name = cstr(TABLE_NAME);
+        let name = cstr(table);
         // Safety: allocated object, valid strings (copied), freed after building.
         unsafe {
             let t = nn(sys::nftnl_table_alloc());

@@ -62,6 +62,7 @@ fn describe(op: &Op) -> String {
     match op {
         Op::AddTable(f) => format!("add table {}", f.nft()),
         Op::DelTable(f) => format!("delete table {}", f.nft()),
+        Op::DelForeignTable(f, n) => format!("delete table {} {n}", f.nft()),
         Op::FlushChain(f, c) => format!("flush chain {} {c}", f.nft()),
         Op::DelChain(f, c) => format!("delete chain {} {c}", f.nft()),
         Op::DelSet(f, s) => format!("delete set {} {s}", f.nft()),
@@ -85,6 +86,11 @@ impl Kernel {
         Ok(Kernel {
             conn: Conn::open()?,
         })
+    }
+
+    /// The names of every table of one family (ours and others').
+    pub fn table_names(&mut self, family: Family) -> Result<Vec<String>, Error> {
+        readback::table_names(&mut self.conn, family)
     }
 
     /// Reads our table of one family back (None: it does not exist).

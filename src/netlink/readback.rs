@@ -90,12 +90,10 @@ unsafe fn get_data(getter: impl Fn(*mut u32) -> *const libc::c_void) -> Vec<u8> 
     unsafe { std::slice::from_raw_parts(p as *const u8, len as usize) }.to_vec()
 }
 
-/// Reads our table of `family`; `None` if it does not exist.
-pub fn read_table(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, Error> {
-    let fam = family.nfproto();
-    let tables = conn.dump(NFT_MSG_GETTABLE, fam, &[])?;
-    let mut exists = false;
-    for m in &tables {
+/// The names of every table of `family`.
+pub fn table_names(conn: &mut Conn, family: Family) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    for m in &conn.dump(NFT_MSG_GETTABLE, family.nfproto(), &[])? {
         // Safety: m is a complete netlink message; the table object is freed below.
         unsafe {
             let t = sys::nftnl_table_alloc();
@@ -103,13 +101,21 @@ pub fn read_table(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, E
                 continue;
             }
             if sys::nftnl_table_nlmsg_parse(m.as_ptr() as *const libc::nlmsghdr, t) >= 0 {
-                let name = get_str(sys::nftnl_table_get_str(t, sys::NFTNL_TABLE_NAME as u16));
-                exists |= name == TABLE_NAME;
+                out.push(get_str(sys::nftnl_table_get_str(
+                    t,
+                    sys::NFTNL_TABLE_NAME as u16,
+                )));
             }
             sys::nftnl_table_free(t);
         }
     }
-    if !exists {
+    Ok(out)
+}
+
+/// Reads our table of `family`; `None` if it does not exist.
+pub fn read_table(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, Error> {
+    let fam = family.nfproto();
+    if !table_names(conn, family)?.iter().any(|n| n == TABLE_NAME) {
         return Ok(None);
     }
     let mut out = RawTable::default();

@@ -33,6 +33,8 @@ pub enum Op {
     AddRule(Family, String, Rule),
     /// delete the whole table
     DelTable(Family),
+    /// delete another program's table (migration from kube-proxy only)
+    DelForeignTable(Family, String),
 }
 
 /// What the diff knows about the kernel's copy of one table.

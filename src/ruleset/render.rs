@@ -287,6 +287,7 @@ pub fn op(op: &super::diff::Op) -> String {
     match op {
         Op::AddTable(f) => format!("add table {}", t(*f)),
         Op::DelTable(f) => format!("delete table {}", t(*f)),
+        Op::DelForeignTable(f, n) => format!("delete table {} {n}", f.nft()),
         Op::FlushChain(f, c) => format!("flush chain {} {c}", t(*f)),
         Op::DelChain(f, c) => format!("delete chain {} {c}", t(*f)),
         Op::DelSet(f, s) => format!("delete set {} {s}", t(*f)),
