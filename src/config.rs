@@ -88,6 +88,19 @@ pub struct Cli {
     #[arg(long, default_value = "10ms", value_parser = parse_duration)]
     pub min_sync_period: Duration,
 
+    /// A kube-proxy config file (`kubeproxy.config.k8s.io/v1alpha1`
+    /// KubeProxyConfiguration); flags on the command line override it.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Write the effective configuration as a KubeProxyConfiguration file, then exit.
+    #[arg(long, value_name = "PATH")]
+    pub write_config_to: Option<PathBuf>,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub logging_format: String,
+
     /// Log verbosity (0: warnings and info, 2: debug, 4+: trace).
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     pub verbosity: u8,
@@ -183,6 +196,12 @@ pub struct ProxyConfig {
     pub metrics_bind_address: Option<std::net::SocketAddr>,
     /// log verbosity
     pub verbosity: u8,
+    /// `--write-config-to`
+    pub write_config_to: Option<PathBuf>,
+    /// `text` or `json`
+    pub logging_format: String,
+    /// conntrack settings from the config file, applied through sysctls
+    pub conntrack: Option<crate::kubeproxyconfig::Conntrack>,
 }
 
 fn host_name() -> String {
@@ -257,6 +276,9 @@ impl ProxyConfig {
             healthz_bind_address,
             metrics_bind_address,
             verbosity: cli.verbosity,
+            write_config_to: cli.write_config_to,
+            logging_format: cli.logging_format,
+            conntrack: None,
         })
     }
 }
@@ -314,4 +336,130 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
     }
+
+    #[test]
+    fn config_file_with_flag_overrides_and_round_trip() {
+        let dir = std::env::temp_dir().join(format!("knp-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("config.conf");
+        std::fs::write(
+            &f,
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\nclusterCIDR: 10.244.0.0/16\nhostnameOverride: from-file\nnftables:\n  masqueradeBit: 5\n  syncPeriod: 1m0s\niptables:\n  masqueradeAll: true\n",
+        )
+        .unwrap();
+        let args = |extra: &[&str]| {
+            let mut v = vec![
+                "kube-nft-proxy".to_string(),
+                "--config".into(),
+                f.display().to_string(),
+            ];
+            v.extend(extra.iter().map(|s| s.to_string()));
+            v
+        };
+        let (cli, _, notes) = parse_args(args(&["--hostname-override", "from-flag"])).unwrap();
+        assert!(
+            notes.iter().any(|n| n.contains("iptables.masqueradeAll")),
+            "{notes:?}"
+        );
+        let c = ProxyConfig::from_cli(cli).unwrap();
+        assert_eq!(c.node_name, "from-flag", "the flag overrides the file");
+        assert_eq!(c.masquerade_mark, 1 << 5);
+        assert_eq!(c.sync_period, Duration::from_secs(60));
+        assert_eq!(
+            c.cluster_cidrs,
+            vec!["10.244.0.0/16".parse::<IpNet>().unwrap()]
+        );
+        // --write-config-to output read back gives the same settings.
+        let written = crate::kubeproxyconfig::to_yaml(&c.to_kube_proxy_config());
+        std::fs::write(&f, written).unwrap();
+        let (cli2, _, _) = parse_args(args(&[])).unwrap();
+        let c2 = ProxyConfig::from_cli(cli2).unwrap();
+        assert_eq!(c2.node_name, c.node_name);
+        assert_eq!(c2.masquerade_mark, c.masquerade_mark);
+        assert_eq!(c2.sync_period, c.sync_period);
+        assert_eq!(c2.min_sync_period, c.min_sync_period);
+        assert_eq!(c2.cluster_cidrs, c.cluster_cidrs);
+        assert_eq!(c2.healthz_bind_address, c.healthz_bind_address);
+        assert_eq!(c2.metrics_bind_address, c.metrics_bind_address);
+        assert_eq!(c2.nodeport_addresses, c.nodeport_addresses);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+impl ProxyConfig {
+    /// The effective configuration as a KubeProxyConfiguration (`--write-config-to`).
+    pub fn to_kube_proxy_config(&self) -> crate::kubeproxyconfig::KubeProxyConfiguration {
+        let mut k = crate::kubeproxyconfig::KubeProxyConfiguration {
+            hostname_override: self.node_name.clone(),
+            cluster_cidr: self
+                .cluster_cidrs
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            healthz_bind_address: self
+                .healthz_bind_address
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            metrics_bind_address: self
+                .metrics_bind_address
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            node_port_addresses: match &self.nodeport_addresses {
+                NodePortAddresses::Primary => vec!["primary".to_string()],
+                NodePortAddresses::Cidrs(v) => v.iter().map(|n| n.to_string()).collect(),
+            },
+            ..Default::default()
+        };
+        if !k.cluster_cidr.is_empty() {
+            k.detect_local_mode = "ClusterCIDR".into();
+        }
+        k.client_connection.kubeconfig = self
+            .kubeconfig
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        k.nftables.masquerade_bit = self.masquerade_mark.trailing_zeros();
+        k.nftables.masquerade_all = self.masquerade_all;
+        k.nftables.sync_period = self.sync_period;
+        k.nftables.min_sync_period = self.min_sync_period;
+        k.logging.format = self.logging_format.clone();
+        k.logging.verbosity = u32::from(self.verbosity);
+        if let Some(c) = &self.conntrack {
+            k.conntrack = c.clone();
+        }
+        k
+    }
+}
+
+/// Parses the command line with `--config` applied: the file's settings become flags,
+/// and flags given on the command line override them (as kube-proxy does). Returns
+/// the CLI, the file's conntrack settings, and messages to log (unknown fields,
+/// settings we do not honour).
+pub fn parse_args(
+    raw: Vec<String>,
+) -> Result<(Cli, Option<crate::kubeproxyconfig::Conntrack>, Vec<String>), String> {
+    let cli = Cli::try_parse_from(&raw).map_err(|e| e.to_string())?;
+    let Some(path) = cli.config.clone() else {
+        return Ok((cli, None, Vec::new()));
+    };
+    let (file, unknown) = crate::kubeproxyconfig::read(&path)
+        .map_err(|e| format!("--config {}: {e}", path.display()))?;
+    let mut notes: Vec<String> = unknown
+        .iter()
+        .map(|u| format!("--config {}: unknown field {u} ignored", path.display()))
+        .collect();
+    notes.extend(
+        file.warnings()
+            .into_iter()
+            .map(|w| format!("--config {}: {w}", path.display())),
+    );
+    let prog = raw
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "kube-nft-proxy".into());
+    let merged = crate::kubeproxyconfig::merge_args(&file.to_args(), raw.get(1..).unwrap_or(&[]));
+    let cli =
+        Cli::try_parse_from(std::iter::once(prog).chain(merged)).map_err(|e| e.to_string())?;
+    Ok((cli, Some(file.conntrack), notes))
 }

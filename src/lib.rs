@@ -7,6 +7,7 @@ pub mod conntrack;
 pub mod daemon;
 pub mod health;
 pub mod host;
+pub mod kubeproxyconfig;
 pub mod metrics;
 pub mod migrate;
 pub mod model;
