@@ -283,6 +283,84 @@ impl ProxyConfig {
     }
 }
 
+impl ProxyConfig {
+    /// The effective configuration as a KubeProxyConfiguration (`--write-config-to`).
+    pub fn to_kube_proxy_config(&self) -> crate::kubeproxyconfig::KubeProxyConfiguration {
+        let mut k = crate::kubeproxyconfig::KubeProxyConfiguration {
+            hostname_override: self.node_name.clone(),
+            cluster_cidr: self
+                .cluster_cidrs
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            healthz_bind_address: self
+                .healthz_bind_address
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            metrics_bind_address: self
+                .metrics_bind_address
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+            node_port_addresses: match &self.nodeport_addresses {
+                NodePortAddresses::Primary => vec!["primary".to_string()],
+                NodePortAddresses::Cidrs(v) => v.iter().map(|n| n.to_string()).collect(),
+            },
+            ..Default::default()
+        };
+        if !k.cluster_cidr.is_empty() {
+            k.detect_local_mode = "ClusterCIDR".into();
+        }
+        k.client_connection.kubeconfig = self
+            .kubeconfig
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        k.nftables.masquerade_bit = self.masquerade_mark.trailing_zeros();
+        k.nftables.masquerade_all = self.masquerade_all;
+        k.nftables.sync_period = self.sync_period;
+        k.nftables.min_sync_period = self.min_sync_period;
+        k.logging.format = self.logging_format.clone();
+        k.logging.verbosity = u32::from(self.verbosity);
+        if let Some(c) = &self.conntrack {
+            k.conntrack = c.clone();
+        }
+        k
+    }
+}
+
+/// Parses the command line with `--config` applied: the file's settings become flags,
+/// and flags given on the command line override them (as kube-proxy does). Returns
+/// the CLI, the file's conntrack settings, and messages to log (unknown fields,
+/// settings we do not honour).
+pub fn parse_args(
+    raw: Vec<String>,
+) -> Result<(Cli, Option<crate::kubeproxyconfig::Conntrack>, Vec<String>), String> {
+    let cli = Cli::try_parse_from(&raw).map_err(|e| e.to_string())?;
+    let Some(path) = cli.config.clone() else {
+        return Ok((cli, None, Vec::new()));
+    };
+    let (file, unknown) = crate::kubeproxyconfig::read(&path)
+        .map_err(|e| format!("--config {}: {e}", path.display()))?;
+    let mut notes: Vec<String> = unknown
+        .iter()
+        .map(|u| format!("--config {}: unknown field {u} ignored", path.display()))
+        .collect();
+    notes.extend(
+        file.warnings()
+            .into_iter()
+            .map(|w| format!("--config {}: {w}", path.display())),
+    );
+    let prog = raw
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "kube-nft-proxy".into());
+    let merged = crate::kubeproxyconfig::merge_args(&file.to_args(), raw.get(1..).unwrap_or(&[]));
+    let cli =
+        Cli::try_parse_from(std::iter::once(prog).chain(merged)).map_err(|e| e.to_string())?;
+    Ok((cli, Some(file.conntrack), notes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,82 +462,4 @@ mod tests {
         assert_eq!(c2.nodeport_addresses, c.nodeport_addresses);
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-impl ProxyConfig {
-    /// The effective configuration as a KubeProxyConfiguration (`--write-config-to`).
-    pub fn to_kube_proxy_config(&self) -> crate::kubeproxyconfig::KubeProxyConfiguration {
-        let mut k = crate::kubeproxyconfig::KubeProxyConfiguration {
-            hostname_override: self.node_name.clone(),
-            cluster_cidr: self
-                .cluster_cidrs
-                .iter()
-                .map(|c| c.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-            healthz_bind_address: self
-                .healthz_bind_address
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            metrics_bind_address: self
-                .metrics_bind_address
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
-            node_port_addresses: match &self.nodeport_addresses {
-                NodePortAddresses::Primary => vec!["primary".to_string()],
-                NodePortAddresses::Cidrs(v) => v.iter().map(|n| n.to_string()).collect(),
-            },
-            ..Default::default()
-        };
-        if !k.cluster_cidr.is_empty() {
-            k.detect_local_mode = "ClusterCIDR".into();
-        }
-        k.client_connection.kubeconfig = self
-            .kubeconfig
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        k.nftables.masquerade_bit = self.masquerade_mark.trailing_zeros();
-        k.nftables.masquerade_all = self.masquerade_all;
-        k.nftables.sync_period = self.sync_period;
-        k.nftables.min_sync_period = self.min_sync_period;
-        k.logging.format = self.logging_format.clone();
-        k.logging.verbosity = u32::from(self.verbosity);
-        if let Some(c) = &self.conntrack {
-            k.conntrack = c.clone();
-        }
-        k
-    }
-}
-
-/// Parses the command line with `--config` applied: the file's settings become flags,
-/// and flags given on the command line override them (as kube-proxy does). Returns
-/// the CLI, the file's conntrack settings, and messages to log (unknown fields,
-/// settings we do not honour).
-pub fn parse_args(
-    raw: Vec<String>,
-) -> Result<(Cli, Option<crate::kubeproxyconfig::Conntrack>, Vec<String>), String> {
-    let cli = Cli::try_parse_from(&raw).map_err(|e| e.to_string())?;
-    let Some(path) = cli.config.clone() else {
-        return Ok((cli, None, Vec::new()));
-    };
-    let (file, unknown) = crate::kubeproxyconfig::read(&path)
-        .map_err(|e| format!("--config {}: {e}", path.display()))?;
-    let mut notes: Vec<String> = unknown
-        .iter()
-        .map(|u| format!("--config {}: unknown field {u} ignored", path.display()))
-        .collect();
-    notes.extend(
-        file.warnings()
-            .into_iter()
-            .map(|w| format!("--config {}: {w}", path.display())),
-    );
-    let prog = raw
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "kube-nft-proxy".into());
-    let merged = crate::kubeproxyconfig::merge_args(&file.to_args(), raw.get(1..).unwrap_or(&[]));
-    let cli =
-        Cli::try_parse_from(std::iter::once(prog).chain(merged)).map_err(|e| e.to_string())?;
-    Ok((cli, Some(file.conntrack), notes))
 }

@@ -1,0 +1,1915 @@
+//! The long-running daemon against the in-repo API server, with real packets.
+//!
+//! Topology (three network namespaces per test, created and deleted by the test):
+//!
+//! ```text
+//!  client (a pod)            node (daemon + API server)            backends
+//!  eth0 10.0.1.2/24 ---- to-client 10.0.1.1/24
+//!  default via 10.0.1.1      to-backends 10.0.2.1/24 ---- eth0 10.0.2.10/24 .. .13
+//!                            lo: API server, /healthz,     default via 10.0.2.1
+//!                                /metrics on 127.0.0.1
+//!                            default via 10.0.2.254 (no such host)
+//! ```
+//!
+//! The API server runs on a thread that entered the node namespace, so the daemon (run
+//! with `ip netns exec NODE kube-nft-proxy --master http://127.0.0.1:PORT ...`) reaches it
+//! on the node's loopback. Objects are created, changed and deleted through the server's
+//! store; the daemon learns about them by list and watch only.
+//!
+//! Every backend address runs a TCP listener and a UDP socket on 8080 that answer
+//! `BACKEND-IP CLIENT-IP CLIENT-PORT\n`. Each backend can be stopped on its own (a pod
+//! that went away). Every wait is bounded (poll with a deadline); nothing asserts how
+//! fast something happened.
+
+#[path = "support/apiserver.rs"]
+mod apiserver;
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::ops::Deref;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use apiserver::{ApiServer, Config as ApiConfig, Fault};
+use common::{join, require_privileged, veth, NetNs, TempDir, BIN};
+use serde_json::{json, Value};
+
+/// Socket timeout for every client and server operation.
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// The usual bound for a condition to become true.
+const WAIT: Duration = Duration::from_secs(10);
+/// The bound after an API server outage or a held-off watch: the watchers retry with
+/// kube-runtime's (client-go's) backoff, 0.8 s doubling up to 30 s, with jitter.
+const WAIT_AFTER_OUTAGE: Duration = Duration::from_secs(60);
+const CLIENT_IP: &str = "10.0.1.2";
+const NODE_IP: &str = "10.0.2.1";
+const SERVICE_CIDR: &str = "172.30.0.0/16";
+const WEB_IP: &str = "172.30.0.10";
+const A: &str = "10.0.2.10";
+const B: &str = "10.0.2.11";
+const C: &str = "10.0.2.12";
+const D: &str = "10.0.2.13";
+const BACKENDS: [&str; 4] = [A, B, C, D];
+const TARGET_PORT: u16 = 8080;
+const NODE_NAME: &str = "node1";
+const HEALTHZ: &str = "127.0.0.1:10256";
+const METRICS: &str = "127.0.0.1:10249";
+/// Consecutive answers that must show exactly the expected endpoints. With 4 equally
+/// likely endpoints, 60 answers miss one with a probability of about 1e-7.
+const WINDOW: usize = 60;
+
+fn sockaddr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::from((ip.parse::<Ipv4Addr>().expect("IPv4 literal"), port))
+}
+
+fn strings(v: &[&str]) -> BTreeSet<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Locks a mutex; a panicking thread must not wedge the others.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` on a new thread inside the network namespace `ns` (by name), like
+/// [`NetNs::spawn`], for owners that keep only the name.
+fn spawn_in<F, T>(ns: &str, f: F) -> io::Result<JoinHandle<T>>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let file = File::open(format!("/var/run/netns/{ns}"))?;
+    let name = ns.to_string();
+    Ok(std::thread::spawn(move || {
+        // SAFETY: `file` is an open nsfs file; setns only changes this thread's network
+        // namespace.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            panic!("setns({name}): {}", io::Error::last_os_error());
+        }
+        drop(file);
+        f()
+    }))
+}
+
+// ---------------------------------------------------------------------------------
+// Topology
+
+struct Topology {
+    client: NetNs,
+    node: NetNs,
+    backends: NetNs,
+}
+
+impl Topology {
+    fn new(tag: &str) -> Topology {
+        let t = Topology {
+            client: NetNs::new(&format!("{tag}-c")),
+            node: NetNs::new(&format!("{tag}-n")),
+            backends: NetNs::new(&format!("{tag}-b")),
+        };
+        veth(&t.client, "eth0", &t.node, "to-client");
+        veth(&t.node, "to-backends", &t.backends, "eth0");
+        t.client
+            .ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"]);
+        t.client.ip(&["route", "add", "default", "via", "10.0.1.1"]);
+        t.node
+            .ip(&["addr", "add", "10.0.1.1/24", "dev", "to-client"]);
+        t.node.ip(&[
+            "addr",
+            "add",
+            &format!("{NODE_IP}/24"),
+            "dev",
+            "to-backends",
+        ]);
+        t.node.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.0.2.254",
+            "dev",
+            "to-backends",
+        ]);
+        t.node.ip(&["link", "set", "lo", "up"]);
+        t.node.sysctl("net.ipv4.ip_forward=1");
+        // Refusals are ICMP errors from the node; no rate limit may swallow one.
+        t.node.sysctl("net.ipv4.icmp_ratelimit=0");
+        for b in BACKENDS {
+            t.backends
+                .ip(&["addr", "add", &format!("{b}/24"), "dev", "eth0"]);
+        }
+        t.backends
+            .ip(&["route", "add", "default", "via", "10.0.2.1"]);
+        t
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Backend servers
+
+/// One backend address: its TCP and UDP server threads.
+struct Backend {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Backend {
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A TCP listener and a UDP socket on every backend address, each address stoppable on
+/// its own; all stopped on drop.
+struct Servers {
+    backends: Mutex<BTreeMap<String, Backend>>,
+}
+
+impl Servers {
+    fn start(ns: &NetNs, addrs: &[&str]) -> Servers {
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let mut backends = BTreeMap::new();
+        for a in addrs {
+            let stop = Arc::new(AtomicBool::new(false));
+            let mut threads = Vec::new();
+            let addr = sockaddr(a, TARGET_PORT);
+            for udp in [false, true] {
+                let stop = stop.clone();
+                let ready = ready_tx.clone();
+                threads.push(ns.spawn(move || {
+                    if udp {
+                        serve_udp(addr, &stop, &ready)
+                    } else {
+                        serve_tcp(addr, &stop, &ready)
+                    }
+                }));
+            }
+            backends.insert(a.to_string(), Backend { stop, threads });
+        }
+        let servers = Servers {
+            backends: Mutex::new(backends),
+        };
+        for _ in 0..addrs.len() * 2 {
+            match ready_rx.recv_timeout(WAIT) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("backend server failed to start: {e}"),
+                Err(e) => panic!("backend servers did not report readiness: {e}"),
+            }
+        }
+        servers
+    }
+
+    /// Stops the servers of one address (the pod is gone; its address still exists, so
+    /// TCP is reset and UDP gets ICMP port unreachable).
+    fn stop(&self, addr: &str) {
+        if let Some(mut b) = lock(&self.backends).remove(addr) {
+            b.shutdown();
+        }
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for (_, mut b) in std::mem::take(&mut *lock(&self.backends)) {
+            b.shutdown();
+        }
+    }
+}
+
+fn wait_readable(fd: i32, ms: i32) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, its count is 1.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+}
+
+fn serve_tcp(addr: SocketAddr, stop: &AtomicBool, ready: &mpsc::Sender<Result<(), String>>) {
+    let listener = match TcpListener::bind(addr).and_then(|l| {
+        l.set_nonblocking(true)?;
+        Ok(l)
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("tcp {addr}: {e}")));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, peer)) => answer_tcp(stream, addr, peer),
+            Err(_) => wait_readable(listener.as_raw_fd(), 100),
+        }
+    }
+}
+
+fn answer_tcp(mut stream: TcpStream, local: SocketAddr, peer: SocketAddr) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(TIMEOUT));
+    let _ = stream.set_write_timeout(Some(TIMEOUT));
+    let _ = writeln!(stream, "{} {} {}", local.ip(), peer.ip(), peer.port());
+    // Let the client end the connection (it resets it), so no TIME_WAIT stays here.
+    let mut buf = [0u8; 64];
+    for _ in 0..16 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn serve_udp(addr: SocketAddr, stop: &AtomicBool, ready: &mpsc::Sender<Result<(), String>>) {
+    let sock = match UdpSocket::bind(addr).and_then(|s| {
+        s.set_read_timeout(Some(Duration::from_millis(100)))?;
+        Ok(s)
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = ready.send(Err(format!("udp {addr}: {e}")));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let mut buf = [0u8; 512];
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+            let answer = format!("{} {} {}\n", addr.ip(), peer.ip(), peer.port());
+            let _ = sock.send_to(answer.as_bytes(), peer);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Clients (call these on a thread inside the client namespace)
+
+/// What a backend answered.
+#[derive(Clone, Debug)]
+struct Answer {
+    /// the backend's own address
+    backend: String,
+    /// the client address the backend saw
+    seen_client: String,
+    /// the client port the backend saw
+    seen_port: u16,
+}
+
+fn parse_answer(text: &str) -> io::Result<Answer> {
+    let mut w = text.split_whitespace();
+    match (
+        w.next(),
+        w.next(),
+        w.next().map(str::parse::<u16>),
+        w.next(),
+    ) {
+        (Some(b), Some(c), Some(Ok(p)), None) => Ok(Answer {
+            backend: b.to_string(),
+            seen_client: c.to_string(),
+            seen_port: p,
+        }),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected answer {text:?}"),
+        )),
+    }
+}
+
+/// A new TCP connection to `dst`; reads the answer, then ends the connection with a
+/// reset (`SO_LINGER` 0), so that a tight loop leaves no TIME_WAIT behind.
+fn tcp_ask(dst: SocketAddr) -> io::Result<Answer> {
+    let stream = TcpStream::connect_timeout(&dst, TIMEOUT)?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    let mut line = String::new();
+    let read = BufReader::new(&stream).read_line(&mut line);
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a `linger` of the size passed.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    read?;
+    if line.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed without an answer",
+        ));
+    }
+    parse_answer(&line)
+}
+
+// ---------------------------------------------------------------------------------
+// Objects
+
+fn node_obj() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": NODE_NAME},
+        "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}
+    })
+}
+
+fn service_cidr_obj() -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": "kubernetes"},
+        "spec": {"cidrs": [SERVICE_CIDR]}
+    })
+}
+
+/// A ClusterIP Service with ports `tcp` TCP/80 and `udp` UDP/80, both to 8080.
+fn service_obj(name: &str, cluster_ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
+                 "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                 "ports": [
+                     {"name": "tcp", "protocol": "TCP", "port": 80, "targetPort": TARGET_PORT},
+                     {"name": "udp", "protocol": "UDP", "port": 80, "targetPort": TARGET_PORT}
+                 ]}
+    })
+}
+
+/// An endpoint on `node`: ready, or serving-and-terminating.
+fn ep(ip: &str, node: &str, terminating: bool) -> Value {
+    json!({
+        "addresses": [ip],
+        "nodeName": node,
+        "conditions": {"ready": !terminating, "serving": true, "terminating": terminating}
+    })
+}
+
+/// Ready endpoints on node2 (not this node).
+fn ready(ips: &[&str]) -> Vec<Value> {
+    ips.iter().map(|ip| ep(ip, "node2", false)).collect()
+}
+
+/// An IPv4 EndpointSlice of `service` with ports `tcp` TCP/8080 and `udp` UDP/8080.
+fn slice_obj(service: &str, name: &str, eps: Vec<Value>) -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "endpoints": eps,
+        "ports": [
+            {"name": "tcp", "protocol": "TCP", "port": TARGET_PORT},
+            {"name": "udp", "protocol": "UDP", "port": TARGET_PORT}
+        ]
+    })
+}
+
+/// Node, ServiceCIDR, and Service `web` on [`WEB_IP`] with slice `web-1` of `eps`.
+fn web_cluster(eps: &[&str]) -> Vec<Value> {
+    vec![
+        node_obj(),
+        service_cidr_obj(),
+        service_obj("web", WEB_IP),
+        slice_obj("web", "web-1", ready(eps)),
+    ]
+}
+
+/// The current time as RFC 3339 (UTC, seconds).
+fn rfc3339_now() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// nft listings
+
+/// Splits `s` at commas outside double quotes.
+fn split_elements(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in s.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                cur.push(c);
+            }
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.into_iter()
+        .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
+/// An nft listing with the elements of every set and map sorted, one per line (the
+/// kernel's element order is not part of the ruleset's meaning).
+fn normalize(listing: &str) -> String {
+    const OPEN: &str = "elements = {";
+    let mut out = String::new();
+    let mut rest = listing;
+    while let Some(i) = rest.find(OPEN) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + OPEN.len()..];
+        let mut quoted = false;
+        let end = after
+            .char_indices()
+            .find(|&(_, c)| {
+                if c == '"' {
+                    quoted = !quoted;
+                }
+                c == '}' && !quoted
+            })
+            .map(|(j, _)| j)
+            .unwrap_or_else(|| panic!("unterminated element list in:\n{listing}"));
+        let mut elements = split_elements(&after[..end]);
+        elements.sort();
+        out.push_str("elements = {\n");
+        for e in elements {
+            out.push_str("\t\t\t");
+            out.push_str(&e);
+            out.push_str(",\n");
+        }
+        out.push_str("\t\t}");
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Lines of `a` missing from `b` and lines of `b` missing from `a` (for messages).
+fn line_diff(a: &str, b: &str) -> String {
+    let la: BTreeSet<&str> = a.lines().collect();
+    let lb: BTreeSet<&str> = b.lines().collect();
+    let mut s = String::new();
+    for l in la.difference(&lb) {
+        s.push_str(&format!("- {l}\n"));
+    }
+    for l in lb.difference(&la) {
+        s.push_str(&format!("+ {l}\n"));
+    }
+    s
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Runs `cmd` to completion, killing it if it runs longer than `limit`.
+fn output_within(cmd: &mut Command, limit: Duration) -> io::Result<Output> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{cmd:?} still running after {limit:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// HTTP (from inside the node namespace)
+
+#[derive(Debug)]
+struct HttpResponse {
+    status: u16,
+    /// header names in lower case
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+impl HttpResponse {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// `GET path` on `addr` with `Connection: close`; reads the whole answer.
+fn http_get(addr: SocketAddr, path: &str) -> io::Result<HttpResponse> {
+    let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{why}: {text:?}"));
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| bad("no head"))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// The value of an unlabelled metric sample `name VALUE`.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|r| r.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// The API server, living in the node namespace
+
+/// The test API server, bound on the node's loopback. `stop`, `start_again` and the
+/// final stop (on drop) run on a thread inside the node namespace: they open or wake
+/// sockets there.
+struct Api {
+    server: Option<Arc<ApiServer>>,
+    ns: String,
+}
+
+impl Api {
+    fn start(node: &NetNs) -> Api {
+        let server = join(node.spawn(|| {
+            ApiServer::start_with(ApiConfig {
+                listen: "127.0.0.1:0".parse().expect("address"),
+                ..Default::default()
+            })
+        }))
+        .expect("start the API server in the node namespace");
+        Api {
+            server: Some(Arc::new(server)),
+            ns: node.name().to_string(),
+        }
+    }
+
+    fn arc(&self) -> Arc<ApiServer> {
+        self.server.clone().expect("API server present")
+    }
+
+    /// Stops listening and drops every connection; the store stays.
+    fn stop(&self) {
+        let s = self.arc();
+        join(spawn_in(&self.ns, move || s.stop()).expect("enter the node namespace"));
+    }
+
+    /// Listens again on the same port, with the same store.
+    fn start_again(&self) {
+        let s = self.arc();
+        join(spawn_in(&self.ns, move || s.start_again()).expect("enter the node namespace"))
+            .expect("restart the API server on its port");
+    }
+
+    /// LIST requests (not watches) for `plural` logged from index `from` on.
+    fn lists_since(&self, from: usize, plural: &str) -> usize {
+        self.requests()[from..]
+            .iter()
+            .filter(|r| {
+                let path = r.split('?').next().unwrap_or("");
+                path.ends_with(&format!("/{plural}")) && !r.contains("watch=true")
+            })
+            .count()
+    }
+}
+
+impl Deref for Api {
+    type Target = ApiServer;
+    fn deref(&self) -> &ApiServer {
+        self.server.as_deref().expect("API server present")
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        match spawn_in(&self.ns, move || drop(server)) {
+            Ok(h) => {
+                let _ = h.join();
+            }
+            Err(e) => eprintln!("warning: cannot stop the API server in {}: {e}", self.ns),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The daemon
+
+/// The daemon's flags against `url`.
+fn daemon_args(url: &str) -> Vec<String> {
+    [
+        "--master",
+        url,
+        "--hostname-override",
+        NODE_NAME,
+        "--cluster-cidr",
+        "10.0.0.0/16",
+        "--sync-period",
+        "2s",
+        "--min-sync-period",
+        "10ms",
+        "--healthz-bind-address",
+        HEALTHZ,
+        "--metrics-bind-address",
+        METRICS,
+        "-v",
+        "2",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The daemon running in the node namespace; killed on drop.
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    fn start(node: &NetNs, url: &str, log: PathBuf) -> Daemon {
+        let file = File::create(&log).unwrap_or_else(|e| panic!("create {log:?}: {e}"));
+        let mut cmd = node.command(&[BIN]);
+        cmd.args(daemon_args(url))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Daemon { child }
+    }
+
+    /// `kill -9` (`ip netns exec` execs the daemon: the child is the daemon itself) and
+    /// reap it.
+    fn kill(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// One test's world
+
+/// Fields drop in declaration order: the daemon is killed first, then the API server
+/// stopped (inside the node namespace), the backends stopped, the namespaces deleted.
+struct Env {
+    daemon: Mutex<Option<Daemon>>,
+    api: Api,
+    servers: Servers,
+    topo: Topology,
+    dir: TempDir,
+    starts: Mutex<usize>,
+}
+
+impl Env {
+    /// Topology, backends on every address, the API server holding `objects`, the
+    /// daemon started and its table present.
+    fn new(tag: &str, objects: Vec<Value>) -> Env {
+        let topo = Topology::new(tag);
+        let servers = Servers::start(&topo.backends, &BACKENDS);
+        let api = Api::start(&topo.node);
+        for o in objects {
+            api.apply(o);
+        }
+        let env = Env {
+            daemon: Mutex::new(None),
+            api,
+            servers,
+            topo,
+            dir: TempDir::new(tag),
+            starts: Mutex::new(0),
+        };
+        env.start_daemon();
+        env.wait_until("the daemon programs its table", WAIT, || {
+            env.try_listing(false)
+                .ok_or_else(|| "no table ip kube-nft-proxy yet".to_string())
+        });
+        env
+    }
+
+    fn start_daemon(&self) {
+        let n = {
+            let mut s = lock(&self.starts);
+            *s += 1;
+            *s
+        };
+        let log = self.dir.path().join(format!("daemon-{n}.log"));
+        let d = Daemon::start(&self.topo.node, &self.api.url(), log);
+        let old = lock(&self.daemon).replace(d);
+        assert!(old.is_none(), "a daemon was already running");
+    }
+
+    /// Kills the daemon with SIGKILL; returns how it ended.
+    fn kill_daemon(&self) -> Option<std::process::ExitStatus> {
+        let mut d = lock(&self.daemon).take().expect("a running daemon");
+        // Its log stays in the scratch directory for the diagnostics.
+        d.kill()
+    }
+
+    /// Panics (with the diagnostics) if the daemon exited on its own.
+    fn check_daemon(&self) {
+        let exited = match lock(&self.daemon).as_mut() {
+            Some(d) => d.child.try_wait().ok().flatten(),
+            None => None,
+        };
+        if let Some(status) = exited {
+            panic!("the daemon exited on its own ({status})\n{}", self.diag());
+        }
+    }
+
+    /// Daemon logs (tails), the node's whole ruleset and the API server's last requests.
+    fn diag(&self) -> String {
+        let mut s = String::from("\n======== diagnostics ========\n");
+        let starts = *lock(&self.starts);
+        for n in 1..=starts {
+            let path = self.dir.path().join(format!("daemon-{n}.log"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            s.push_str(&format!(
+                "---- daemon start #{n} stderr (last 80 lines of {path:?}):\n{}\n",
+                tail(&strip_ansi(&text), 80)
+            ));
+        }
+        let ruleset = self
+            .topo
+            .node
+            .command(&["nft", "list", "ruleset"])
+            .output()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_else(|e| format!("cannot run nft: {e}"));
+        s.push_str(&format!(
+            "---- nft list ruleset (node namespace):\n{ruleset}\n"
+        ));
+        let reqs = self.api.requests();
+        s.push_str(&format!(
+            "---- API server: last requests of {}:\n{}\n",
+            reqs.len(),
+            reqs[reqs.len().saturating_sub(15)..].join("\n")
+        ));
+        s
+    }
+
+    /// `nft [-a] list table ip kube-nft-proxy` normalized, or `None` if there is no
+    /// such table.
+    fn try_listing(&self, handles: bool) -> Option<String> {
+        let mut args = vec!["nft"];
+        if handles {
+            args.push("-a");
+        }
+        args.extend(["list", "table", "ip", "kube-nft-proxy"]);
+        let out = self
+            .topo
+            .node
+            .command(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nft");
+        out.status
+            .success()
+            .then(|| normalize(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    fn listing(&self) -> String {
+        self.try_listing(false)
+            .unwrap_or_else(|| panic!("table ip kube-nft-proxy is missing\n{}", self.diag()))
+    }
+
+    /// Polls `f` until it returns `Ok` (its value is returned) or `timeout` passes (then
+    /// panics with `what`, the last `Err` and the diagnostics). Also fails at once if
+    /// the daemon exits.
+    fn wait_until<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Result<T, String>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_daemon();
+            match f() {
+                Ok(v) => return v,
+                Err(last) if Instant::now() >= deadline => panic!(
+                    "{what}: not reached within {timeout:?}; last state: {last}\n{}",
+                    self.diag()
+                ),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// `GET` on the node's loopback.
+    fn http(&self, addr: &str, path: &str) -> io::Result<HttpResponse> {
+        let addr: SocketAddr = addr.parse().expect("address");
+        let path = path.to_string();
+        join(self.topo.node.spawn(move || http_get(addr, &path)))
+    }
+
+    /// The daemon's `/metrics` text.
+    fn metrics(&self) -> Result<String, String> {
+        match self.http(METRICS, "/metrics") {
+            Ok(r) if r.status == 200 => Ok(r.body),
+            Ok(r) => Err(format!("/metrics answered {}: {}", r.status, r.body)),
+            Err(e) => Err(format!("/metrics: {e}")),
+        }
+    }
+
+    fn metric(&self, name: &str) -> Result<f64, String> {
+        let text = self.metrics()?;
+        metric(&text, name).ok_or_else(|| format!("no sample {name} in /metrics"))
+    }
+
+    /// `n` new TCP connections to `dst` from the client: the endpoints that answered, or
+    /// the first failure.
+    fn probe(&self, dst: SocketAddr, n: usize) -> Result<BTreeSet<String>, String> {
+        join(self.topo.client.spawn(move || {
+            let mut seen = BTreeSet::new();
+            for i in 0..n {
+                match tcp_ask(dst) {
+                    Ok(a) => seen.insert(a.backend),
+                    Err(e) => return Err(format!("connection {i} to {dst}: {e} ({:?})", e.kind())),
+                };
+            }
+            Ok(seen)
+        }))
+    }
+
+    /// Waits until [`WINDOW`] new connections to `dst` all succeed and reach exactly
+    /// `expected`.
+    fn wait_backends(&self, dst: SocketAddr, expected: &[&str], what: &str, timeout: Duration) {
+        let want = strings(expected);
+        self.wait_until(what, timeout, || match self.probe(dst, WINDOW) {
+            Ok(seen) if seen == want => Ok(()),
+            Ok(seen) => Err(format!("{dst} reached {seen:?}, want {want:?}")),
+            Err(e) => Err(e),
+        });
+    }
+
+    /// Waits until a new TCP connection to `dst` fails with `kind` three times in a row.
+    fn wait_failing(&self, dst: SocketAddr, kind: io::ErrorKind, what: &str) {
+        self.wait_until(what, WAIT, || {
+            join(self.topo.client.spawn(move || {
+                for _ in 0..3 {
+                    match tcp_ask(dst) {
+                        Ok(a) => return Err(format!("{dst}: answered by {a:?}")),
+                        Err(e) if e.kind() == kind => {}
+                        Err(e) => {
+                            return Err(format!("{dst}: {e} ({:?}), want {kind:?}", e.kind()))
+                        }
+                    }
+                }
+                Ok(())
+            }))
+        });
+    }
+
+    /// Waits until the daemon reports `name` > `than`; returns the value.
+    fn wait_metric_above(&self, name: &str, than: f64, what: &str) -> f64 {
+        self.wait_until(what, WAIT, || {
+            let v = self.metric(name)?;
+            if v > than {
+                Ok(v)
+            } else {
+                Err(format!("{name} = {v}, waiting for > {than}"))
+            }
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// A looping TCP client
+
+#[derive(Default)]
+struct LoopState {
+    /// the endpoint of every successful connection, in order
+    answers: Vec<String>,
+    /// every failed connection, with when and in which phase
+    failures: Vec<String>,
+    /// successful connections that took longer than 500 ms (a retransmitted SYN)
+    slow: Vec<String>,
+    /// what the test is doing (for messages)
+    phase: String,
+}
+
+/// A client in the client namespace that opens a new TCP connection to `dst` every
+/// ~2 ms until stopped, recording which endpoint answered and every failure.
+struct Looper {
+    stop: Arc<AtomicBool>,
+    state: Arc<Mutex<LoopState>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Looper {
+    fn start(ns: &NetNs, dst: SocketAddr) -> Looper {
+        let stop = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(Mutex::new(LoopState {
+            phase: "start".into(),
+            ..Default::default()
+        }));
+        let (stop2, state2) = (stop.clone(), state.clone());
+        let handle = ns.spawn(move || {
+            let t0 = Instant::now();
+            while !stop2.load(Ordering::SeqCst) {
+                let start = Instant::now();
+                let result = tcp_ask(dst);
+                let took = start.elapsed();
+                let mut st = lock(&state2);
+                let at = format!("t={:.3}s phase {:?}", (start - t0).as_secs_f64(), st.phase);
+                match result {
+                    Ok(a) if BACKENDS.contains(&a.backend.as_str()) => {
+                        if took > Duration::from_millis(500) {
+                            st.slow.push(format!("{at}: {a:?} took {took:?}"));
+                        }
+                        st.answers.push(a.backend);
+                    }
+                    Ok(a) => st
+                        .failures
+                        .push(format!("{at}: answer from a non-endpoint {a:?}")),
+                    Err(e) => st
+                        .failures
+                        .push(format!("{at}: {e} ({:?}) after {took:?}", e.kind())),
+                }
+                drop(st);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Looper {
+            stop,
+            state,
+            handle: Some(handle),
+        }
+    }
+
+    fn phase(&self, p: &str) {
+        lock(&self.state).phase = p.to_string();
+    }
+
+    fn mark(&self) -> usize {
+        lock(&self.state).answers.len()
+    }
+
+    /// The endpoints of the answers since `mark`.
+    fn seen_since(&self, mark: usize) -> BTreeMap<String, usize> {
+        let st = lock(&self.state);
+        let mut m = BTreeMap::new();
+        for a in &st.answers[mark..] {
+            *m.entry(a.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+
+    /// Panics with the diagnostics if any connection failed so far.
+    fn assert_no_failures(&self, env: &Env) {
+        let st = lock(&self.state);
+        if !st.failures.is_empty() {
+            let msg = format!(
+                "the looping client had {} failed connections ({} succeeded); first ones:\n{}",
+                st.failures.len(),
+                st.answers.len(),
+                st.failures
+                    .iter()
+                    .take(20)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            drop(st);
+            panic!("{msg}\n{}", env.diag());
+        }
+    }
+
+    /// Waits until the last [`WINDOW`] answers (all after now) reach exactly `expected`;
+    /// fails at once on any failed connection.
+    fn wait_exact(&self, env: &Env, expected: &[&str], what: &str, timeout: Duration) {
+        let want = strings(expected);
+        let mark = self.mark();
+        env.wait_until(what, timeout, || {
+            self.assert_no_failures(env);
+            let st = lock(&self.state);
+            let after = &st.answers[mark..];
+            if after.len() < WINDOW {
+                return Err(format!("{} answers since the change", after.len()));
+            }
+            let last: BTreeSet<String> = after[after.len() - WINDOW..].iter().cloned().collect();
+            if last == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "last {WINDOW} answers from {last:?}, want {want:?} ({} answers since the change)",
+                    after.len()
+                ))
+            }
+        });
+    }
+
+    /// Keeps running for `d`, failing at once on any failed connection.
+    fn run_for(&self, env: &Env, d: Duration) {
+        let end = Instant::now() + d;
+        while Instant::now() < end {
+            env.check_daemon();
+            self.assert_no_failures(env);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the client; returns what it saw.
+    fn finish(mut self) -> LoopState {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            join(h);
+        }
+        std::mem::take(&mut *lock(&self.state))
+    }
+
+    /// Stops the client and asserts that no connection failed and that it made at
+    /// least `min_ok` connections.
+    fn finish_clean(self, env: &Env, min_ok: usize) -> LoopState {
+        let st = self.finish();
+        eprintln!(
+            "looping client: {} connections ok, {} failed, {} slow (>500 ms){}",
+            st.answers.len(),
+            st.failures.len(),
+            st.slow.len(),
+            if st.slow.is_empty() {
+                String::new()
+            } else {
+                format!(": {:?}", &st.slow[..st.slow.len().min(5)])
+            }
+        );
+        assert!(
+            st.failures.is_empty(),
+            "{} failed connections; first ones:\n{}\n{}",
+            st.failures.len(),
+            st.failures[..st.failures.len().min(20)].join("\n"),
+            env.diag()
+        );
+        assert!(
+            st.answers.len() >= min_ok,
+            "only {} successful connections",
+            st.answers.len()
+        );
+        st
+    }
+}
+
+impl Drop for Looper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Tests
+
+/// Endpoints scale 2 → 3 → 1 through the API server while a client opens a new TCP
+/// connection every few milliseconds. Endpoints that go away are first marked
+/// serving-and-terminating (their servers keep listening) for a while, then removed
+/// from the slice, and only then stopped. Not one connection may fail, and after every
+/// step the client's connections reach exactly the expected endpoints.
+#[test]
+fn scale_follows_with_no_failed_connection() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::new("scale", web_cluster(&[A, B]));
+    let dst = sockaddr(WEB_IP, 80);
+    env.wait_backends(dst, &[A, B], "2 endpoints programmed", WAIT);
+
+    let looper = Looper::start(&env.topo.client, dst);
+    looper.wait_exact(&env, &[A, B], "2 endpoints", WAIT);
+
+    looper.phase("2 -> 3");
+    env.api.apply(slice_obj("web", "web-1", ready(&[A, B, C])));
+    looper.wait_exact(&env, &[A, B, C], "scaled to 3", WAIT);
+
+    looper.phase("3 -> 1: B and C terminating");
+    let changes = env
+        .metric("kubeproxy_sync_proxy_rules_endpoint_changes_total")
+        .unwrap_or_else(|e| panic!("{e}\n{}", env.diag()));
+    env.api.apply(slice_obj(
+        "web",
+        "web-1",
+        vec![
+            ep(A, "node2", false),
+            ep(B, "node2", true),
+            ep(C, "node2", true),
+        ],
+    ));
+    looper.wait_exact(&env, &[A], "B and C terminating: only A", WAIT);
+    // Terminating pods keep serving for a while (their grace period).
+    looper.run_for(&env, Duration::from_secs(2));
+
+    looper.phase("3 -> 1: B and C removed");
+    let changes = env.wait_metric_above(
+        "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+        changes,
+        "the terminating change is counted",
+    );
+    env.api
+        .apply(slice_obj("web", "web-1", vec![ep(A, "node2", false)]));
+    // The removal changes no rule (terminating endpoints were unused already): wait
+    // until the daemon has taken the event in, then let the pods die.
+    env.wait_metric_above(
+        "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+        changes,
+        "the removal is seen by the daemon",
+    );
+    env.servers.stop(B);
+    env.servers.stop(C);
+    looper.phase("1 endpoint, B and C dead");
+    looper.wait_exact(&env, &[A], "scaled to 1", WAIT);
+    looper.run_for(&env, Duration::from_secs(1));
+    looper.finish_clean(&env, 4 * WINDOW);
+    assert!(
+        !env.listing().contains(&format!(": {B} ."))
+            && !env.listing().contains(&format!(": {C} .")),
+        "removed endpoints still in the endpoints map\n{}",
+        env.diag()
+    );
+}
+
+/// With traffic flowing, the API server is stopped for 30 s. The client keeps opening
+/// connections the whole time: none may fail, and the table is unchanged during and at
+/// the end of the outage (element order aside), although the store changed meanwhile
+/// (an endpoint added, a new service). Once the API server is back, the daemon
+/// converges: the new endpoint is reached and the new service answers.
+#[test]
+fn api_server_outage_keeps_rules_then_converges() {
+    if !require_privileged() {
+        return;
+    }
+    const OUTAGE: Duration = Duration::from_secs(30);
+    const WEB2_IP: &str = "172.30.0.11";
+    let env = Env::new("outage", web_cluster(&[A, B]));
+    let dst = sockaddr(WEB_IP, 80);
+    env.wait_backends(dst, &[A, B], "2 endpoints programmed", WAIT);
+    let looper = Looper::start(&env.topo.client, dst);
+    looper.wait_exact(&env, &[A, B], "2 endpoints", WAIT);
+    let before = env.listing();
+
+    looper.phase("API server stopped");
+    let mark = looper.mark();
+    env.api.stop();
+    let stopped = Instant::now();
+    // The store changes while nobody can watch it.
+    env.api.apply(slice_obj("web", "web-1", ready(&[A, B, C])));
+    env.api.apply(service_obj("web2", WEB2_IP));
+    env.api.apply(slice_obj("web2", "web2-1", ready(&[D])));
+
+    let mut samples = 0;
+    while stopped.elapsed() < OUTAGE {
+        std::thread::sleep((OUTAGE - stopped.elapsed().min(OUTAGE)).min(Duration::from_secs(3)));
+        env.check_daemon();
+        looper.assert_no_failures(&env);
+        let now = env.listing();
+        samples += 1;
+        assert!(
+            now == before,
+            "{:?} into the outage, the table changed:\n{}\n{}",
+            stopped.elapsed(),
+            line_diff(&before, &now),
+            env.diag()
+        );
+    }
+    let after = env.listing();
+    assert!(
+        after == before,
+        "the table at the end of the outage differs from before it:\n{}\n{}",
+        line_diff(&before, &after),
+        env.diag()
+    );
+    let during = looper.seen_since(mark);
+    assert_eq!(
+        during.keys().cloned().collect::<BTreeSet<_>>(),
+        strings(&[A, B]),
+        "during the outage the client must reach exactly the endpoints known before it: {during:?}"
+    );
+    eprintln!("outage: {samples} listings compared, answers {during:?}");
+
+    looper.phase("API server back");
+    env.api.start_again();
+    let back = Instant::now();
+    looper.wait_exact(
+        &env,
+        &[A, B, C],
+        "the endpoint added during the outage",
+        WAIT_AFTER_OUTAGE,
+    );
+    env.wait_backends(
+        sockaddr(WEB2_IP, 80),
+        &[D],
+        "the service created during the outage",
+        WAIT_AFTER_OUTAGE,
+    );
+    eprintln!(
+        "converged {:?} after the API server came back",
+        back.elapsed()
+    );
+    looper.run_for(&env, Duration::from_secs(1));
+    looper.finish_clean(&env, 4 * WINDOW);
+}
+
+/// Three faults of the watch, each with a change that the daemon can only learn through
+/// the way the fault makes it resync:
+///
+/// a. watches closed and held off (every request answered 500) while a Service and two
+///    EndpointSlices are deleted and an endpoint added, then the history compacted:
+///    the watches resume from a compacted resourceVersion, get 410 and relist; the
+///    deletions are noticed through the relist (a deleted Service is dropped as an
+///    unallocated ServiceCIDR address, a Service whose slice is gone is refused).
+/// b. watches aborted mid-stream and held off while endpoints change: they resume from
+///    their resourceVersion and replay the history.
+/// c. the history compacted under open watches, then a change; then the watches
+///    aborted and another change.
+#[test]
+fn relist_after_410_abort_and_compaction() {
+    if !require_privileged() {
+        return;
+    }
+    const GONE_IP: &str = "172.30.0.11";
+    const NOEPS_IP: &str = "172.30.0.12";
+    let mut objects = web_cluster(&[A, B]);
+    objects.extend([
+        service_obj("gone", GONE_IP),
+        slice_obj("gone", "gone-1", ready(&[C])),
+        service_obj("noeps", NOEPS_IP),
+        slice_obj("noeps", "noeps-1", ready(&[D])),
+    ]);
+    let env = Env::new("relist", objects);
+    let web = sockaddr(WEB_IP, 80);
+    let gone = sockaddr(GONE_IP, 80);
+    let noeps = sockaddr(NOEPS_IP, 80);
+    env.wait_backends(web, &[A, B], "web programmed", WAIT);
+    env.wait_backends(gone, &[C], "gone programmed", WAIT);
+    env.wait_backends(noeps, &[D], "noeps programmed", WAIT);
+
+    // Holds the watchers off: every request fails with 500 until released, and every
+    // open watch is ended by `end_watches`.
+    let hold = |end_watches: &dyn Fn()| {
+        env.api.fail_all(Fault::InternalError);
+        end_watches();
+        env.wait_until("every watch ended", WAIT, || match env.api.watch_count() {
+            0 => Ok(()),
+            n => Err(format!("{n} watches open")),
+        });
+    };
+
+    // (a) 410 → relist.
+    let from = env.api.requests().len();
+    hold(&|| env.api.close_watches());
+    env.api.delete("Service", "default", "gone");
+    env.api.delete("EndpointSlice", "default", "gone-1");
+    env.api.delete("EndpointSlice", "default", "noeps-1");
+    env.api.apply(slice_obj("web", "web-1", ready(&[A, B, C])));
+    env.api.compact();
+    env.api.clear_faults();
+    env.wait_backends(
+        web,
+        &[A, B, C],
+        "(a) endpoint added during the 410",
+        WAIT_AFTER_OUTAGE,
+    );
+    env.wait_failing(
+        noeps,
+        io::ErrorKind::ConnectionRefused,
+        "(a) service whose slice was deleted during the 410 is refused",
+    );
+    env.wait_failing(
+        gone,
+        io::ErrorKind::TimedOut,
+        "(a) deleted service: its address is unallocated, dropped",
+    );
+    let listing = env.listing();
+    assert!(
+        !listing.contains("default/gone:") && !listing.contains(&format!("{GONE_IP} .")),
+        "(a) the deleted service is still in the table\n{}",
+        env.diag()
+    );
+    for plural in ["services", "endpointslices"] {
+        assert!(
+            env.api.lists_since(from, plural) > 0,
+            "(a) no LIST of {plural} after the 410: the phase did not test a relist\n{}",
+            env.diag()
+        );
+    }
+
+    // (b) abort alone: resume from the resourceVersion, replay.
+    env.wait_until("watches re-established", WAIT_AFTER_OUTAGE, || {
+        match env.api.watch_count() {
+            n if n >= 4 => Ok(()),
+            n => Err(format!("{n} watches open")),
+        }
+    });
+    let from = env.api.requests().len();
+    hold(&|| env.api.abort_watches());
+    env.api.apply(slice_obj("web", "web-1", ready(&[B, C])));
+    env.api.apply(slice_obj("noeps", "noeps-1", ready(&[D])));
+    env.api.clear_faults();
+    env.wait_backends(
+        web,
+        &[B, C],
+        "(b) endpoint removed during the abort",
+        WAIT_AFTER_OUTAGE,
+    );
+    env.wait_backends(noeps, &[D], "(b) slice re-created during the abort", WAIT);
+    eprintln!(
+        "(b) LISTs after the abort: services {}, endpointslices {}",
+        env.api.lists_since(from, "services"),
+        env.api.lists_since(from, "endpointslices")
+    );
+
+    // (c) compaction under open watches, plus a change.
+    env.wait_until("watches re-established", WAIT_AFTER_OUTAGE, || {
+        match env.api.watch_count() {
+            n if n >= 4 => Ok(()),
+            n => Err(format!("{n} watches open")),
+        }
+    });
+    env.api.compact();
+    env.api.apply(slice_obj("web", "web-1", ready(&[C])));
+    env.api.delete("EndpointSlice", "default", "noeps-1");
+    env.wait_backends(web, &[C], "(c) change after the compaction", WAIT);
+    env.wait_failing(
+        noeps,
+        io::ErrorKind::ConnectionRefused,
+        "(c) slice deleted after the compaction: refused",
+    );
+    // ...and the watches resume after the compaction.
+    env.api.abort_watches();
+    env.api.apply(slice_obj("web", "web-1", ready(&[A, C])));
+    env.wait_backends(
+        web,
+        &[A, C],
+        "(c) change after abort past the compaction",
+        WAIT_AFTER_OUTAGE,
+    );
+}
+
+/// A client loops new TCP connections while the daemon is killed with SIGKILL and
+/// started again with the same flags: no connection fails, the table is the same after
+/// the restarted daemon has synced (twice: its start-up reconcile and a periodic one),
+/// with the same handles for every chain, set and rule (the reconcile read the kernel
+/// back and left identical rules in place), and the restarted daemon follows changes.
+#[test]
+fn kill_and_restart_without_failed_connections() {
+    if !require_privileged() {
+        return;
+    }
+    const FULL_SYNCS: &str = "kubeproxy_sync_full_proxy_rules_duration_seconds_count";
+    let env = Env::new("restart", web_cluster(&[A, B, C]));
+    let dst = sockaddr(WEB_IP, 80);
+    env.wait_backends(dst, &[A, B, C], "3 endpoints programmed", WAIT);
+    let looper = Looper::start(&env.topo.client, dst);
+    looper.wait_exact(&env, &[A, B, C], "3 endpoints", WAIT);
+    // Steady state: a periodic reconcile ran after the first sync.
+    env.wait_metric_above(FULL_SYNCS, 1.0, "a periodic full sync before the kill");
+    let before = env.listing();
+    let handles_before = env.try_listing(true).expect("table");
+
+    looper.phase("daemon killed");
+    let status = env.kill_daemon();
+    assert_eq!(
+        status.and_then(|s| s.signal()),
+        Some(libc::SIGKILL),
+        "the daemon must have died of SIGKILL: {status:?}"
+    );
+    looper.run_for(&env, Duration::from_secs(1));
+    assert!(
+        env.listing() == before,
+        "the table changed while no daemon ran\n{}",
+        env.diag()
+    );
+
+    looper.phase("daemon restarted");
+    env.start_daemon();
+    env.wait_metric_above(
+        FULL_SYNCS,
+        1.0,
+        "the restarted daemon's start-up and periodic reconcile",
+    );
+    let after = env.listing();
+    let handles_after = env.try_listing(true).expect("table");
+    assert!(
+        after == before,
+        "the table differs after the restart:\n{}\n{}",
+        line_diff(&before, &after),
+        env.diag()
+    );
+    assert!(
+        handles_after == handles_before,
+        "objects were replaced by the restart (handles differ: our chains or rules were flushed and re-added):\n{}\n{}",
+        line_diff(&handles_before, &handles_after),
+        env.diag()
+    );
+    looper.wait_exact(&env, &[A, B, C], "3 endpoints after the restart", WAIT);
+
+    looper.phase("change after the restart");
+    env.api.apply(slice_obj("web", "web-1", ready(&[A, B])));
+    looper.wait_exact(&env, &[A, B], "the restarted daemon follows a change", WAIT);
+    looper.finish_clean(&env, 4 * WINDOW);
+}
+
+/// `nft flush table ip kube-nft-proxy` by hand: the daemon's periodic reconcile puts
+/// every rule and element back (the listing equals the one before) and traffic works.
+#[test]
+fn flushed_table_is_repaired() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::new("flush", web_cluster(&[A, B]));
+    let dst = sockaddr(WEB_IP, 80);
+    env.wait_backends(dst, &[A, B], "2 endpoints programmed", WAIT);
+    let before = env.listing();
+
+    env.topo
+        .node
+        .run(&["nft", "flush", "table", "ip", "kube-nft-proxy"]);
+    let flushed = env.try_listing(false).unwrap_or_default();
+    eprintln!(
+        "right after the flush the listing {} the one before",
+        if flushed == before {
+            "already equals"
+        } else {
+            "differs from"
+        }
+    );
+    env.wait_until("the flushed table is repaired", WAIT, || {
+        let now = env.listing();
+        if now == before {
+            Ok(())
+        } else {
+            Err(format!("differences:\n{}", line_diff(&before, &now)))
+        }
+    });
+    env.wait_backends(dst, &[A, B], "traffic after the repair", WAIT);
+}
+
+/// A UDP client sends a datagram every ~50 ms from one fixed source port to a ClusterIP
+/// with 2 endpoints; conntrack keeps all of them on one endpoint. That endpoint is
+/// deleted from the slice and its server stopped: the client's answers come from the
+/// remaining endpoint (the daemon deleted the stale conntrack entry), from the same
+/// source port.
+#[test]
+fn udp_client_moves_off_deleted_endpoint() {
+    if !require_privileged() {
+        return;
+    }
+    const SRC_PORT: u16 = 40123;
+    let env = Env::new("udp", web_cluster(&[A, B]));
+    env.wait_backends(
+        sockaddr(WEB_IP, 80),
+        &[A, B],
+        "2 endpoints programmed",
+        WAIT,
+    );
+
+    let dst = sockaddr(WEB_IP, 80);
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
+    let client = {
+        let (stop, answers) = (stop.clone(), answers.clone());
+        env.topo.client.spawn(move || -> io::Result<usize> {
+            let sock = UdpSocket::bind(sockaddr(CLIENT_IP, SRC_PORT))?;
+            let mut buf = [0u8; 512];
+            let mut sent = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let next = Instant::now() + Duration::from_millis(50);
+                sock.send_to(b"who are you?\n", dst)?;
+                sent += 1;
+                loop {
+                    let left = next.saturating_duration_since(Instant::now());
+                    if left < Duration::from_millis(1) {
+                        break;
+                    }
+                    sock.set_read_timeout(Some(left))?;
+                    match sock.recv_from(&mut buf) {
+                        Ok((n, _)) => {
+                            if let Ok(a) = parse_answer(&String::from_utf8_lossy(&buf[..n])) {
+                                lock(&answers).push(a);
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            Ok(sent)
+        })
+    };
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let stopper = StopOnDrop(stop.clone());
+
+    let first: Vec<Answer> = env.wait_until("20 UDP answers", WAIT, || {
+        let a = lock(&answers);
+        if a.len() >= 20 {
+            Ok(a[..20].to_vec())
+        } else {
+            Err(format!("{} answers", a.len()))
+        }
+    });
+    let stuck = first[0].backend.clone();
+    assert!(
+        first.iter().all(|a| a.backend == stuck),
+        "one source port must stay on one endpoint (conntrack): {first:?}"
+    );
+    let remaining = if stuck == A { B } else { A };
+    eprintln!("the UDP flow is on {stuck}; deleting it, {remaining} remains");
+
+    let mark = lock(&answers).len();
+    env.api
+        .apply(slice_obj("web", "web-1", ready(&[remaining])));
+    env.servers.stop(&stuck);
+    env.wait_until(
+        &format!("the UDP flow from port {SRC_PORT} answered by {remaining}"),
+        WAIT,
+        || {
+            let a = lock(&answers);
+            let after = &a[mark..];
+            let last: Vec<&str> = after[after.len().saturating_sub(10)..]
+                .iter()
+                .map(|a| a.backend.as_str())
+                .collect();
+            if last.len() == 10 && last.iter().all(|b| *b == remaining) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} answers since the deletion, the last ones from {last:?}",
+                    after.len()
+                ))
+            }
+        },
+    );
+    drop(stopper);
+    let sent = join(client).expect("UDP client");
+    let all = lock(&answers).clone();
+    eprintln!(
+        "{sent} datagrams sent, {} answered; kubenftproxy_conntrack_entries_deleted_total {:?}",
+        all.len(),
+        env.metric("kubenftproxy_conntrack_entries_deleted_total")
+    );
+    assert!(
+        all.iter()
+            .all(|a| a.seen_port == SRC_PORT && a.seen_client == CLIENT_IP),
+        "every answer must be to {CLIENT_IP}:{SRC_PORT}: {:?}",
+        all.iter()
+            .filter(|a| a.seen_port != SRC_PORT || a.seen_client != CLIENT_IP)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+}
+
+/// The side outputs: `/healthz` and `/livez` answer 200 with upstream's JSON; an
+/// eTP=Local LoadBalancer's healthCheckNodePort answers 200 with the endpoint weight
+/// header and `localEndpoints` 1 while this node has an endpoint, 503 after it is
+/// removed; `/metrics` carries kube-proxy's metric names and its counters grow with a
+/// change; `/debug/rules` equals what `--dry-run` prints against the same API server.
+#[test]
+fn health_metrics_debug_rules_and_dry_run() {
+    if !require_privileged() {
+        return;
+    }
+    const HC_PORT: u16 = 30500;
+    let lb = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "lb", "namespace": "default"},
+        "spec": {"type": "LoadBalancer", "clusterIP": "172.30.0.20", "clusterIPs": ["172.30.0.20"],
+                 "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+                 "ports": [{"name": "tcp", "protocol": "TCP", "port": 80,
+                            "targetPort": TARGET_PORT, "nodePort": 30080}],
+                 "externalTrafficPolicy": "Local", "healthCheckNodePort": HC_PORT},
+        "status": {"loadBalancer": {"ingress": [{"ip": "192.168.99.1"}]}}
+    });
+    let lb_slice = |eps: Vec<Value>| {
+        let mut s = slice_obj("lb", "lb-1", eps);
+        s["metadata"]["annotations"] =
+            json!({"endpoints.kubernetes.io/last-change-trigger-time": rfc3339_now()});
+        s
+    };
+    let mut objects = web_cluster(&[A, B]);
+    objects.extend([
+        lb,
+        lb_slice(vec![ep(A, NODE_NAME, false), ep(B, "node2", false)]),
+    ]);
+    let test_start = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let env = Env::new("side", objects);
+    env.wait_backends(sockaddr(WEB_IP, 80), &[A, B], "web programmed", WAIT);
+
+    // /healthz and /livez, on the healthz address and (as upstream) the metrics one.
+    for addr in [HEALTHZ, METRICS] {
+        for path in ["/healthz", "/livez"] {
+            let r = env.wait_until(&format!("{addr}{path} answers 200"), WAIT, || {
+                match env.http(addr, path) {
+                    Ok(r) if r.status == 200 => Ok(r),
+                    Ok(r) => Err(format!("{} {}", r.status, r.body)),
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+            let j = r.json();
+            assert_eq!(
+                r.headers.get("content-type").map(String::as_str),
+                Some("application/json"),
+                "{addr}{path}: {r:?}"
+            );
+            for field in ["lastUpdated", "currentTime"] {
+                let v = j[field]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{addr}{path}: no {field}: {j}"));
+                assert!(
+                    !v.is_empty() && !v.starts_with("1970-"),
+                    "{addr}{path}: {field} {v:?} (after a sync it is a real time)"
+                );
+            }
+            if path == "/healthz" {
+                assert_eq!(j["nodeEligible"], json!(true), "{addr}{path}: {j}");
+            } else {
+                assert!(j.get("nodeEligible").is_none(), "{addr}{path}: {j}");
+            }
+        }
+    }
+
+    // The healthCheckNodePort with one local endpoint.
+    let hc = format!("127.0.0.1:{HC_PORT}");
+    let check_hc = |status: u16, local: u64| -> Result<HttpResponse, String> {
+        let r = env.http(&hc, "/").map_err(|e| format!("{hc}: {e}"))?;
+        let j: Value = serde_json::from_str(&r.body).map_err(|e| format!("{e}: {r:?}"))?;
+        let weight = r.headers.get("x-load-balancing-endpoint-weight").cloned();
+        if r.status == status
+            && weight.as_deref() == Some(local.to_string().as_str())
+            && j["localEndpoints"] == json!(local)
+        {
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
+        }
+    };
+    let r = env.wait_until("healthCheckNodePort: 200, one local endpoint", WAIT, || {
+        check_hc(200, 1)
+    });
+    let j = r.json();
+    assert_eq!(
+        j["service"],
+        json!({"namespace": "default", "name": "lb"}),
+        "{j}"
+    );
+    assert_eq!(j["serviceProxyHealthy"], json!(true), "{j}");
+
+    // /metrics: kube-proxy's names.
+    let text = env.wait_until("/metrics", WAIT, || env.metrics());
+    for name in [
+        "kubeproxy_sync_proxy_rules_duration_seconds_count",
+        "kubeproxy_sync_full_proxy_rules_duration_seconds_count",
+        "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+        "kubeproxy_network_programming_duration_seconds_count",
+        "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+    ] {
+        assert!(
+            metric(&text, name).is_some(),
+            "/metrics has no sample {name}:\n{text}"
+        );
+    }
+    let last_sync =
+        metric(&text, "kubeproxy_sync_proxy_rules_last_timestamp_seconds").unwrap_or(0.0);
+    assert!(
+        last_sync >= test_start.floor(),
+        "last sync timestamp {last_sync} is before the test started ({test_start})"
+    );
+    let syncs = metric(&text, "kubeproxy_sync_proxy_rules_duration_seconds_count").unwrap_or(0.0);
+    let changes = metric(&text, "kubeproxy_sync_proxy_rules_endpoint_changes_total").unwrap_or(0.0);
+    let programmed = metric(
+        &text,
+        "kubeproxy_network_programming_duration_seconds_count",
+    )
+    .unwrap_or(0.0);
+    assert!(syncs >= 1.0, "no sync counted:\n{text}");
+
+    // A change: the local endpoint goes away.
+    env.api.apply(lb_slice(vec![ep(B, "node2", false)]));
+    env.wait_until("healthCheckNodePort: 503, no local endpoint", WAIT, || {
+        check_hc(503, 0)
+    });
+    env.wait_metric_above(
+        "kubeproxy_sync_proxy_rules_duration_seconds_count",
+        syncs,
+        "the sync count grows after a change",
+    );
+    env.wait_metric_above(
+        "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+        changes,
+        "the endpoint change is counted",
+    );
+    env.wait_metric_above(
+        "kubeproxy_network_programming_duration_seconds_count",
+        programmed,
+        "the slice's trigger time is observed as programming latency",
+    );
+
+    // /debug/rules equals --dry-run against the same API server, same flags.
+    let url = env.api.url();
+    env.wait_until("/debug/rules equals --dry-run", WAIT, || {
+        let rules = match env.http(METRICS, "/debug/rules") {
+            Ok(r) if r.status == 200 => r.body,
+            Ok(r) => return Err(format!("/debug/rules answered {}", r.status)),
+            Err(e) => return Err(format!("/debug/rules: {e}")),
+        };
+        let mut args = vec!["--dry-run".to_string()];
+        args.extend(daemon_args(&url));
+        let out = output_within(env.topo.node.command(&[BIN]).args(&args), WAIT)
+            .map_err(|e| format!("--dry-run: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "--dry-run failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let dry = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !dry.contains("default/lb:tcp") {
+            return Err(format!("--dry-run output lacks the lb service:\n{dry}"));
+        }
+        if rules == dry {
+            Ok(())
+        } else {
+            Err(format!(
+                "/debug/rules vs --dry-run:\n{}",
+                line_diff(&rules, &dry)
+            ))
+        }
+    });
+
+    // The Service goes away: so does its healthCheckNodePort server.
+    env.api.delete("Service", "default", "lb");
+    env.wait_until(
+        "healthCheckNodePort closed after its Service is deleted",
+        WAIT,
+        || match env.http(&hc, "/") {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+}
