@@ -142,8 +142,20 @@ pub fn diff(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>) {
         match old_s {
             None => add.extend(s.elements.iter().map(|(k, e)| (k.clone(), e.clone()))),
             Some(o) => {
+                let lb_map = is_lb_map(&s.decl.name);
                 for (k, e) in &o.elements {
                     match s.elements.get(k) {
+                        None if lb_map && old_rule_reaches(old_t, &s.decl.name, k) => {
+                            match padding(&s.elements, k) {
+                                // The frontend lives on with fewer endpoints: see `padding`.
+                                Some(p) if p != *e => {
+                                    del.push(k.clone());
+                                    add.push((k.clone(), p));
+                                }
+                                Some(_) => {}
+                                None => del.push(k.clone()),
+                            }
+                        }
                         None => del.push(k.clone()),
                         Some(ne) if ne != e => {
                             del.push(k.clone());
@@ -172,6 +184,65 @@ pub fn diff(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>) {
             out.push(Op::AddRule(f, c.name.clone(), r.clone()));
         }
     }
+}
+
+/// Whether a rule of the old table can pick index `key` of this map (its frontend is
+/// in a count class larger than the index). Padding left by an earlier shrink is not
+/// reachable any more and is deleted.
+fn old_rule_reaches(old: &Table, map: &str, key: &Key) -> bool {
+    use crate::ruleset::build::names;
+    let prefix = if map == names::ENDPOINTS {
+        names::FRONTENDS_PREFIX
+    } else {
+        names::SHORTCUT_PREFIX
+    };
+    let (Some(Value::Index(i)), Some(front)) = (key.last(), key.get(..key.len().saturating_sub(1)))
+    else {
+        return false;
+    };
+    let front = front.to_vec();
+    old.sets.iter().any(|s| {
+        s.decl
+            .name
+            .strip_prefix(prefix)
+            .and_then(|n| n.parse::<u32>().ok())
+            .is_some_and(|n| n > *i && s.elements.contains_key(&front))
+    })
+}
+
+/// Whether a set is one of the `frontend . index → endpoint` maps.
+pub fn is_lb_map(name: &str) -> bool {
+    name == crate::ruleset::build::names::ENDPOINTS
+        || name == crate::ruleset::build::names::SHORTCUT_ENDPOINTS
+}
+
+/// When a frontend's endpoint count drops from N to M in a transaction, a packet that
+/// entered the old `numgen random mod N` rule just before the commit can look up an
+/// index ≥ M after it (set lookups see the new generation). Instead of deleting such an
+/// element we point it at endpoint `index mod M`; the next sync, when no rule uses the
+/// old modulus any more, deletes it. Returns that value, or None when the frontend has
+/// no endpoints left (a real delete).
+pub fn padding(
+    new: &std::collections::BTreeMap<Key, ElementData>,
+    key: &Key,
+) -> Option<ElementData> {
+    let (Some(Value::Index(i)), Some(front)) = (key.last(), key.get(..key.len().saturating_sub(1)))
+    else {
+        return None;
+    };
+    let probe = |j: u32| {
+        let mut k = front.to_vec();
+        k.push(Value::Index(j));
+        k
+    };
+    let mut m = 0;
+    while new.contains_key(&probe(m)) {
+        m += 1;
+    }
+    if m == 0 {
+        return None;
+    }
+    new.get(&probe(i % m)).cloned()
 }
 
 fn chain_shell(c: &Chain) -> Chain {
@@ -293,6 +364,49 @@ mod tests {
         );
         assert!(!ops.is_empty());
         assert!(!ops.iter().any(touches_rules), "{ops:?}");
+    }
+
+    #[test]
+    fn shrinking_keeps_dropped_indexes_reachable_for_one_sync() {
+        let cfg = BuildConfig::default();
+        let three = build_table(&model(3), &cfg, Family::V4);
+        let two = build_table(&model(2), &cfg, Family::V4);
+        let mut ops = Vec::new();
+        diff(
+            Some(Known {
+                table: &three,
+                rules_known: true,
+            }),
+            &two,
+            &mut ops,
+        );
+        let idx2 = |k: &Key| k.last() == Some(&Value::Index(2));
+        // Index 2 is re-pointed at a live endpoint, not deleted.
+        assert!(ops.iter().any(|o| matches!(o, Op::AddElements(_, d, els) if d.name == "endpoints" && els.iter().any(|(k, _)| idx2(k)))), "{ops:?}");
+        // The next sync (from a kernel that holds the padding) deletes it.
+        let mut padded = two.clone();
+        for s in &mut padded.sets {
+            if s.decl.name == "endpoints" {
+                let (k, e) = three
+                    .set("endpoints")
+                    .unwrap()
+                    .elements
+                    .iter()
+                    .find(|(k, _)| idx2(k))
+                    .unwrap();
+                s.elements.insert(k.clone(), e.clone());
+            }
+        }
+        let mut ops = Vec::new();
+        diff(
+            Some(Known {
+                table: &padded,
+                rules_known: true,
+            }),
+            &two,
+            &mut ops,
+        );
+        assert!(ops.iter().any(|o| matches!(o, Op::DelElements(_, d, keys) if d.name == "endpoints" && keys.iter().any(idx2))), "{ops:?}");
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct Incremental {
     cfg: BuildConfig,
     ruleset: Ruleset,
     fams: Vec<FamState>,
+    /// endpoint-map elements kept one sync longer after a count shrank (family index,
+    /// map, key); see [`super::diff::padding`]
+    deferred: Vec<(usize, String, Key)>,
 }
 
 fn port_contrib(
@@ -115,7 +118,32 @@ impl Incremental {
             cfg: cfg.clone(),
             ruleset: Ruleset { tables },
             fams,
+            deferred: Vec::new(),
         }
+    }
+
+    /// Deletes the padding left by the previous update (no rule can reach it now).
+    pub fn take_deferred(&mut self) -> Vec<Op> {
+        let mut dels: BTreeMap<(usize, String), Vec<Key>> = BTreeMap::new();
+        for (fi, set, key) in std::mem::take(&mut self.deferred) {
+            if self.fams[fi].refs.contains_key(&(set.clone(), key.clone())) {
+                continue;
+            }
+            let table = &mut self.ruleset.tables[fi];
+            if let Some(s) = table.sets.iter_mut().find(|s| s.decl.name == set) {
+                if s.elements.remove(&key).is_some() {
+                    dels.entry((fi, set)).or_default().push(key);
+                }
+            }
+        }
+        let mut ops = Vec::new();
+        for ((fi, set), keys) in dels {
+            let table = &self.ruleset.tables[fi];
+            if let Some(s) = table.set(&set) {
+                ops.push(Op::DelElements(table.family, s.decl.clone(), keys));
+            }
+        }
+        ops
     }
 
     /// The desired ruleset.
@@ -178,7 +206,7 @@ impl Incremental {
             }
             planned.push(out);
         }
-        let mut ops = Vec::new();
+        let mut ops = self.take_deferred();
         for (fi, family) in Family::ALL.iter().enumerate() {
             let new_contribs = std::mem::take(&mut planned[fi]);
             self.apply_family(fi, *family, dirty, new_contribs, &mut ops);
@@ -297,6 +325,67 @@ impl Incremental {
                     .push(k);
             }
         }
+        // A frontend whose endpoint count shrank keeps its dropped indexes for one more
+        // sync, pointed at live endpoints (see `diff::padding`).
+        for map in [build::names::ENDPOINTS, build::names::SHORTCUT_ENDPOINTS] {
+            let Some(keys) = dels.get_mut(map) else {
+                continue;
+            };
+            let mut padded = Vec::new();
+            keys.retain(|k| {
+                let readded = adds
+                    .get(map)
+                    .is_some_and(|a| a.iter().any(|(ak, _)| ak == k));
+                if readded || !old_class_reaches(table, map, k) {
+                    return true;
+                }
+                let Some(front) = k.get(..k.len().saturating_sub(1)) else {
+                    return true;
+                };
+                let key_at = |j: u32| {
+                    let mut x = front.to_vec();
+                    x.push(Value::Index(j));
+                    x
+                };
+                let mut m = 0;
+                while st.refs.contains_key(&(map.to_string(), key_at(m))) {
+                    m += 1;
+                }
+                let Some(Value::Index(i)) = k.last() else {
+                    return true;
+                };
+                if m == 0 {
+                    return true;
+                }
+                let target = key_at(i % m);
+                let value = after
+                    .get(&(map.to_string(), target.clone()))
+                    .cloned()
+                    .or_else(|| {
+                        table
+                            .set(map)
+                            .and_then(|s| s.elements.get(&target))
+                            .cloned()
+                    });
+                match value {
+                    Some(v) => {
+                        padded.push((k.clone(), v));
+                        false
+                    }
+                    None => true,
+                }
+            });
+            for (k, v) in padded {
+                let old = table.set(map).and_then(|s| s.elements.get(&k)).cloned();
+                if old.as_ref() != Some(&v) {
+                    keys.push(k.clone());
+                    adds.entry(map.to_string())
+                        .or_default()
+                        .push((k.clone(), v));
+                }
+                self.deferred.push((fi, map.to_string(), k));
+            }
+        }
         // Apply to the table, creating count-class sets as needed.
         let mut new_sets = Vec::new();
         for (set, items) in &adds {
@@ -406,6 +495,24 @@ impl Incremental {
             })
             .unwrap_or_default()
     }
+}
+
+/// Whether a count-class rule of `table` (before the update) can pick index `key`.
+fn old_class_reaches(table: &Table, map: &str, key: &Key) -> bool {
+    let prefix = if map == build::names::ENDPOINTS {
+        FRONTENDS_PREFIX_STR
+    } else {
+        SHORTCUT_PREFIX_STR
+    };
+    let (Some(Value::Index(i)), Some(front)) = (key.last(), key.get(..key.len().saturating_sub(1)))
+    else {
+        return false;
+    };
+    let front = front.to_vec();
+    table.sets.iter().any(|s| {
+        build::class_of(&s.decl.name, prefix).is_some_and(|n| n > *i as usize)
+            && s.elements.contains_key(&front)
+    })
 }
 
 /// Whether a service port other than `name` (and not dirty) plans frontend `k`.
@@ -579,6 +686,8 @@ mod tests {
             let ops = inc
                 .update(&model, &dirty, false)
                 .expect("no fallback for plain changes");
+            apply(&mut kernel, &ops);
+            let ops = inc.take_deferred();
             apply(&mut kernel, &ops);
             let full = build(&model, &cfg);
             assert_eq!(
