@@ -329,19 +329,28 @@ impl ProxyConfig {
     }
 }
 
+/// Why the command line could not be used.
+#[derive(Debug)]
+pub enum ArgsError {
+    /// clap's own error (also `--help` and `--version`, which it prints and exits on)
+    Clap(clap::Error),
+    /// the config file could not be read or parsed
+    Config(String),
+}
+
 /// Parses the command line with `--config` applied: the file's settings become flags,
 /// and flags given on the command line override them (as kube-proxy does). Returns
 /// the CLI, the file's conntrack settings, and messages to log (unknown fields,
 /// settings we do not honour).
 pub fn parse_args(
     raw: Vec<String>,
-) -> Result<(Cli, Option<crate::kubeproxyconfig::Conntrack>, Vec<String>), String> {
-    let cli = Cli::try_parse_from(&raw).map_err(|e| e.to_string())?;
+) -> Result<(Cli, Option<crate::kubeproxyconfig::Conntrack>, Vec<String>), ArgsError> {
+    let cli = Cli::try_parse_from(&raw).map_err(ArgsError::Clap)?;
     let Some(path) = cli.config.clone() else {
         return Ok((cli, None, Vec::new()));
     };
     let (file, unknown) = crate::kubeproxyconfig::read(&path)
-        .map_err(|e| format!("--config {}: {e}", path.display()))?;
+        .map_err(|e| ArgsError::Config(format!("--config {}: {e}", path.display())))?;
     let mut notes: Vec<String> = unknown
         .iter()
         .map(|u| format!("--config {}: unknown field {u} ignored", path.display()))
@@ -356,8 +365,7 @@ pub fn parse_args(
         .cloned()
         .unwrap_or_else(|| "kube-nft-proxy".into());
     let merged = crate::kubeproxyconfig::merge_args(&file.to_args(), raw.get(1..).unwrap_or(&[]));
-    let cli =
-        Cli::try_parse_from(std::iter::once(prog).chain(merged)).map_err(|e| e.to_string())?;
+    let cli = Cli::try_parse_from(std::iter::once(prog).chain(merged)).map_err(ArgsError::Clap)?;
     Ok((cli, Some(file.conntrack), notes))
 }
 

@@ -187,3 +187,58 @@ pub fn delete_stale_udp(flows: &BTreeSet<StaleFlow>) -> Result<usize, Error> {
     }
     Ok(deleted)
 }
+
+/// Applies kube-proxy's conntrack settings through sysctls (only values that are set:
+/// 0 leaves a value alone), as kube-proxy does at start-up. Failures are logged: a
+/// read-only `/proc/sys` (e.g. a container without the capability) must not stop the
+/// proxy.
+pub fn apply_settings(c: &crate::kubeproxyconfig::Conntrack) {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as u64;
+    let mut writes: Vec<(&str, String)> = Vec::new();
+    if c.max_per_core > 0 {
+        let max = (u64::from(c.max_per_core) * cpus).max(u64::from(c.min));
+        writes.push(("nf_conntrack_max", max.to_string()));
+    }
+    let secs = |d: std::time::Duration| d.as_secs();
+    if secs(c.tcp_established_timeout) > 0 {
+        writes.push((
+            "nf_conntrack_tcp_timeout_established",
+            secs(c.tcp_established_timeout).to_string(),
+        ));
+    }
+    if secs(c.tcp_close_wait_timeout) > 0 {
+        writes.push((
+            "nf_conntrack_tcp_timeout_close_wait",
+            secs(c.tcp_close_wait_timeout).to_string(),
+        ));
+    }
+    if c.tcp_be_liberal {
+        writes.push(("nf_conntrack_tcp_be_liberal", "1".into()));
+    }
+    if secs(c.udp_timeout) > 0 {
+        writes.push(("nf_conntrack_udp_timeout", secs(c.udp_timeout).to_string()));
+    }
+    if secs(c.udp_stream_timeout) > 0 {
+        writes.push((
+            "nf_conntrack_udp_timeout_stream",
+            secs(c.udp_stream_timeout).to_string(),
+        ));
+    }
+    for (name, value) in writes {
+        let path = format!("/proc/sys/net/netfilter/{name}");
+        let current = std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        if current == value {
+            continue;
+        }
+        match std::fs::write(&path, &value) {
+            Ok(()) => tracing::info!(sysctl = name, value = %value, "set conntrack sysctl"),
+            Err(e) => {
+                tracing::warn!(sysctl = name, value = %value, error = %e, "cannot set conntrack sysctl")
+            }
+        }
+    }
+}

@@ -2,8 +2,7 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use kube_nft_proxy::config::{Cli, ProxyConfig};
+use kube_nft_proxy::config::ProxyConfig;
 use kube_nft_proxy::{daemon, proxier};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -37,7 +36,15 @@ fn run_async(dry_run: bool, cfg: ProxyConfig) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (cli, conntrack, notes) =
+        match kube_nft_proxy::config::parse_args(std::env::args().collect()) {
+            Ok(x) => x,
+            Err(kube_nft_proxy::config::ArgsError::Clap(e)) => e.exit(),
+            Err(kube_nft_proxy::config::ArgsError::Config(e)) => {
+                eprintln!("kube-nft-proxy: {e}");
+                return ExitCode::from(2);
+            }
+        };
     let level = match cli.verbosity {
         0 | 1 => tracing::Level::INFO,
         2 | 3 => tracing::Level::DEBUG,
@@ -52,25 +59,47 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::filter::Targets::new()
         .with_target("kube_nft_proxy", level)
         .with_default(lib_level);
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_target(false),
-        )
-        .with(filter)
-        .init();
-    let cfg = match ProxyConfig::from_cli(cli) {
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if cli.logging_format == "json" {
+        tracing_subscriber::registry()
+            .with(fmt.json())
+            .with(filter)
+            .init();
+    } else {
+        tracing_subscriber::registry().with(fmt).with(filter).init();
+    }
+    for n in &notes {
+        tracing::warn!("{n}");
+    }
+    let mut cfg = match ProxyConfig::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kube-nft-proxy: {e}");
             return ExitCode::from(2);
         }
     };
+    cfg.conntrack = conntrack;
+    if let Some(path) = &cfg.write_config_to {
+        let text = kube_nft_proxy::kubeproxyconfig::to_yaml(&cfg.to_kube_proxy_config());
+        return match std::fs::write(path, text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kube-nft-proxy: cannot write {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let api = cfg.manifests.is_empty();
     let result = if cfg.cleanup {
         proxier::cleanup().map(|n| tracing::info!(tables = n, "deleted our tables"))
     } else if api && !cfg.once {
+        if !cfg.dry_run {
+            if let Some(c) = &cfg.conntrack {
+                kube_nft_proxy::conntrack::apply_settings(c);
+            }
+        }
         return run_async(cfg.dry_run, cfg);
     } else if cfg.dry_run {
         proxier::dry_run(&cfg).map(|text| print!("{text}"))
