@@ -17,6 +17,7 @@
 //! This module uses no other module of the crate (only serde, serde_json, serde_yaml_ng
 //! and thiserror), so tests can include it with `#[path]`.
 
+use crate::model::convert::parse_ip_sloppy;
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -560,35 +561,9 @@ fn with_port(addr: &str, default_host: &str, port: u16) -> String {
     }
 }
 
-/// An IP address, IPv4 octets with leading zeros allowed (as Go's `ParseIPSloppy`).
-fn parse_ip_sloppy(s: &str) -> Option<IpAddr> {
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    if s.contains(':') {
-        return None;
-    }
-    let mut octets = [0u8; 4];
-    let mut parts = s.split('.');
-    for o in octets.iter_mut() {
-        let p = parts.next()?;
-        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
-        *o = p.parse().ok()?;
-    }
-    parts.next().is_none().then_some(IpAddr::from(octets))
-}
-
 /// `address/length` with a length that fits the family.
 fn is_cidr_sloppy(s: &str) -> bool {
-    let Some((ip, len)) = s.split_once('/') else {
-        return false;
-    };
-    let (Some(ip), Ok(len)) = (parse_ip_sloppy(ip), len.parse::<u8>()) else {
-        return false;
-    };
-    len <= if ip.is_ipv4() { 32 } else { 128 }
+    crate::model::convert::parse_cidr_sloppy(s).is_some()
 }
 
 /// Removes `null` values from mappings, recursively.

@@ -10,9 +10,7 @@
 //!
 //! No root, no cluster.
 
-#[path = "../src/kubeproxyconfig.rs"]
-#[allow(dead_code)]
-mod kubeproxyconfig;
+use kube_nft_proxy::kubeproxyconfig;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
