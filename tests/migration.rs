@@ -1,0 +1,1011 @@
+//! Taking a node over from upstream kube-proxy's nftables mode (`--cleanup-kube-proxy`)
+//! under real packets.
+//!
+//! Topology (three network namespaces per test, created and deleted by the test; the
+//! same as `netns_clusterip.rs`):
+//!
+//! ```text
+//!  client (a pod)            node (kube-proxy, then we, run here)  backends
+//!  eth0 10.0.1.2/24 ---- to-client 10.0.1.1/24
+//!  default via 10.0.1.1      to-backends 10.0.2.1/24 ---- eth0 10.0.2.10/24, .11, .12
+//!                            ip_forward=1                 default via 10.0.2.1
+//!                            default via 10.0.2.254 (no such host)
+//! ```
+//!
+//! The node starts out with the `ip`/`ip6 kube-proxy` tables upstream kube-proxy's
+//! nftables mode would have programmed for the Service 172.30.0.10:80 (three endpoints
+//! on 8080), loaded with `nft -f`, plus an unrelated `inet keepme` table. The node's
+//! default route points at an address nobody holds, so a connection to the ClusterIP
+//! that no rule DNATs goes nowhere: every answer proves that some rule set handled it.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::{join, require_privileged, veth, NetNs, TempDir, BIN};
+use serde_json::{json, Value};
+
+/// Socket timeout for every client and server operation.
+const TIMEOUT: Duration = Duration::from_secs(2);
+const CLIENT_IP: &str = "10.0.1.2";
+const CLUSTER_IP: &str = "172.30.0.10";
+const SERVICE_CIDR: &str = "172.30.0.0/16";
+const CLUSTER_CIDR: &str = "10.0.0.0/16";
+const BACKENDS: [&str; 3] = ["10.0.2.10", "10.0.2.11", "10.0.2.12"];
+const TARGET_PORT: u16 = 8080;
+const NODE_NAME: &str = "node1";
+
+fn sockaddr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::from((ip.parse::<Ipv4Addr>().expect("IPv4 literal"), port))
+}
+
+// ---------------------------------------------------------------------------------
+// Topology
+
+struct Topology {
+    client: NetNs,
+    node: NetNs,
+    backends: NetNs,
+}
+
+impl Topology {
+    fn new(tag: &str) -> Topology {
+        let t = Topology {
+            client: NetNs::new(&format!("{tag}-c")),
+            node: NetNs::new(&format!("{tag}-n")),
+            backends: NetNs::new(&format!("{tag}-b")),
+        };
+        veth(&t.client, "eth0", &t.node, "to-client");
+        veth(&t.node, "to-backends", &t.backends, "eth0");
+
+        t.client.ip(&["addr", "add", "10.0.1.2/24", "dev", "eth0"]);
+        t.client.ip(&["route", "add", "default", "via", "10.0.1.1"]);
+
+        t.node
+            .ip(&["addr", "add", "10.0.1.1/24", "dev", "to-client"]);
+        t.node
+            .ip(&["addr", "add", "10.0.2.1/24", "dev", "to-backends"]);
+        t.node.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.0.2.254",
+            "dev",
+            "to-backends",
+        ]);
+        t.node.sysctl("net.ipv4.ip_forward=1");
+
+        for b in BACKENDS {
+            t.backends
+                .ip(&["addr", "add", &format!("{b}/24"), "dev", "eth0"]);
+        }
+        t.backends
+            .ip(&["route", "add", "default", "via", "10.0.2.1"]);
+        t
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// What the node holds before we arrive
+
+/// The `ip`/`ip6 kube-proxy` tables upstream kube-proxy's nftables mode programs for
+/// the Service `default/web` (ClusterIP 172.30.0.10, port `http` 80/TCP → 8080 on three
+/// endpoints) with `--cluster-cidr 10.0.0.0/16`, as the transaction it sends to
+/// `nft -f`.
+///
+/// This mirrors upstream's layout (kubernetes/kubernetes `pkg/proxy/nftables`: the
+/// proxier's base rules and per-service chains as in `TestOverallNFTablesRules`),
+/// reduced to what a ClusterIP-only node needs: no NodePort, firewall or affinity
+/// objects. Chain names are upstream's: `service-`/`endpoint-` plus the first 8
+/// characters of the base32 SHA-256 of the chain's base name (`default/web/tcp/http`,
+/// `default/web/tcp/http__10.0.2.10/8080`, ...), then that base name.
+fn kube_proxy_rules() -> String {
+    let svc = "service-SUSTUHLJ-default/web/tcp/http";
+    let eps = [
+        "endpoint-GPJJJBF3-default/web/tcp/http__10.0.2.10/8080",
+        "endpoint-2KYEDY4A-default/web/tcp/http__10.0.2.11/8080",
+        "endpoint-H7K7TIKL-default/web/tcp/http__10.0.2.12/8080",
+    ];
+    let mut s = String::new();
+    let mut add = |line: String| {
+        s.push_str(&line);
+        s.push('\n');
+    };
+
+    // IPv4: the base rules.
+    let t = "ip kube-proxy";
+    add(format!(
+        "add table {t} {{ comment \"rules for kube-proxy\" ; }}"
+    ));
+    add(format!(
+        "add set {t} cluster-ips {{ type ipv4_addr ; comment \"Active ClusterIPs\" ; }}"
+    ));
+    add(format!(
+        "add map {t} no-endpoint-services {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment \"vmap to drop or reject packets to services with no endpoints\" ; }}"
+    ));
+    add(format!(
+        "add map {t} service-ips {{ type ipv4_addr . inet_proto . inet_service : verdict ; comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ; }}"
+    ));
+    add(format!("add chain {t} cluster-ips-check"));
+    add(format!(
+        "add chain {t} filter-forward {{ type filter hook forward priority 0 ; }}"
+    ));
+    add(format!(
+        "add chain {t} filter-input {{ type filter hook input priority 0 ; }}"
+    ));
+    add(format!(
+        "add chain {t} filter-output {{ type filter hook output priority 0 ; }}"
+    ));
+    add(format!("add chain {t} mark-for-masquerade"));
+    add(format!("add chain {t} masquerading"));
+    add(format!(
+        "add chain {t} nat-output {{ type nat hook output priority -100 ; }}"
+    ));
+    add(format!(
+        "add chain {t} nat-postrouting {{ type nat hook postrouting priority 100 ; }}"
+    ));
+    add(format!(
+        "add chain {t} nat-prerouting {{ type nat hook prerouting priority dstnat ; }}"
+    ));
+    add(format!(
+        "add chain {t} reject-chain {{ comment \"helper for @no-endpoint-services / @no-endpoint-nodeports\" ; }}"
+    ));
+    add(format!("add chain {t} services"));
+    add(format!("add chain {t} service-endpoints-check"));
+    add(format!(
+        "add rule {t} cluster-ips-check ip daddr @cluster-ips reject comment \"Reject traffic to invalid ports of ClusterIPs\""
+    ));
+    add(format!(
+        "add rule {t} cluster-ips-check ip daddr {{ {SERVICE_CIDR} }} drop comment \"Drop traffic to unallocated ClusterIPs\""
+    ));
+    add(format!(
+        "add rule {t} filter-forward ct state new jump service-endpoints-check"
+    ));
+    add(format!(
+        "add rule {t} filter-forward ct state new jump cluster-ips-check"
+    ));
+    add(format!(
+        "add rule {t} filter-input ct state new jump service-endpoints-check"
+    ));
+    add(format!(
+        "add rule {t} filter-output ct state new jump service-endpoints-check"
+    ));
+    add(format!(
+        "add rule {t} filter-output ct state new jump cluster-ips-check"
+    ));
+    add(format!(
+        "add rule {t} mark-for-masquerade mark set mark or 0x4000"
+    ));
+    add(format!(
+        "add rule {t} masquerading mark and 0x4000 == 0 return"
+    ));
+    add(format!(
+        "add rule {t} masquerading mark set mark xor 0x4000"
+    ));
+    add(format!("add rule {t} masquerading masquerade fully-random"));
+    add(format!("add rule {t} nat-output jump services"));
+    add(format!("add rule {t} nat-postrouting jump masquerading"));
+    add(format!("add rule {t} nat-prerouting jump services"));
+    add(format!("add rule {t} reject-chain reject"));
+    add(format!(
+        "add rule {t} services ip daddr . meta l4proto . th dport vmap @service-ips"
+    ));
+    add(format!(
+        "add rule {t} service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services"
+    ));
+
+    // IPv4: the Service's chains and elements.
+    for (ep, ip) in eps.iter().zip(BACKENDS) {
+        add(format!("add chain {t} {ep}"));
+        add(format!(
+            "add rule {t} {ep} ip saddr {ip} jump mark-for-masquerade"
+        ));
+        add(format!(
+            "add rule {t} {ep} meta l4proto tcp dnat to {ip}:{TARGET_PORT}"
+        ));
+    }
+    add(format!("add chain {t} {svc}"));
+    add(format!(
+        "add rule {t} {svc} ip daddr {CLUSTER_IP} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade"
+    ));
+    add(format!(
+        "add rule {t} {svc} numgen random mod 3 vmap {{ 0 : goto {} , 1 : goto {} , 2 : goto {} }}",
+        eps[0], eps[1], eps[2]
+    ));
+    add(format!("add element {t} cluster-ips {{ {CLUSTER_IP} }}"));
+    add(format!(
+        "add element {t} service-ips {{ {CLUSTER_IP} . tcp . 80 : goto {svc} }}"
+    ));
+
+    // IPv6: the same skeleton, no Service (the cluster is IPv4-only).
+    let t = "ip6 kube-proxy";
+    add(format!(
+        "add table {t} {{ comment \"rules for kube-proxy\" ; }}"
+    ));
+    add(format!(
+        "add set {t} cluster-ips {{ type ipv6_addr ; comment \"Active ClusterIPs\" ; }}"
+    ));
+    add(format!(
+        "add map {t} service-ips {{ type ipv6_addr . inet_proto . inet_service : verdict ; comment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\" ; }}"
+    ));
+    add(format!("add chain {t} mark-for-masquerade"));
+    add(format!("add chain {t} masquerading"));
+    add(format!(
+        "add chain {t} nat-output {{ type nat hook output priority -100 ; }}"
+    ));
+    add(format!(
+        "add chain {t} nat-postrouting {{ type nat hook postrouting priority 100 ; }}"
+    ));
+    add(format!(
+        "add chain {t} nat-prerouting {{ type nat hook prerouting priority dstnat ; }}"
+    ));
+    add(format!("add chain {t} services"));
+    add(format!(
+        "add rule {t} mark-for-masquerade mark set mark or 0x4000"
+    ));
+    add(format!(
+        "add rule {t} masquerading mark and 0x4000 == 0 return"
+    ));
+    add(format!(
+        "add rule {t} masquerading mark set mark xor 0x4000"
+    ));
+    add(format!("add rule {t} masquerading masquerade fully-random"));
+    add(format!("add rule {t} nat-output jump services"));
+    add(format!("add rule {t} nat-postrouting jump masquerading"));
+    add(format!("add rule {t} nat-prerouting jump services"));
+    add(format!(
+        "add rule {t} services ip6 daddr . meta l4proto . th dport vmap @service-ips"
+    ));
+    s
+}
+
+/// Another program's table, which the takeover must not touch (it does not affect the
+/// test's traffic).
+const KEEPME_RULES: &str = "table inet keepme {
+	chain input {
+		type filter hook input priority 0; policy accept;
+		udp dport 9 drop
+	}
+}
+";
+
+/// Loads kube-proxy's tables and the unrelated `inet keepme` table into the node.
+fn load_node_state(node: &NetNs) {
+    node.run_with_stdin(&["nft", "-f", "-"], KEEPME_RULES);
+    node.run_with_stdin(&["nft", "-f", "-"], &kube_proxy_rules());
+}
+
+/// `nft list tables` in `ns`, as a set of `table FAMILY NAME` lines.
+fn tables(ns: &NetNs) -> BTreeSet<String> {
+    ns.run(&["nft", "list", "tables"])
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+fn table_set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| format!("table {n}")).collect()
+}
+
+/// `nft -a list table FAMILY NAME` (with handles, so a table that was deleted and
+/// re-created, or a chain or rule replaced, would not compare equal).
+fn list_with_handles(ns: &NetNs, family: &str, name: &str) -> String {
+    ns.run(&["nft", "-a", "list", "table", family, name])
+}
+
+// ---------------------------------------------------------------------------------
+// Backend servers
+
+/// One TCP listener per address, in the backends namespace, until dropped. Declare it
+/// after the [`Topology`] so that it is dropped (joined) first.
+struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Servers {
+    fn start(ns: &NetNs) -> Servers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let mut servers = Servers {
+            stop: stop.clone(),
+            threads: Vec::new(),
+        };
+        for a in BACKENDS {
+            let addr = sockaddr(a, TARGET_PORT);
+            let stop = stop.clone();
+            let ready = ready_tx.clone();
+            servers
+                .threads
+                .push(ns.spawn(move || serve_tcp(addr, &stop, &ready)));
+        }
+        for _ in 0..BACKENDS.len() {
+            match ready_rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("backend server failed to start: {e}"),
+                Err(e) => panic!("backend servers did not report readiness: {e}"),
+            }
+        }
+        servers
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits up to `ms` for `fd` to become readable.
+fn wait_readable(fd: i32, ms: i32) {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, its count is 1.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+}
+
+fn serve_tcp(addr: SocketAddr, stop: &AtomicBool, ready: &mpsc::Sender<Result<(), String>>) {
+    let listener = match TcpListener::bind(addr).and_then(|l| {
+        l.set_nonblocking(true)?;
+        Ok(l)
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("tcp {addr}: {e}")));
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, peer)) => answer_tcp(stream, addr, peer),
+            // WouldBlock, or a connection that went away before accept: wait (at most
+            // 100 ms, so that `stop` is seen) and try again.
+            Err(_) => wait_readable(listener.as_raw_fd(), 100),
+        }
+    }
+}
+
+fn answer_tcp(mut stream: TcpStream, local: SocketAddr, peer: SocketAddr) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(TIMEOUT));
+    let _ = stream.set_write_timeout(Some(TIMEOUT));
+    let _ = writeln!(stream, "{} {}", local.ip(), peer.ip());
+    // Let the client close first (bounded by the read timeout).
+    let mut buf = [0u8; 64];
+    for _ in 0..16 {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Client (call on a thread inside the client namespace)
+
+/// What a backend answered.
+#[derive(Debug)]
+struct Answer {
+    /// the backend's own address
+    backend: String,
+    /// the client address the backend saw
+    seen_client: String,
+}
+
+fn read_answer(stream: &TcpStream) -> io::Result<Answer> {
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some(b), Some(c), None) => Ok(Answer {
+            backend: b.to_string(),
+            seen_client: c.to_string(),
+        }),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected answer {line:?}"),
+        )),
+    }
+}
+
+/// A new TCP connection to `dst`; reads the backend's answer, then ends the connection
+/// with a reset (`SO_LINGER` 0) so that a tight loop leaves no TIME_WAIT behind and
+/// cannot run out of ephemeral ports.
+fn tcp_ask_reset(dst: SocketAddr) -> io::Result<Answer> {
+    let stream = TcpStream::connect_timeout(&dst, TIMEOUT)?;
+    let answer = read_answer(&stream);
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a `linger` of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    answer
+}
+
+// ---------------------------------------------------------------------------------
+// Manifests (a JSON `List`, as `kubectl get -o json` prints it)
+
+fn manifests() -> String {
+    let eps: Vec<Value> = BACKENDS
+        .iter()
+        .map(|ip| {
+            json!({
+                "addresses": [ip],
+                "nodeName": "node2",
+                "conditions": {"ready": true, "serving": true, "terminating": false}
+            })
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "List", "items": [
+        {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": NODE_NAME},
+            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.2.1"}]}
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+            "metadata": {"name": "kubernetes"},
+            "spec": {"cidrs": [SERVICE_CIDR]}
+        },
+        {
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"type": "ClusterIP", "clusterIP": CLUSTER_IP, "clusterIPs": [CLUSTER_IP],
+                     "ipFamilies": ["IPv4"],
+                     "ports": [{"name": "http", "protocol": "TCP", "port": 80,
+                                "targetPort": TARGET_PORT}]}
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "namespace": "default",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": eps,
+            "ports": [{"name": "http", "protocol": "TCP", "port": TARGET_PORT}]
+        }
+    ]})
+    .to_string()
+}
+
+/// Runs the proxy once in `node` with `extra` flags; returns (success, stderr).
+fn run_proxy_once(node: &NetNs, manifests: &str, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        BIN,
+        "--manifests",
+        manifests,
+        "--once",
+        "--hostname-override",
+        NODE_NAME,
+        "--cluster-cidr",
+        CLUSTER_CIDR,
+    ];
+    args.extend_from_slice(extra);
+    let out = node
+        .command(&args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the proxy: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}; stdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+// ---------------------------------------------------------------------------------
+// The looping client
+
+const BEFORE: usize = 0;
+const DURING: usize = 1;
+const AFTER: usize = 2;
+const PHASES: [&str; 3] = [
+    "before the takeover (kube-proxy's rules alone)",
+    "while the proxy ran",
+    "after the takeover (our rules alone)",
+];
+
+/// Shared between the test and its looping client.
+#[derive(Default)]
+struct Progress {
+    /// the phase the test is in; a connection counts in the phase it started in
+    phase: AtomicUsize,
+    /// tells the client to stop
+    stop: AtomicBool,
+    /// connections that got a proper answer, per phase
+    ok: [AtomicUsize; 3],
+    /// bit `i`: `BACKENDS[i]` answered, per phase
+    seen: [AtomicUsize; 3],
+    /// connections that failed, all phases
+    failed: AtomicUsize,
+    /// what went wrong, all phases
+    failures: Mutex<Vec<String>>,
+}
+
+impl Progress {
+    fn seen(&self, phase: usize) -> BTreeSet<&'static str> {
+        let bits = self.seen[phase].load(Ordering::SeqCst);
+        (0..BACKENDS.len())
+            .filter(|i| bits & (1 << i) != 0)
+            .map(|i| BACKENDS[i])
+            .collect()
+    }
+
+    fn summary(&self) -> String {
+        let mut s = String::new();
+        for (p, name) in PHASES.iter().enumerate() {
+            s.push_str(&format!(
+                "{name}: {} ok, backends {:?}\n",
+                self.ok[p].load(Ordering::SeqCst),
+                self.seen(p)
+            ));
+        }
+        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        s.push_str(&format!("{} failed", failures.len()));
+        for f in failures.iter().take(20) {
+            s.push_str(&format!("\n  {f}"));
+        }
+        s
+    }
+}
+
+/// Stops the client when dropped (also when an assertion fails).
+struct StopOnDrop(Arc<Progress>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Loops new TCP connections to the ClusterIP, flat out, until told to stop. A
+/// connection succeeds when an endpoint answers and saw the pod's own address (neither
+/// rule set masquerades traffic from inside `--cluster-cidr`).
+fn looping_client(ns: &NetNs, progress: Arc<Progress>) -> JoinHandle<()> {
+    let dst = sockaddr(CLUSTER_IP, 80);
+    ns.spawn(move || {
+        // Bounded: `stop` ends it normally; the cap only guards against a hung test.
+        for n in 0..2_000_000usize {
+            if progress.stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let phase = progress.phase.load(Ordering::SeqCst);
+            let failure = match tcp_ask_reset(dst) {
+                Ok(a) if a.seen_client != CLIENT_IP => {
+                    Some(format!("masqueraded: the backend saw {a:?}"))
+                }
+                Ok(a) => match BACKENDS.iter().position(|b| *b == a.backend) {
+                    Some(i) => {
+                        progress.seen[phase].fetch_or(1 << i, Ordering::SeqCst);
+                        progress.ok[phase].fetch_add(1, Ordering::SeqCst);
+                        None
+                    }
+                    None => Some(format!("answer from a non-endpoint: {a:?}")),
+                },
+                Err(e) => Some(format!("{e} ({:?})", e.kind())),
+            };
+            if let Some(f) = failure {
+                progress
+                    .failures
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(format!("#{n}, {}: {f}", PHASES[phase]));
+                progress.failed.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    })
+}
+
+/// Connections per phase (before and after) that must succeed.
+const MIN_OK: usize = 200;
+
+/// Waits (bounded, and no longer once a connection failed) until the client has made
+/// `MIN_OK` successful connections in `phase` and reached every endpoint in it; returns
+/// whether it did.
+fn wait_for_phase(progress: &Progress, phase: usize) -> bool {
+    for _ in 0..2000 {
+        if progress.failed.load(Ordering::SeqCst) > 0 {
+            return false;
+        }
+        if progress.ok[phase].load(Ordering::SeqCst) >= MIN_OK
+            && progress.seen(phase).len() == BACKENDS.len()
+        {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+// ---------------------------------------------------------------------------------
+// Watching the ruleset change
+
+/// `nft monitor` running in a namespace: every change to the ruleset, as nft prints it,
+/// with a `# new generation N by process P (NAME)` line closing each transaction.
+/// Killed on drop.
+struct Monitor {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+    marks: usize,
+}
+
+impl Monitor {
+    /// Starts the monitor and waits until it reports changes.
+    fn start(ns: &NetNs) -> Monitor {
+        let mut cmd = ns.command(&["nft", "monitor"]);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        // Ends when the monitor is killed (end of its output).
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        let mut m = Monitor {
+            child,
+            lines,
+            reader: Some(reader),
+            marks: 0,
+        };
+        m.sync(ns);
+        m
+    }
+
+    /// Makes a marker change (adds and deletes the test's own table
+    /// `inet knp-monitor-mark-N`) and waits (bounded) until the monitor has reported
+    /// it: from then on it reports every change, and every change made before the
+    /// marker has been reported. Retries while the monitor is still subscribing.
+    fn sync(&mut self, ns: &NetNs) {
+        for _ in 0..50 {
+            self.marks += 1;
+            let name = format!("knp-monitor-mark-{}", self.marks);
+            ns.run(&["nft", "add", "table", "inet", &name]);
+            ns.run(&["nft", "delete", "table", "inet", &name]);
+            let wanted = format!("delete table inet {name}");
+            for _ in 0..20 {
+                if self.lines().iter().any(|l| l.trim() == wanted) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        panic!(
+            "nft monitor never reported a marker change; it printed:\n{}",
+            self.lines().join("\n")
+        );
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The changes reported so far, one entry per committed transaction, without the
+    /// markers' transactions.
+    fn transactions(&self) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        let mut current = Vec::new();
+        for line in self.lines() {
+            let line = line.trim().to_string();
+            if line.starts_with("# new generation") {
+                let marker = current
+                    .iter()
+                    .any(|l: &String| l.contains(" inet knp-monitor-mark-"));
+                if !marker {
+                    out.push(std::mem::take(&mut current));
+                }
+                current.clear();
+            } else if !line.is_empty() {
+                current.push(line);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// Whether a monitor line is about the table `FAMILY NAME` (`add table ip x`,
+/// `delete rule ip x chain handle 4`, ...).
+fn mentions_table(line: &str, family: &str, name: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words.windows(2).any(|w| w[0] == family && w[1] == name)
+}
+
+/// Checks, from the monitor's record of the proxy's run, that kube-proxy's tables were
+/// deleted in one transaction of their own, committed after every change to ours, and
+/// that nothing else was touched; panics with the record otherwise.
+fn check_takeover_order(transactions: &[Vec<String>]) {
+    let record = || {
+        transactions
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("transaction {i}:\n  {}", t.join("\n  ")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let is_ours = |l: &str| {
+        mentions_table(l, "ip", "kube-nft-proxy") || mentions_table(l, "ip6", "kube-nft-proxy")
+    };
+    let is_kube_proxy =
+        |l: &str| mentions_table(l, "ip", "kube-proxy") || mentions_table(l, "ip6", "kube-proxy");
+    let deletion = transactions
+        .iter()
+        .position(|t| t.iter().any(|l| l == "delete table ip kube-proxy"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the proxy's run never deleted ip kube-proxy; changes:\n{}",
+                record()
+            )
+        });
+    let del = &transactions[deletion];
+    assert!(
+        del.iter().any(|l| l == "delete table ip6 kube-proxy"),
+        "ip6 kube-proxy was not deleted in the same transaction as ip kube-proxy; changes:\n{}",
+        record()
+    );
+    assert!(
+        del.iter()
+            .all(|l| l.starts_with("delete ") && is_kube_proxy(l)),
+        "the transaction deleting kube-proxy's tables did more than that; changes:\n{}",
+        record()
+    );
+    let added = |what: &str| {
+        transactions[..deletion]
+            .iter()
+            .any(|t| t.iter().any(|l| l.starts_with(what)))
+    };
+    assert!(
+        added("add table ip kube-nft-proxy") && added("add table ip6 kube-nft-proxy"),
+        "our tables were not committed before kube-proxy's were deleted; changes:\n{}",
+        record()
+    );
+    assert!(
+        transactions[deletion..]
+            .iter()
+            .all(|t| t.iter().all(|l| !is_ours(l))),
+        "our tables still changed after kube-proxy's were deleted; changes:\n{}",
+        record()
+    );
+    assert!(
+        transactions
+            .iter()
+            .all(|t| t.iter().all(|l| is_ours(l) || is_kube_proxy(l))),
+        "the proxy changed a table that is neither ours nor kube-proxy's; changes:\n{}",
+        record()
+    );
+}
+
+// ---------------------------------------------------------------------------------
+// Tests
+
+/// The node runs upstream kube-proxy's nftables rules for a 3-endpoint ClusterIP; a
+/// pod loops new TCP connections to it. The proxy runs once with
+/// `--cleanup-kube-proxy`: it exits 0, leaves `ip`/`ip6 kube-nft-proxy` and no
+/// `kube-proxy` table of either family, leaves `inet keepme` exactly as it was, and not
+/// one connection fails before, during or after the takeover; every endpoint answers
+/// before (through kube-proxy's rules alone) and after (through ours alone).
+#[test]
+fn kube_proxy_nftables_takeover_without_failed_connections() {
+    if !require_privileged() {
+        return;
+    }
+    let topo = Topology::new("mig");
+    let _servers = Servers::start(&topo.backends);
+    let dir = TempDir::new("mig");
+    let manifests = dir.write("cluster.json", &manifests());
+
+    // Control: with no rules at all the ClusterIP goes nowhere, so every answer below
+    // comes from a rule set.
+    let control = join(
+        topo.client
+            .spawn(|| tcp_ask_reset(sockaddr(CLUSTER_IP, 80))),
+    );
+    assert!(
+        control.is_err(),
+        "control: {CLUSTER_IP}:80 answered with no rules on the node: {control:?}"
+    );
+
+    load_node_state(&topo.node);
+    assert_eq!(
+        tables(&topo.node),
+        table_set(&["inet keepme", "ip kube-proxy", "ip6 kube-proxy"]),
+        "the node's tables before the takeover"
+    );
+    let keepme_before = list_with_handles(&topo.node, "inet", "keepme");
+
+    let progress = Arc::new(Progress::default());
+    let client = looping_client(&topo.client, progress.clone());
+    let stopper = StopOnDrop(progress.clone());
+
+    // kube-proxy's rules alone carry the traffic to every endpoint.
+    assert!(
+        wait_for_phase(&progress, BEFORE),
+        "the client did not reach every endpoint {MIN_OK} times without a failure through kube-proxy's rules:\n{}",
+        progress.summary()
+    );
+
+    let mut monitor = Monitor::start(&topo.node);
+    progress.phase.store(DURING, Ordering::SeqCst);
+    let (ok, output) = run_proxy_once(&topo.node, &manifests, &["--cleanup-kube-proxy"]);
+    progress.phase.store(AFTER, Ordering::SeqCst);
+    monitor.sync(&topo.node);
+    let transactions = monitor.transactions();
+    drop(monitor);
+    let after_tables = tables(&topo.node);
+    let keepme_after = list_with_handles(&topo.node, "inet", "keepme");
+
+    // Keep looping for about a second through our rules alone, then until every
+    // endpoint has answered enough times.
+    std::thread::sleep(Duration::from_secs(1));
+    if ok {
+        // The outcome is asserted below.
+        wait_for_phase(&progress, AFTER);
+    }
+    drop(stopper);
+    join(client);
+    eprintln!("{}", progress.summary());
+
+    assert!(ok, "the proxy failed: {output}");
+    check_takeover_order(&transactions);
+    for family in ["ip", "ip6"] {
+        assert!(
+            after_tables.contains(&format!("table {family} kube-nft-proxy")),
+            "no {family} kube-nft-proxy table after the takeover: {after_tables:?}"
+        );
+        assert!(
+            !after_tables.contains(&format!("table {family} kube-proxy")),
+            "{family} kube-proxy is still there after --cleanup-kube-proxy: {after_tables:?}"
+        );
+    }
+    assert_eq!(
+        after_tables,
+        table_set(&["inet keepme", "ip kube-nft-proxy", "ip6 kube-nft-proxy"]),
+        "the node's tables after the takeover"
+    );
+    assert_eq!(
+        keepme_after, keepme_before,
+        "another program's table was changed by the takeover"
+    );
+    let failures = progress
+        .failures
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert!(
+        failures.is_empty(),
+        "{} connections failed across the takeover:\n{}",
+        failures.len(),
+        progress.summary()
+    );
+    for phase in [BEFORE, AFTER] {
+        assert!(
+            progress.seen(phase).len() == BACKENDS.len()
+                && progress.ok[phase].load(Ordering::SeqCst) >= MIN_OK,
+            "not every endpoint answered, or fewer than {MIN_OK} connections succeeded, {}:\n{}",
+            PHASES[phase],
+            progress.summary()
+        );
+    }
+}
+
+/// Without `--cleanup-kube-proxy` the proxy programs its own tables and leaves
+/// kube-proxy's (and every other) table exactly as it was; traffic keeps flowing with
+/// both rule sets in place.
+#[test]
+fn kube_proxy_tables_left_alone_without_cleanup_flag() {
+    if !require_privileged() {
+        return;
+    }
+    let topo = Topology::new("migno");
+    let _servers = Servers::start(&topo.backends);
+    let dir = TempDir::new("migno");
+    let manifests = dir.write("cluster.json", &manifests());
+
+    load_node_state(&topo.node);
+    let before: Vec<String> = [
+        ("ip", "kube-proxy"),
+        ("ip6", "kube-proxy"),
+        ("inet", "keepme"),
+    ]
+    .iter()
+    .map(|(f, n)| list_with_handles(&topo.node, f, n))
+    .collect();
+
+    let (ok, output) = run_proxy_once(&topo.node, &manifests, &[]);
+    assert!(ok, "the proxy failed: {output}");
+
+    assert_eq!(
+        tables(&topo.node),
+        table_set(&[
+            "inet keepme",
+            "ip kube-proxy",
+            "ip kube-nft-proxy",
+            "ip6 kube-proxy",
+            "ip6 kube-nft-proxy"
+        ]),
+        "the node's tables after a run without --cleanup-kube-proxy"
+    );
+    let after: Vec<String> = [
+        ("ip", "kube-proxy"),
+        ("ip6", "kube-proxy"),
+        ("inet", "keepme"),
+    ]
+    .iter()
+    .map(|(f, n)| list_with_handles(&topo.node, f, n))
+    .collect();
+    assert_eq!(
+        after, before,
+        "a table that is not ours changed without --cleanup-kube-proxy"
+    );
+
+    // Both rule sets in place: every endpoint still answers.
+    let seen = join(topo.client.spawn(|| {
+        let mut seen = BTreeSet::new();
+        for n in 0..200 {
+            if seen.len() == BACKENDS.len() {
+                break;
+            }
+            let a = tcp_ask_reset(sockaddr(CLUSTER_IP, 80))
+                .unwrap_or_else(|e| panic!("connection {n} failed: {e}"));
+            assert_eq!(a.seen_client, CLIENT_IP, "masqueraded: {a:?}");
+            seen.insert(a.backend);
+        }
+        seen
+    }));
+    assert_eq!(
+        seen,
+        BACKENDS.iter().map(|b| b.to_string()).collect(),
+        "endpoints reached with both rule sets in place"
+    );
+}
