@@ -75,7 +75,7 @@ fn one_slice(
         .update(model, &ports, false)
         .expect("plain endpoint change stays incremental");
     let _ = cfg;
-    encode(&ops).bytes.len()
+    encode(&ops.pre).bytes.len() + encode(&ops.ops).bytes.len()
 }
 
 fn bench(c: &mut Criterion) {

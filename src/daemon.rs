@@ -312,7 +312,10 @@ pub async fn run_with(
                     let changed = m.update_services(&sources.state, &dirty_services, &mut problems);
                     match inc.update(m, &changed, false) {
                         Some(ops) => {
-                            let r = proxier.commit(&ops).map(|_| false);
+                            let r = proxier
+                                .commit(&ops.pre)
+                                .and_then(|_| proxier.commit(&ops.ops))
+                                .map(|_| false);
                             if r.is_ok() {
                                 side.problems(&problems.0, true);
                                 for name in &changed {

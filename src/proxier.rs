@@ -138,12 +138,17 @@ impl Proxier {
 
     /// Computes the operations that bring the kernel to `desired`. With `full`, or when
     /// nothing was applied yet, the kernel is read back first.
-    pub fn plan(&mut self, desired: &Ruleset, full: bool) -> Result<(Vec<Op>, bool), Error> {
+    pub fn plan(
+        &mut self,
+        desired: &Ruleset,
+        full: bool,
+    ) -> Result<(Vec<Op>, Vec<Op>, bool), Error> {
         let read_back = full || self.last.is_none();
         if self.kernel.is_none() {
             self.kernel = Some(Kernel::open()?);
         }
         let mut ops = Vec::new();
+        let mut pre = Vec::new();
         for table in &desired.tables {
             let f = table.family;
             if read_back {
@@ -156,30 +161,32 @@ impl Proxier {
                     None => diff::diff(None, table, &mut ops),
                     Some(raw) => {
                         let known = netlink::to_known(&raw, f, table);
-                        diff::diff(
+                        diff::diff_staged(
                             Some(Known {
                                 table: &known,
                                 rules_known: true,
                             }),
                             table,
+                            &mut pre,
                             &mut ops,
                         );
                     }
                 }
             } else if let Some(old) = self.last.as_ref().and_then(|l| l.table(f)) {
-                diff::diff(
+                diff::diff_staged(
                     Some(Known {
                         table: old,
                         rules_known: true,
                     }),
                     table,
+                    &mut pre,
                     &mut ops,
                 );
             } else {
                 diff::diff(None, table, &mut ops);
             }
         }
-        Ok((ops, read_back))
+        Ok((pre, ops, read_back))
     }
 
     /// Reads our tables back and brings the kernel to `desired` in one transaction (a
@@ -187,8 +194,9 @@ impl Proxier {
     pub fn sync_to(&mut self, desired: &Ruleset) -> Result<SyncReport, Error> {
         self.last = None;
         let start = Instant::now();
-        let (ops, _) = self.plan(desired, true)?;
-        let touched_rules = ops.iter().any(diff::touches_rules);
+        let (pre, ops, _) = self.plan(desired, true)?;
+        let touched_rules = ops.iter().chain(&pre).any(diff::touches_rules);
+        self.commit(&pre)?;
         self.commit(&ops)?;
         Ok(SyncReport {
             full: true,
@@ -216,21 +224,17 @@ impl Proxier {
     /// Brings the kernel to `desired` in one transaction.
     pub fn sync(&mut self, desired: Ruleset, full: bool) -> Result<SyncReport, Error> {
         let start = Instant::now();
-        let (ops, read_back) = match self.plan(&desired, full) {
+        let (pre, ops, read_back) = match self.plan(&desired, full) {
             Ok(x) => x,
             Err(e) => {
                 self.last = None;
                 return Err(e);
             }
         };
-        let touched_rules = ops.iter().any(diff::touches_rules);
-        let result = match self.kernel.as_mut() {
-            Some(k) => k.apply(&ops),
-            None => Ok(()),
-        };
-        if let Err(e) = result {
+        let touched_rules = ops.iter().chain(&pre).any(diff::touches_rules);
+        if let Err(e) = self.commit(&pre).and_then(|_| self.commit(&ops)) {
             self.last = None;
-            return Err(e.into());
+            return Err(e);
         }
         self.last = Some(Arc::new(desired));
         Ok(SyncReport {

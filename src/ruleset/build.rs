@@ -809,17 +809,7 @@ pub(crate) fn chains(
     }
     svc_rules.extend(affinity.rules.iter().cloned());
     for n in classes {
-        svc_rules.push(rule(vec![
-            Stmt::Lookup {
-                fields: frontend_fields(),
-                set: format!("{FRONTENDS_PREFIX}{n}"),
-                negate: false,
-            },
-            Stmt::DnatMap {
-                fields: lb_fields(*n),
-                map: ENDPOINTS.into(),
-            },
-        ]));
+        svc_rules.push(class_rule(*n));
     }
     chains.extend(affinity.chains.iter().cloned());
     chains.push(regular(SERVICES, svc_rules));
@@ -898,6 +888,23 @@ pub(crate) fn chains(
         vec![rule(vec![jump(MASQUERADING)])],
     ));
     chains
+}
+
+/// The DNAT rule of the frontends with `n` endpoints.
+pub(crate) fn class_rule(n: usize) -> Rule {
+    let mut fields = frontend_fields();
+    fields.push(Field::Numgen(n as u32));
+    rule(vec![
+        Stmt::Lookup {
+            fields: frontend_fields(),
+            set: format!("{FRONTENDS_PREFIX}{n}"),
+            negate: false,
+        },
+        Stmt::DnatMap {
+            fields,
+            map: ENDPOINTS.into(),
+        },
+    ])
 }
 
 /// The count of a class set's name (`frontends-3` → 3).

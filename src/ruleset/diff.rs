@@ -245,6 +245,69 @@ pub fn padding(
     new.get(&probe(i % m)).cloned()
 }
 
+/// Like [`diff`], in two transactions when a new endpoint-count class appears: `pre`
+/// creates the class set and a `services` chain that reads both the old and the new
+/// classes; `out` then moves the elements and drops what emptied. The kernel flips to
+/// the new set generation before it swaps rule blobs, so a packet can meet old rules
+/// with new sets for an instant: every frontend must then still sit in a set that some
+/// old rule reads.
+pub fn diff_staged(old: Option<Known<'_>>, new: &Table, pre: &mut Vec<Op>, out: &mut Vec<Op>) {
+    use crate::ruleset::build::{self, names};
+    let Some(k) = old else {
+        return diff(None, new, out);
+    };
+    let class = |n: &str| build::class_of(n, names::FRONTENDS_PREFIX);
+    let new_classes: Vec<&Set> = new
+        .sets
+        .iter()
+        .filter(|s| class(&s.decl.name).is_some() && k.table.set(&s.decl.name).is_none())
+        .collect();
+    let (Some(new_services), true) = (
+        new.chain(names::SERVICES),
+        k.table.chain(names::SERVICES).is_some(),
+    ) else {
+        return diff(Some(k), new, out);
+    };
+    if new_classes.is_empty() {
+        return diff(Some(k), new, out);
+    }
+    let mut stage = k.table.clone();
+    let mut rules = new_services.rules.clone();
+    for s in &k.table.sets {
+        if let Some(n) = class(&s.decl.name) {
+            if new.set(&s.decl.name).is_none() {
+                rules.push(build::class_rule(n));
+            }
+        }
+    }
+    for s in &new_classes {
+        pre.push(Op::AddSet(new.family, s.decl.clone()));
+        stage.sets.push(Set {
+            decl: s.decl.clone(),
+            elements: Default::default(),
+        });
+    }
+    pre.push(Op::FlushChain(new.family, names::SERVICES.to_string()));
+    for r in &rules {
+        pre.push(Op::AddRule(
+            new.family,
+            names::SERVICES.to_string(),
+            r.clone(),
+        ));
+    }
+    if let Some(c) = stage.chains.iter_mut().find(|c| c.name == names::SERVICES) {
+        c.rules = rules;
+    }
+    diff(
+        Some(Known {
+            table: &stage,
+            rules_known: k.rules_known,
+        }),
+        new,
+        out,
+    );
+}
+
 fn chain_shell(c: &Chain) -> Chain {
     Chain {
         name: c.name.clone(),
@@ -407,6 +470,52 @@ mod tests {
             &mut ops,
         );
         assert!(ops.iter().any(|o| matches!(o, Op::DelElements(_, d, keys) if d.name == "endpoints" && keys.iter().any(idx2))), "{ops:?}");
+    }
+
+    #[test]
+    fn a_new_count_class_is_readable_before_anything_moves_into_it() {
+        let cfg = BuildConfig::default();
+        let two = build_table(&model(2), &cfg, Family::V4);
+        let three = build_table(&model(3), &cfg, Family::V4);
+        let (mut pre, mut ops) = (Vec::new(), Vec::new());
+        diff_staged(
+            Some(Known {
+                table: &two,
+                rules_known: true,
+            }),
+            &three,
+            &mut pre,
+            &mut ops,
+        );
+        assert!(
+            matches!(pre.first(), Some(Op::AddSet(_, d)) if d.name == "frontends-3"),
+            "{pre:?}"
+        );
+        let reads = |set: &str| {
+            pre.iter().any(|o| matches!(o, Op::AddRule(_, c, r) if c == "services" && r.0.iter().any(|s| matches!(s, Stmt::Lookup { set: x, .. } if x == set))))
+        };
+        assert!(reads("frontends-2") && reads("frontends-3"), "{pre:?}");
+        assert!(!pre
+            .iter()
+            .any(|o| matches!(o, Op::AddElements(..) | Op::DelElements(..))));
+        assert!(ops
+            .iter()
+            .any(|o| matches!(o, Op::AddElements(_, d, _) if d.name == "frontends-3")));
+        assert!(ops
+            .iter()
+            .any(|o| matches!(o, Op::DelSet(_, n) if n == "frontends-2")));
+        // No new class (here: no change at all): one transaction.
+        let (mut pre, mut ops) = (Vec::new(), Vec::new());
+        diff_staged(
+            Some(Known {
+                table: &three,
+                rules_known: true,
+            }),
+            &three,
+            &mut pre,
+            &mut ops,
+        );
+        assert!(pre.is_empty() && ops.is_empty());
     }
 
     #[test]

@@ -40,6 +40,15 @@ struct FamState {
     affinity: AffinityParts,
 }
 
+/// The transactions of one incremental update, to commit in order.
+#[derive(Clone, Debug, Default)]
+pub struct Update {
+    /// new count-class sets and the rules that read them (before anything moves)
+    pub pre: Vec<Op>,
+    /// everything else
+    pub ops: Vec<Op>,
+}
+
 /// The desired ruleset, kept up to date by per-service deltas.
 #[derive(Clone, Debug)]
 pub struct Incremental {
@@ -159,7 +168,7 @@ impl Incremental {
         model: &ProxyModel,
         dirty: &BTreeSet<ServicePortName>,
         service_cidrs_changed: bool,
-    ) -> Option<Vec<Op>> {
+    ) -> Option<Update> {
         if service_cidrs_changed {
             return None;
         }
@@ -207,11 +216,12 @@ impl Incremental {
             planned.push(out);
         }
         let mut ops = self.take_deferred();
+        let mut pre = Vec::new();
         for (fi, family) in Family::ALL.iter().enumerate() {
             let new_contribs = std::mem::take(&mut planned[fi]);
-            self.apply_family(fi, *family, dirty, new_contribs, &mut ops);
+            self.apply_family(fi, *family, dirty, new_contribs, &mut pre, &mut ops);
         }
-        Some(ops)
+        Some(Update { pre, ops })
     }
 
     fn apply_family(
@@ -220,6 +230,7 @@ impl Incremental {
         family: Family,
         dirty: &BTreeSet<ServicePortName>,
         new: Vec<(ServicePortName, PortContrib)>,
+        pre: &mut Vec<Op>,
         ops: &mut Vec<Op>,
     ) {
         let st = &mut self.fams[fi];
@@ -428,9 +439,46 @@ impl Incremental {
             .map(|s| s.decl.name.clone())
             .collect();
         table.sets.retain(|s| !emptied.contains(&s.decl.name));
-        for d in &new_sets {
-            ops.push(Op::AddSet(family, d.clone()));
-        }
+        let class_sets =
+            |sets: &mut dyn Iterator<Item = &String>, prefix: &str| -> BTreeSet<usize> {
+                sets.filter_map(|n| build::class_of(n, prefix)).collect()
+            };
+        let names_after: Vec<String> = table.sets.iter().map(|s| s.decl.name.clone()).collect();
+        let classes = class_sets(&mut names_after.iter(), FRONTENDS_PREFIX_STR);
+        let shortcut = class_sets(&mut names_after.iter(), SHORTCUT_PREFIX_STR);
+        let mut union_classes = classes.clone();
+        union_classes.extend(class_sets(&mut emptied.iter(), FRONTENDS_PREFIX_STR));
+        let mut union_shortcut = shortcut.clone();
+        union_shortcut.extend(class_sets(&mut emptied.iter(), SHORTCUT_PREFIX_STR));
+        let cidrs = self.service_cidrs_of(fi);
+        let chains_for = |c: &BTreeSet<usize>, sc: &BTreeSet<usize>, st: &FamState| {
+            build::chains(family, &self.cfg, &cidrs, c, sc, &st.affinity)
+        };
+        let changed_chains = |from: &[Chain], to: &[Chain], out: &mut Vec<Op>| {
+            for c in to {
+                if from.iter().find(|o| o.name == c.name).map(|o| &o.rules) != Some(&c.rules) {
+                    out.push(Op::FlushChain(family, c.name.clone()));
+                    for r in &c.rules {
+                        out.push(Op::AddRule(family, c.name.clone(), r.clone()));
+                    }
+                }
+            }
+        };
+        // A new count class gets its set and its rule in an earlier transaction than
+        // the elements that move into it: the kernel flips to the new set generation
+        // before it swaps rule blobs, so a packet can meet old rules with new sets for
+        // an instant; every frontend must then still be in a set some old rule reads.
+        let union_chains = if new_sets.is_empty() {
+            None
+        } else {
+            for d in &new_sets {
+                pre.push(Op::AddSet(family, d.clone()));
+            }
+            let u = chains_for(&union_classes, &union_shortcut, &self.fams[fi]);
+            changed_chains(&self.ruleset.tables[fi].chains, &u, pre);
+            Some(u)
+        };
+        let table = &mut self.ruleset.tables[fi];
         for (set, keys) in dels {
             if emptied.contains(&set) || keys.is_empty() {
                 continue;
@@ -445,34 +493,10 @@ impl Incremental {
             }
         }
         if !new_sets.is_empty() || !emptied.is_empty() {
-            let classes: BTreeSet<usize> = table
-                .sets
-                .iter()
-                .filter_map(|s| build::class_of(&s.decl.name, FRONTENDS_PREFIX_STR))
-                .collect();
-            let shortcut: BTreeSet<usize> = table
-                .sets
-                .iter()
-                .filter_map(|s| build::class_of(&s.decl.name, SHORTCUT_PREFIX_STR))
-                .collect();
-            let cidrs = self.service_cidrs_of(fi);
-            let chains = build::chains(
-                family,
-                &self.cfg,
-                &cidrs,
-                &classes,
-                &shortcut,
-                &self.fams[fi].affinity,
-            );
+            let chains = chains_for(&classes, &shortcut, &self.fams[fi]);
             let table = &mut self.ruleset.tables[fi];
-            for c in &chains {
-                if table.chain(&c.name).map(|o| &o.rules) != Some(&c.rules) {
-                    ops.push(Op::FlushChain(family, c.name.clone()));
-                    for r in &c.rules {
-                        ops.push(Op::AddRule(family, c.name.clone(), r.clone()));
-                    }
-                }
-            }
+            let from = union_chains.unwrap_or_else(|| table.chains.clone());
+            changed_chains(&from, &chains, ops);
             table.chains = chains;
             for s in emptied {
                 ops.push(Op::DelSet(family, s));
@@ -686,7 +710,37 @@ mod tests {
             let ops = inc
                 .update(&model, &dirty, false)
                 .expect("no fallback for plain changes");
-            apply(&mut kernel, &ops);
+            apply(&mut kernel, &ops.pre);
+            // Rules in place before the element transaction: every class set that holds
+            // frontends afterwards must already be read by one of them.
+            let readable: BTreeSet<String> = kernel
+                .tables
+                .iter()
+                .flat_map(|t| {
+                    t.chain(build::names::SERVICES)
+                        .into_iter()
+                        .flat_map(|c| c.rules.iter())
+                })
+                .flat_map(|r| r.0.iter())
+                .filter_map(|st| match st {
+                    Stmt::Lookup { set, .. } => Some(set.clone()),
+                    _ => None,
+                })
+                .collect();
+            apply(&mut kernel, &ops.ops);
+            for t in &kernel.tables {
+                for set in &t.sets {
+                    let is_class = build::class_of(&set.decl.name, FRONTENDS_PREFIX_STR).is_some()
+                        || build::class_of(&set.decl.name, SHORTCUT_PREFIX_STR).is_some();
+                    if is_class && !set.elements.is_empty() {
+                        assert!(
+                            readable.contains(&set.decl.name),
+                            "step {step}: {} filled before its rule existed",
+                            set.decl.name
+                        );
+                    }
+                }
+            }
             let ops = inc.take_deferred();
             apply(&mut kernel, &ops);
             let full = build(&model, &cfg);
