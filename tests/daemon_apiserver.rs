@@ -28,19 +28,22 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::ops::Deref;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apiserver::{ApiServer, Config as ApiConfig, Fault};
-use common::{join, require_privileged, veth, NetNs, TempDir, BIN};
+use common::backends::{ServerOpts, Servers};
+use common::manifests::{self, slice_obj, tcp_udp_ports, Cond, TARGET_PORT};
+use common::topology::{Setup, Topology, NODE_IP, NODE_NAME};
+use common::{join, require_privileged, NetNs, TempDir, BIN};
 use serde_json::{json, Value};
 
 /// Socket timeout for every client and server operation.
@@ -51,7 +54,6 @@ const WAIT: Duration = Duration::from_secs(10);
 /// kube-runtime's (client-go's) backoff, 0.8 s doubling up to 30 s, with jitter.
 const WAIT_AFTER_OUTAGE: Duration = Duration::from_secs(60);
 const CLIENT_IP: &str = "10.0.1.2";
-const NODE_IP: &str = "10.0.2.1";
 const SERVICE_CIDR: &str = "172.30.0.0/16";
 const WEB_IP: &str = "172.30.0.10";
 const A: &str = "10.0.2.10";
@@ -59,8 +61,6 @@ const B: &str = "10.0.2.11";
 const C: &str = "10.0.2.12";
 const D: &str = "10.0.2.13";
 const BACKENDS: [&str; 4] = [A, B, C, D];
-const TARGET_PORT: u16 = 8080;
-const NODE_NAME: &str = "node1";
 const HEALTHZ: &str = "127.0.0.1:10256";
 const METRICS: &str = "127.0.0.1:10249";
 /// Consecutive answers that must show exactly the expected endpoints. With 4 equally
@@ -102,197 +102,28 @@ where
 }
 
 // ---------------------------------------------------------------------------------
-// Topology
+// Topology and backend servers
 
-struct Topology {
-    client: NetNs,
-    node: NetNs,
-    backends: NetNs,
-}
-
-impl Topology {
-    fn new(tag: &str) -> Topology {
-        let t = Topology {
-            client: NetNs::new(&format!("{tag}-c")),
-            node: NetNs::new(&format!("{tag}-n")),
-            backends: NetNs::new(&format!("{tag}-b")),
-        };
-        veth(&t.client, "eth0", &t.node, "to-client");
-        veth(&t.node, "to-backends", &t.backends, "eth0");
-        t.client
-            .ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", "eth0"]);
-        t.client.ip(&["route", "add", "default", "via", "10.0.1.1"]);
-        t.node
-            .ip(&["addr", "add", "10.0.1.1/24", "dev", "to-client"]);
-        t.node.ip(&[
-            "addr",
-            "add",
-            &format!("{NODE_IP}/24"),
-            "dev",
-            "to-backends",
-        ]);
-        t.node.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.0.2.254",
-            "dev",
-            "to-backends",
-        ]);
-        t.node.ip(&["link", "set", "lo", "up"]);
-        t.node.sysctl("net.ipv4.ip_forward=1");
-        // Refusals are ICMP errors from the node; no rate limit may swallow one.
-        t.node.sysctl("net.ipv4.icmp_ratelimit=0");
-        for b in BACKENDS {
-            t.backends
-                .ip(&["addr", "add", &format!("{b}/24"), "dev", "eth0"]);
-        }
-        t.backends
-            .ip(&["route", "add", "default", "via", "10.0.2.1"]);
-        t
-    }
-}
-
-// ---------------------------------------------------------------------------------
-// Backend servers
-
-/// One backend address: its TCP and UDP server threads.
-struct Backend {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Backend {
-    fn shutdown(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
+/// The three namespaces (see the top of the file), with the node's ICMP rate limit off:
+/// refusals are ICMP errors from the node; no rate limit may swallow one.
+fn topology(tag: &str) -> Topology {
+    Topology::new(
+        tag,
+        Setup {
+            node_lo_up: true,
+            ..Setup::new(&BACKENDS)
+        },
+    )
 }
 
 /// A TCP listener and a UDP socket on every backend address, each address stoppable on
-/// its own; all stopped on drop.
-struct Servers {
-    backends: Mutex<BTreeMap<String, Backend>>,
-}
-
-impl Servers {
-    fn start(ns: &NetNs, addrs: &[&str]) -> Servers {
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let mut backends = BTreeMap::new();
-        for a in addrs {
-            let stop = Arc::new(AtomicBool::new(false));
-            let mut threads = Vec::new();
-            let addr = sockaddr(a, TARGET_PORT);
-            for udp in [false, true] {
-                let stop = stop.clone();
-                let ready = ready_tx.clone();
-                threads.push(ns.spawn(move || {
-                    if udp {
-                        serve_udp(addr, &stop, &ready)
-                    } else {
-                        serve_tcp(addr, &stop, &ready)
-                    }
-                }));
-            }
-            backends.insert(a.to_string(), Backend { stop, threads });
-        }
-        let servers = Servers {
-            backends: Mutex::new(backends),
-        };
-        for _ in 0..addrs.len() * 2 {
-            match ready_rx.recv_timeout(WAIT) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => panic!("backend server failed to start: {e}"),
-                Err(e) => panic!("backend servers did not report readiness: {e}"),
-            }
-        }
-        servers
-    }
-
-    /// Stops the servers of one address (the pod is gone; its address still exists, so
-    /// TCP is reset and UDP gets ICMP port unreachable).
-    fn stop(&self, addr: &str) {
-        if let Some(mut b) = lock(&self.backends).remove(addr) {
-            b.shutdown();
-        }
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        for (_, mut b) in std::mem::take(&mut *lock(&self.backends)) {
-            b.shutdown();
-        }
-    }
-}
-
-fn wait_readable(fd: i32, ms: i32) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
+/// its own; all stopped on drop. Answers carry the client port the backend saw.
+fn start_servers(ns: &NetNs, addrs: &[&str]) -> Servers {
+    let opts = ServerOpts {
+        udp: true,
+        report_port: true,
     };
-    // SAFETY: one valid pollfd, its count is 1.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
-}
-
-fn serve_tcp(addr: SocketAddr, stop: &AtomicBool, ready: &mpsc::Sender<Result<(), String>>) {
-    let listener = match TcpListener::bind(addr).and_then(|l| {
-        l.set_nonblocking(true)?;
-        Ok(l)
-    }) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err(format!("tcp {addr}: {e}")));
-            return;
-        }
-    };
-    let _ = ready.send(Ok(()));
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, peer)) => answer_tcp(stream, addr, peer),
-            Err(_) => wait_readable(listener.as_raw_fd(), 100),
-        }
-    }
-}
-
-fn answer_tcp(mut stream: TcpStream, local: SocketAddr, peer: SocketAddr) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(TIMEOUT));
-    let _ = stream.set_write_timeout(Some(TIMEOUT));
-    let _ = writeln!(stream, "{} {} {}", local.ip(), peer.ip(), peer.port());
-    // Let the client end the connection (it resets it), so no TIME_WAIT stays here.
-    let mut buf = [0u8; 64];
-    for _ in 0..16 {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-}
-
-fn serve_udp(addr: SocketAddr, stop: &AtomicBool, ready: &mpsc::Sender<Result<(), String>>) {
-    let sock = match UdpSocket::bind(addr).and_then(|s| {
-        s.set_read_timeout(Some(Duration::from_millis(100)))?;
-        Ok(s)
-    }) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = ready.send(Err(format!("udp {addr}: {e}")));
-            return;
-        }
-    };
-    let _ = ready.send(Ok(()));
-    let mut buf = [0u8; 512];
-    while !stop.load(Ordering::SeqCst) {
-        if let Ok((_, peer)) = sock.recv_from(&mut buf) {
-            let answer = format!("{} {} {}\n", addr.ip(), peer.ip(), peer.port());
-            let _ = sock.send_to(answer.as_bytes(), peer);
-        }
-    }
+    Servers::start_with(ns, addrs, TARGET_PORT, opts)
 }
 
 // ---------------------------------------------------------------------------------
@@ -365,62 +196,31 @@ fn tcp_ask(dst: SocketAddr) -> io::Result<Answer> {
 // Objects
 
 fn node_obj() -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": NODE_NAME},
-        "status": {"addresses": [{"type": "InternalIP", "address": NODE_IP}]}
-    })
+    manifests::node_obj(&[NODE_IP], None)
 }
 
 fn service_cidr_obj() -> Value {
-    json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-        "metadata": {"name": "kubernetes"},
-        "spec": {"cidrs": [SERVICE_CIDR]}
-    })
+    manifests::service_cidr_obj(&[SERVICE_CIDR])
 }
 
 /// A ClusterIP Service with ports `tcp` TCP/80 and `udp` UDP/80, both to 8080.
 fn service_obj(name: &str, cluster_ip: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
-                 "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
-                 "ports": [
-                     {"name": "tcp", "protocol": "TCP", "port": 80, "targetPort": TARGET_PORT},
-                     {"name": "udp", "protocol": "UDP", "port": 80, "targetPort": TARGET_PORT}
-                 ]}
-    })
+    manifests::service_obj(name, "ClusterIP", &[cluster_ip], tcp_udp_ports(), json!({}))
 }
 
 /// An endpoint on `node`: ready, or serving-and-terminating.
 fn ep(ip: &str, node: &str, terminating: bool) -> Value {
-    json!({
-        "addresses": [ip],
-        "nodeName": node,
-        "conditions": {"ready": !terminating, "serving": true, "terminating": terminating}
-    })
+    let cond = Cond {
+        ready: !terminating,
+        serving: true,
+        terminating,
+    };
+    manifests::ep(ip, node, cond, None)
 }
 
 /// Ready endpoints on node2 (not this node).
 fn ready(ips: &[&str]) -> Vec<Value> {
     ips.iter().map(|ip| ep(ip, "node2", false)).collect()
-}
-
-/// An IPv4 EndpointSlice of `service` with ports `tcp` TCP/8080 and `udp` UDP/8080.
-fn slice_obj(service: &str, name: &str, eps: Vec<Value>) -> Value {
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": name, "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "endpoints": eps,
-        "ports": [
-            {"name": "tcp", "protocol": "TCP", "port": TARGET_PORT},
-            {"name": "udp", "protocol": "UDP", "port": TARGET_PORT}
-        ]
-    })
 }
 
 /// Node, ServiceCIDR, and Service `web` on [`WEB_IP`] with slice `web-1` of `eps`.
@@ -817,8 +617,8 @@ impl Env {
     /// Topology, backends on every address, the API server holding `objects`, the
     /// daemon started and its table present.
     fn new(tag: &str, objects: Vec<Value>) -> Env {
-        let topo = Topology::new(tag);
-        let servers = Servers::start(&topo.backends, &BACKENDS);
+        let topo = topology(tag);
+        let servers = start_servers(&topo.backends, &BACKENDS);
         let api = Api::start(&topo.node);
         for o in objects {
             api.apply(o);

@@ -21,77 +21,41 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{join, require_privileged, veth, NetNs, TempDir, BIN};
-use serde_json::{json, Value};
+use std::io;
+use std::net::SocketAddr;
 
-/// Socket timeout for every client and server operation.
-const TIMEOUT: Duration = Duration::from_secs(2);
+use common::backends::{sockaddr, tcp_ask_reset, Answer, EmptyAnswer, ServerOpts, Servers};
+use common::manifests::{
+    clusterip_service_obj, list, named_ports_slice_obj, node_obj, ready_eps, service_cidr_obj,
+    TARGET_PORT,
+};
+use common::topology::{Setup, Topology, CLUSTER_CIDR, NODE_IP, NODE_NAME};
+use common::{join, require_privileged, NetNs, TempDir, BIN};
+
 const CLIENT_IP: &str = "10.0.1.2";
 const CLUSTER_IP: &str = "172.30.0.10";
 const SERVICE_CIDR: &str = "172.30.0.0/16";
-const CLUSTER_CIDR: &str = "10.0.0.0/16";
 const BACKENDS: [&str; 3] = ["10.0.2.10", "10.0.2.11", "10.0.2.12"];
-const TARGET_PORT: u16 = 8080;
-const NODE_NAME: &str = "node1";
-
-fn sockaddr(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::from((ip.parse::<Ipv4Addr>().expect("IPv4 literal"), port))
-}
 
 // ---------------------------------------------------------------------------------
 // Topology
 
-struct Topology {
-    client: NetNs,
-    node: NetNs,
-    backends: NetNs,
-}
-
-impl Topology {
-    fn new(tag: &str) -> Topology {
-        let t = Topology {
-            client: NetNs::new(&format!("{tag}-c")),
-            node: NetNs::new(&format!("{tag}-n")),
-            backends: NetNs::new(&format!("{tag}-b")),
-        };
-        veth(&t.client, "eth0", &t.node, "to-client");
-        veth(&t.node, "to-backends", &t.backends, "eth0");
-
-        t.client.ip(&["addr", "add", "10.0.1.2/24", "dev", "eth0"]);
-        t.client.ip(&["route", "add", "default", "via", "10.0.1.1"]);
-
-        t.node
-            .ip(&["addr", "add", "10.0.1.1/24", "dev", "to-client"]);
-        t.node
-            .ip(&["addr", "add", "10.0.2.1/24", "dev", "to-backends"]);
-        t.node.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.0.2.254",
-            "dev",
-            "to-backends",
-        ]);
-        t.node.sysctl("net.ipv4.ip_forward=1");
-
-        for b in BACKENDS {
-            t.backends
-                .ip(&["addr", "add", &format!("{b}/24"), "dev", "eth0"]);
-        }
-        t.backends
-            .ip(&["route", "add", "default", "via", "10.0.2.1"]);
-        t
-    }
+/// The three namespaces (see the top of the file); the node keeps its ICMP rate limit.
+fn topology(tag: &str) -> Topology {
+    Topology::new(
+        tag,
+        Setup {
+            no_icmp_ratelimit: false,
+            ..Setup::new(&BACKENDS)
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------
@@ -304,198 +268,35 @@ fn list_with_handles(ns: &NetNs, family: &str, name: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------
-// Backend servers
+// Backend servers and the client's connections
 
-/// One TCP listener per address, in the backends namespace, until dropped. Declare it
-/// after the [`Topology`] so that it is dropped (joined) first.
-struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Servers {
-    fn start(ns: &NetNs) -> Servers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let mut servers = Servers {
-            stop: stop.clone(),
-            threads: Vec::new(),
-        };
-        for a in BACKENDS {
-            let addr = sockaddr(a, TARGET_PORT);
-            let stop = stop.clone();
-            let ready = ready_tx.clone();
-            servers
-                .threads
-                .push(ns.spawn(move || serve_tcp(addr, &stop, &ready)));
-        }
-        for _ in 0..BACKENDS.len() {
-            match ready_rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => panic!("backend server failed to start: {e}"),
-                Err(e) => panic!("backend servers did not report readiness: {e}"),
-            }
-        }
-        servers
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Waits up to `ms` for `fd` to become readable.
-fn wait_readable(fd: i32, ms: i32) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
+/// One TCP listener per backend address, in the backends namespace, until dropped.
+/// Declare it after the [`Topology`] so that it is dropped (joined) first.
+fn start_servers(ns: &NetNs) -> Servers {
+    let tcp_only = ServerOpts {
+        udp: false,
+        report_port: false,
     };
-    // SAFETY: one valid pollfd, its count is 1.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
-}
-
-fn serve_tcp(addr: SocketAddr, stop: &AtomicBool, ready: &mpsc::Sender<Result<(), String>>) {
-    let listener = match TcpListener::bind(addr).and_then(|l| {
-        l.set_nonblocking(true)?;
-        Ok(l)
-    }) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err(format!("tcp {addr}: {e}")));
-            return;
-        }
-    };
-    let _ = ready.send(Ok(()));
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, peer)) => answer_tcp(stream, addr, peer),
-            // WouldBlock, or a connection that went away before accept: wait (at most
-            // 100 ms, so that `stop` is seen) and try again.
-            Err(_) => wait_readable(listener.as_raw_fd(), 100),
-        }
-    }
-}
-
-fn answer_tcp(mut stream: TcpStream, local: SocketAddr, peer: SocketAddr) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(TIMEOUT));
-    let _ = stream.set_write_timeout(Some(TIMEOUT));
-    let _ = writeln!(stream, "{} {}", local.ip(), peer.ip());
-    // Let the client close first (bounded by the read timeout).
-    let mut buf = [0u8; 64];
-    for _ in 0..16 {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------
-// Client (call on a thread inside the client namespace)
-
-/// What a backend answered.
-#[derive(Debug)]
-struct Answer {
-    /// the backend's own address
-    backend: String,
-    /// the client address the backend saw
-    seen_client: String,
-}
-
-fn read_answer(stream: &TcpStream) -> io::Result<Answer> {
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
-    let mut words = line.split_whitespace();
-    match (words.next(), words.next(), words.next()) {
-        (Some(b), Some(c), None) => Ok(Answer {
-            backend: b.to_string(),
-            seen_client: c.to_string(),
-        }),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unexpected answer {line:?}"),
-        )),
-    }
+    Servers::start_with(ns, &BACKENDS, TARGET_PORT, tcp_only)
 }
 
 /// A new TCP connection to `dst`; reads the backend's answer, then ends the connection
 /// with a reset (`SO_LINGER` 0) so that a tight loop leaves no TIME_WAIT behind and
 /// cannot run out of ephemeral ports.
-fn tcp_ask_reset(dst: SocketAddr) -> io::Result<Answer> {
-    let stream = TcpStream::connect_timeout(&dst, TIMEOUT)?;
-    let answer = read_answer(&stream);
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a `linger` of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    answer
+fn tcp_ask_reset_to(dst: SocketAddr) -> io::Result<Answer> {
+    tcp_ask_reset(dst, EmptyAnswer::Unparsed)
 }
 
 // ---------------------------------------------------------------------------------
 // Manifests (a JSON `List`, as `kubectl get -o json` prints it)
 
 fn manifests() -> String {
-    let eps: Vec<Value> = BACKENDS
-        .iter()
-        .map(|ip| {
-            json!({
-                "addresses": [ip],
-                "nodeName": "node2",
-                "conditions": {"ready": true, "serving": true, "terminating": false}
-            })
-        })
-        .collect();
-    json!({"apiVersion": "v1", "kind": "List", "items": [
-        {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": NODE_NAME},
-            "status": {"addresses": [{"type": "InternalIP", "address": "10.0.2.1"}]}
-        },
-        {
-            "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-            "metadata": {"name": "kubernetes"},
-            "spec": {"cidrs": [SERVICE_CIDR]}
-        },
-        {
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "web", "namespace": "default"},
-            "spec": {"type": "ClusterIP", "clusterIP": CLUSTER_IP, "clusterIPs": [CLUSTER_IP],
-                     "ipFamilies": ["IPv4"],
-                     "ports": [{"name": "http", "protocol": "TCP", "port": 80,
-                                "targetPort": TARGET_PORT}]}
-        },
-        {
-            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-            "metadata": {"name": "web-1", "namespace": "default",
-                         "labels": {"kubernetes.io/service-name": "web"}},
-            "addressType": "IPv4",
-            "endpoints": eps,
-            "ports": [{"name": "http", "protocol": "TCP", "port": TARGET_PORT}]
-        }
-    ]})
-    .to_string()
+    list(vec![
+        node_obj(&[NODE_IP], None),
+        service_cidr_obj(&[SERVICE_CIDR]),
+        clusterip_service_obj("web", CLUSTER_IP, &[("http", "TCP", 80)]),
+        named_ports_slice_obj("web", "web-1", &[("http", "TCP")], &ready_eps(&BACKENDS)),
+    ])
 }
 
 /// Runs the proxy once in `node` with `extra` flags; returns (success, stderr).
@@ -604,7 +405,7 @@ fn looping_client(ns: &NetNs, progress: Arc<Progress>) -> JoinHandle<()> {
                 break;
             }
             let phase = progress.phase.load(Ordering::SeqCst);
-            let failure = match tcp_ask_reset(dst) {
+            let failure = match tcp_ask_reset_to(dst) {
                 Ok(a) if a.seen_client != CLIENT_IP => {
                     Some(format!("masqueraded: the backend saw {a:?}"))
                 }
@@ -840,8 +641,8 @@ fn kube_proxy_nftables_takeover_without_failed_connections() {
     if !require_privileged() {
         return;
     }
-    let topo = Topology::new("mig");
-    let _servers = Servers::start(&topo.backends);
+    let topo = topology("mig");
+    let _servers = start_servers(&topo.backends);
     let dir = TempDir::new("mig");
     let manifests = dir.write("cluster.json", &manifests());
 
@@ -849,7 +650,7 @@ fn kube_proxy_nftables_takeover_without_failed_connections() {
     // comes from a rule set.
     let control = join(
         topo.client
-            .spawn(|| tcp_ask_reset(sockaddr(CLUSTER_IP, 80))),
+            .spawn(|| tcp_ask_reset_to(sockaddr(CLUSTER_IP, 80))),
     );
     assert!(
         control.is_err(),
@@ -947,8 +748,8 @@ fn kube_proxy_tables_left_alone_without_cleanup_flag() {
     if !require_privileged() {
         return;
     }
-    let topo = Topology::new("migno");
-    let _servers = Servers::start(&topo.backends);
+    let topo = topology("migno");
+    let _servers = start_servers(&topo.backends);
     let dir = TempDir::new("migno");
     let manifests = dir.write("cluster.json", &manifests());
 
@@ -996,7 +797,7 @@ fn kube_proxy_tables_left_alone_without_cleanup_flag() {
             if seen.len() == BACKENDS.len() {
                 break;
             }
-            let a = tcp_ask_reset(sockaddr(CLUSTER_IP, 80))
+            let a = tcp_ask_reset_to(sockaddr(CLUSTER_IP, 80))
                 .unwrap_or_else(|e| panic!("connection {n} failed: {e}"));
             assert_eq!(a.seen_client, CLIENT_IP, "masqueraded: {a:?}");
             seen.insert(a.backend);

@@ -19,377 +19,48 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::{join, require_privileged, veth, NetNs, TempDir};
-use serde_json::{json, Value};
+use common::backends::{
+    expect_refused, sockaddr, tcp_ask, tcp_ask_reset, udp_ask_from, Answer, EmptyAnswer, Servers,
+};
+use common::manifests::{
+    clusterip_service_obj as service_obj, list, named_ports_slice_obj as slice_obj,
+    ready_eps as ready, Ep, TARGET_PORT,
+};
+use common::topology::{Setup, Topology, NODE_IP};
+use common::{join, require_privileged, NetNs, TempDir};
+use serde_json::Value;
 
-/// Socket timeout for every client and server operation.
-const TIMEOUT: Duration = Duration::from_secs(2);
 const CLIENT_IP: &str = "10.0.1.2";
 const CLUSTER_IP: &str = "172.30.0.10";
 const SERVICE_CIDR: &str = "172.30.0.0/16";
 const BACKENDS: [&str; 3] = ["10.0.2.10", "10.0.2.11", "10.0.2.12"];
-const TARGET_PORT: u16 = 8080;
-const NODE_NAME: &str = "node1";
 
-fn sockaddr(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::from((ip.parse::<Ipv4Addr>().expect("IPv4 literal"), port))
-}
-
-// ---------------------------------------------------------------------------------
-// Topology
-
-struct Topology {
-    client: NetNs,
-    node: NetNs,
-    backends: NetNs,
-}
-
-impl Topology {
-    fn new(tag: &str) -> Topology {
-        let t = Topology {
-            client: NetNs::new(&format!("{tag}-c")),
-            node: NetNs::new(&format!("{tag}-n")),
-            backends: NetNs::new(&format!("{tag}-b")),
-        };
-        veth(&t.client, "eth0", &t.node, "to-client");
-        veth(&t.node, "to-backends", &t.backends, "eth0");
-
-        t.client.ip(&["addr", "add", "10.0.1.2/24", "dev", "eth0"]);
-        t.client.ip(&["route", "add", "default", "via", "10.0.1.1"]);
-
-        t.node
-            .ip(&["addr", "add", "10.0.1.1/24", "dev", "to-client"]);
-        t.node
-            .ip(&["addr", "add", "10.0.2.1/24", "dev", "to-backends"]);
-        t.node.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.0.2.254",
-            "dev",
-            "to-backends",
-        ]);
-        t.node.sysctl("net.ipv4.ip_forward=1");
-        // The refusals are ICMP errors sent by the node; its per-destination ICMP rate
-        // limit (a burst of 6, then 1/s) must not swallow any of them.
-        t.node.sysctl("net.ipv4.icmp_ratelimit=0");
-
-        for b in BACKENDS {
-            t.backends
-                .ip(&["addr", "add", &format!("{b}/24"), "dev", "eth0"]);
-        }
-        t.backends
-            .ip(&["route", "add", "default", "via", "10.0.2.1"]);
-        t
-    }
-
-    /// Runs the proxy once in the node namespace on `manifests`.
-    fn program(&self, manifests: &str) {
-        self.node.proxy(&[
-            "--manifests",
-            manifests,
-            "--once",
-            "--hostname-override",
-            NODE_NAME,
-            "--cluster-cidr",
-            "10.0.0.0/16",
-        ]);
-    }
-}
-
-// ---------------------------------------------------------------------------------
-// Backend servers
-
-/// One TCP listener and one UDP socket per address, in the backends namespace, until
-/// dropped. Declare it after the [`Topology`] so that it is dropped (joined) first.
-struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Servers {
-    fn start(ns: &NetNs, addrs: &[&str], port: u16) -> Servers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let mut servers = Servers {
-            stop: stop.clone(),
-            threads: Vec::new(),
-        };
-        for a in addrs {
-            let addr = sockaddr(a, port);
-            for udp in [false, true] {
-                let stop = stop.clone();
-                let ready = ready_tx.clone();
-                servers.threads.push(ns.spawn(move || {
-                    if udp {
-                        serve_udp(addr, &stop, &ready)
-                    } else {
-                        serve_tcp(addr, &stop, &ready)
-                    }
-                }));
-            }
-        }
-        for _ in 0..addrs.len() * 2 {
-            match ready_rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => panic!("backend server failed to start: {e}"),
-                Err(e) => panic!("backend servers did not report readiness: {e}"),
-            }
-        }
-        servers
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Waits up to `ms` for `fd` to become readable.
-fn wait_readable(fd: i32, ms: i32) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, its count is 1.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
-}
-
-fn serve_tcp(addr: SocketAddr, stop: &AtomicBool, ready: &mpsc::Sender<Result<(), String>>) {
-    let listener = match TcpListener::bind(addr).and_then(|l| {
-        l.set_nonblocking(true)?;
-        Ok(l)
-    }) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err(format!("tcp {addr}: {e}")));
-            return;
-        }
-    };
-    let _ = ready.send(Ok(()));
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, peer)) => answer_tcp(stream, addr, peer),
-            // WouldBlock, or a connection that went away before accept: wait (at most
-            // 100 ms, so that `stop` is seen) and try again.
-            Err(_) => wait_readable(listener.as_raw_fd(), 100),
-        }
-    }
-}
-
-fn answer_tcp(mut stream: TcpStream, local: SocketAddr, peer: SocketAddr) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(TIMEOUT));
-    let _ = stream.set_write_timeout(Some(TIMEOUT));
-    let _ = writeln!(stream, "{} {}", local.ip(), peer.ip());
-    // Let the client close first (bounded by the read timeout), so TIME_WAIT stays on
-    // the client, which never reuses such a port, instead of on this listener.
-    let mut buf = [0u8; 64];
-    for _ in 0..16 {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-}
-
-fn serve_udp(addr: SocketAddr, stop: &AtomicBool, ready: &mpsc::Sender<Result<(), String>>) {
-    let sock = match UdpSocket::bind(addr).and_then(|s| {
-        s.set_read_timeout(Some(Duration::from_millis(100)))?;
-        Ok(s)
-    }) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = ready.send(Err(format!("udp {addr}: {e}")));
-            return;
-        }
-    };
-    let _ = ready.send(Ok(()));
-    let mut buf = [0u8; 512];
-    while !stop.load(Ordering::SeqCst) {
-        if let Ok((_, peer)) = sock.recv_from(&mut buf) {
-            let _ = sock.send_to(format!("{} {}\n", addr.ip(), peer.ip()).as_bytes(), peer);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------
-// Clients (call these on a thread inside the client namespace)
-
-/// What a backend answered.
-#[derive(Debug)]
-struct Answer {
-    /// the backend's own address
-    backend: String,
-    /// the client address the backend saw
-    seen_client: String,
-}
-
-fn parse_answer(text: &str) -> io::Result<Answer> {
-    let mut words = text.split_whitespace();
-    match (words.next(), words.next(), words.next()) {
-        (Some(b), Some(c), None) => Ok(Answer {
-            backend: b.to_string(),
-            seen_client: c.to_string(),
-        }),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unexpected answer {text:?}"),
-        )),
-    }
-}
-
-/// A new TCP connection to `dst`; reads the backend's answer, then closes it
-/// gracefully.
-fn tcp_ask(dst: SocketAddr) -> io::Result<Answer> {
-    let stream = TcpStream::connect_timeout(&dst, TIMEOUT)?;
-    read_answer(&stream)
-}
-
-/// Like [`tcp_ask`], but ends the connection with a reset (`SO_LINGER` 0), so that it
-/// leaves no TIME_WAIT behind: a tight loop of these cannot run out of ephemeral ports,
-/// and its conntrack entries expire after 10 s (a SYN on a reset entry starts a new
-/// one, with a new NAT decision).
-fn tcp_ask_reset(dst: SocketAddr) -> io::Result<Answer> {
-    let stream = TcpStream::connect_timeout(&dst, TIMEOUT)?;
-    let answer = read_answer(&stream);
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid socket and a `linger` of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    answer
-}
-
-fn read_answer(stream: &TcpStream) -> io::Result<Answer> {
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
-    if line.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed without an answer",
-        ));
-    }
-    parse_answer(&line)
+/// The three namespaces (see the top of the file), with the node's ICMP rate limit off:
+/// the refusals are ICMP errors sent by the node.
+fn topology(tag: &str) -> Topology {
+    Topology::new(tag, Setup::new(&BACKENDS))
 }
 
 /// One request datagram to `dst` from a new socket (a new source port: a new conntrack
 /// entry unless the kernel hands out a recently used port); returns the answer.
 /// `local_port` 0 picks an ephemeral port.
 fn udp_ask(dst: SocketAddr, local_port: u16) -> io::Result<Answer> {
-    let sock = UdpSocket::bind(sockaddr(CLIENT_IP, local_port))?;
-    sock.set_read_timeout(Some(TIMEOUT))?;
-    sock.set_write_timeout(Some(TIMEOUT))?;
-    sock.connect(dst)?;
-    sock.send(b"who are you?\n")?;
-    let mut buf = [0u8; 512];
-    let n = sock.recv(&mut buf)?;
-    parse_answer(&String::from_utf8_lossy(&buf[..n]))
-}
-
-// ---------------------------------------------------------------------------------
-// Manifests (a JSON `List`, as `kubectl get -o json` prints it)
-
-/// An endpoint of a slice: address and whether it is ready.
-#[derive(Clone, Copy)]
-struct Ep {
-    ip: &'static str,
-    ready: bool,
-}
-
-fn ready(ips: &[&'static str]) -> Vec<Ep> {
-    ips.iter().map(|ip| Ep { ip, ready: true }).collect()
+    udp_ask_from(sockaddr(CLIENT_IP, local_port), dst)
 }
 
 fn node_obj() -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": NODE_NAME},
-        "status": {"addresses": [{"type": "InternalIP", "address": "10.0.2.1"}]}
-    })
+    common::manifests::node_obj(&[NODE_IP], None)
 }
 
 fn service_cidr_obj() -> Value {
-    json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-        "metadata": {"name": "kubernetes"},
-        "spec": {"cidrs": [SERVICE_CIDR]}
-    })
-}
-
-/// A ClusterIP Service; `ports` are `(name, protocol, port)`, all targeting 8080.
-fn service_obj(name: &str, cluster_ip: &str, ports: &[(&str, &str, u16)]) -> Value {
-    let ports: Vec<Value> = ports
-        .iter()
-        .map(|(n, proto, port)| {
-            json!({"name": n, "protocol": proto, "port": port, "targetPort": TARGET_PORT})
-        })
-        .collect();
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"type": "ClusterIP", "clusterIP": cluster_ip, "clusterIPs": [cluster_ip],
-                 "ipFamilies": ["IPv4"], "ports": ports}
-    })
-}
-
-/// An IPv4 EndpointSlice of `service`; `ports` are `(name, protocol)` on 8080.
-fn slice_obj(service: &str, name: &str, ports: &[(&str, &str)], eps: &[Ep]) -> Value {
-    let ports: Vec<Value> = ports
-        .iter()
-        .map(|(n, proto)| json!({"name": n, "protocol": proto, "port": TARGET_PORT}))
-        .collect();
-    let eps: Vec<Value> = eps
-        .iter()
-        .map(|e| {
-            json!({
-                "addresses": [e.ip],
-                "nodeName": "node2",
-                "conditions": {"ready": e.ready, "serving": e.ready, "terminating": false}
-            })
-        })
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": name, "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "endpoints": eps,
-        "ports": ports
-    })
-}
-
-fn list(items: Vec<Value>) -> String {
-    json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
+    common::manifests::service_cidr_obj(&[SERVICE_CIDR])
 }
 
 // ---------------------------------------------------------------------------------
@@ -403,7 +74,7 @@ fn clusterip_reaches_every_backend_over_tcp_and_udp() {
     if !require_privileged() {
         return;
     }
-    let topo = Topology::new("all");
+    let topo = topology("all");
     let _servers = Servers::start(&topo.backends, &BACKENDS, TARGET_PORT);
     let dir = TempDir::new("all");
     let ports = [("tcp", "TCP", 80), ("udp", "UDP", 80)];
@@ -461,17 +132,6 @@ fn clusterip_reaches_every_backend_over_tcp_and_udp() {
     assert_eq!(udp_seen, all, "UDP: backends seen in {udp_tries} requests");
 }
 
-fn expect_refused(result: io::Result<Answer>, what: &str) {
-    match result {
-        Ok(a) => panic!("{what}: expected to be refused, but {a:?} answered"),
-        Err(e) => assert_eq!(
-            e.kind(),
-            io::ErrorKind::ConnectionRefused,
-            "{what}: expected ECONNREFUSED (ICMP port unreachable), got {e}"
-        ),
-    }
-}
-
 /// Services without a usable endpoint (no slice at all, an empty slice, only non-ready
 /// endpoints whose servers do listen) are refused at once, over TCP and UDP; so is a
 /// port that a served ClusterIP does not have. A served port of the same setup answers,
@@ -481,7 +141,7 @@ fn clusterip_without_endpoints_is_refused() {
     if !require_privileged() {
         return;
     }
-    let topo = Topology::new("rej");
+    let topo = topology("rej");
     let _servers = Servers::start(&topo.backends, &BACKENDS, TARGET_PORT);
     let dir = TempDir::new("rej");
     let tcp_udp = [("tcp", "TCP", 80), ("udp", "UDP", 80)];
@@ -625,7 +285,7 @@ fn background_client(
                 std::thread::sleep(Duration::from_millis(1));
                 udp_ask(dst, 0)
             } else {
-                tcp_ask_reset(dst)
+                tcp_ask_reset(dst, EmptyAnswer::Eof)
             };
             let failure = match result {
                 Ok(a) if BACKENDS.contains(&a.backend.as_str()) => {
@@ -673,7 +333,7 @@ fn clusterip_survives_endpoint_churn_and_port_rename() {
         return;
     }
     const VERSIONS: usize = 100;
-    let topo = Topology::new("churn");
+    let topo = topology("churn");
     let _servers = Servers::start(&topo.backends, &BACKENDS, TARGET_PORT);
     let dir = TempDir::new("churn");
     let (_, text) = churn_version(0);

@@ -26,370 +26,50 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::mpsc;
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
-use common::{join, require_privileged, veth, NetNs, TempDir};
+use common::backends::{expect_refused, sockaddr, tcp_ask, udp_ask_from, Answer, Servers};
+use common::manifests::{
+    ep, list, node_obj, ready_remote, service_cidr_obj, service_obj, slice_obj, svc_port,
+    tcp_udp_ports, Cond, NOT_READY, READY, SERVING_TERMINATING, TARGET_PORT, TERMINATED,
+};
+use common::topology::{Net, Setup, Topology, CLIENT6, NODE_IP, NODE_IP6, NODE_NAME, POD_CLIENT};
+use common::{join, require_privileged, TempDir};
 use serde_json::{json, Value};
 
-/// Socket timeout for every client and server operation.
-const TIMEOUT: Duration = Duration::from_secs(2);
-const NODE_NAME: &str = "node1";
-/// The node's address on the backend network: its InternalIP (primary node IP).
-const NODE_IP: &str = "10.0.2.1";
-const NODE_IP6: &str = "fd00:10:2::1";
 const SERVICE_CIDR: &str = "172.30.0.0/16";
 const SERVICE_CIDR6: &str = "fd00:30::/112";
-const CLUSTER_CIDR: &str = "10.0.0.0/16";
-const CLUSTER_CIDR6: &str = "fd00:10::/32";
-const TARGET_PORT: u16 = 8080;
 const BACKENDS: [&str; 4] = ["10.0.2.10", "10.0.2.11", "10.0.2.12", "10.0.2.13"];
 const BACKENDS6: [&str; 2] = ["fd00:10:2::10", "fd00:10:2::11"];
-/// A pod client (inside `--cluster-cidr`).
-const POD_CLIENT: Net = Net {
-    client: "10.0.1.2",
-    gateway: "10.0.1.1",
-};
 /// An external client (outside `--cluster-cidr`).
 const EXTERNAL_CLIENT: Net = Net {
     client: "203.0.113.2",
     gateway: "203.0.113.1",
 };
-const CLIENT6: &str = "fd00:10:1::2";
-const GATEWAY6: &str = "fd00:10:1::1";
-
-fn sockaddr(ip: &str, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.parse::<IpAddr>().expect("IP literal"), port)
-}
 
 fn strings(v: &[&str]) -> BTreeSet<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-// ---------------------------------------------------------------------------------
-// Topology
-
-/// The client's IPv4 network: its address and the node's address (/24) facing it.
-#[derive(Clone, Copy)]
-struct Net {
-    client: &'static str,
-    gateway: &'static str,
-}
-
-struct Topology {
-    client: NetNs,
-    node: NetNs,
-    backends: NetNs,
-    dual_stack: bool,
-}
-
-impl Topology {
-    /// Builds the three namespaces; `dual_stack` adds the IPv6 networks (and waits
-    /// until duplicate address detection is over, so every address is usable).
-    fn new(tag: &str, net: Net, dual_stack: bool) -> Topology {
-        let t = Topology {
-            client: NetNs::new(&format!("{tag}-c")),
-            node: NetNs::new(&format!("{tag}-n")),
-            backends: NetNs::new(&format!("{tag}-b")),
-            dual_stack,
-        };
-        veth(&t.client, "eth0", &t.node, "to-client");
-        veth(&t.node, "to-backends", &t.backends, "eth0");
-
-        t.client
-            .ip(&["addr", "add", &format!("{}/24", net.client), "dev", "eth0"]);
-        t.client
-            .ip(&["route", "add", "default", "via", net.gateway]);
-
-        t.node.ip(&[
-            "addr",
-            "add",
-            &format!("{}/24", net.gateway),
-            "dev",
-            "to-client",
-        ]);
-        t.node.ip(&[
-            "addr",
-            "add",
-            &format!("{NODE_IP}/24"),
-            "dev",
-            "to-backends",
-        ]);
-        t.node.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            "10.0.2.254",
-            "dev",
-            "to-backends",
-        ]);
-        t.node.sysctl("net.ipv4.ip_forward=1");
-        // The refusals are ICMP errors sent by the node; its per-destination ICMP rate
-        // limit must not swallow any of them.
-        t.node.sysctl("net.ipv4.icmp_ratelimit=0");
-
-        for b in BACKENDS {
-            t.backends
-                .ip(&["addr", "add", &format!("{b}/24"), "dev", "eth0"]);
-        }
-        t.backends.ip(&["route", "add", "default", "via", NODE_IP]);
-
-        if dual_stack {
-            let add6 = |ns: &NetNs, addr: &str, dev: &str| {
-                ns.ip(&[
-                    "-6",
-                    "addr",
-                    "add",
-                    &format!("{addr}/64"),
-                    "dev",
-                    dev,
-                    "nodad",
-                ]);
-            };
-            add6(&t.client, CLIENT6, "eth0");
-            t.client
-                .ip(&["-6", "route", "add", "default", "via", GATEWAY6]);
-            add6(&t.node, GATEWAY6, "to-client");
-            add6(&t.node, NODE_IP6, "to-backends");
-            t.node.ip(&[
-                "-6",
-                "route",
-                "add",
-                "default",
-                "via",
-                "fd00:10:2::254",
-                "dev",
-                "to-backends",
-            ]);
-            t.node.sysctl("net.ipv6.conf.all.forwarding=1");
-            t.node.sysctl("net.ipv6.icmp.ratelimit=0");
-            for b in BACKENDS6 {
-                add6(&t.backends, b, "eth0");
-            }
-            t.backends
-                .ip(&["-6", "route", "add", "default", "via", NODE_IP6]);
-            // The link-local addresses still go through DAD.
-            for ns in [&t.client, &t.node, &t.backends] {
-                wait_no_tentative(ns);
-            }
-        }
-        t
-    }
-
-    /// Runs the proxy once in the node namespace on `manifests`, with the pod networks
-    /// of the families in use as `--cluster-cidr`.
-    fn program(&self, manifests: &str) {
-        let cidrs = if self.dual_stack {
-            format!("{CLUSTER_CIDR},{CLUSTER_CIDR6}")
-        } else {
-            CLUSTER_CIDR.to_string()
-        };
-        self.node.proxy(&[
-            "--manifests",
-            manifests,
-            "--once",
-            "--hostname-override",
-            NODE_NAME,
-            "--cluster-cidr",
-            &cidrs,
-        ]);
-    }
-
-    /// The node's ruleset, for failure messages.
-    fn ruleset(&self) -> String {
-        self.node.run(&["nft", "list", "ruleset"])
-    }
-}
-
-/// Waits (bounded: 10 s) until no IPv6 address of `ns` is tentative.
-fn wait_no_tentative(ns: &NetNs) {
-    for _ in 0..100 {
-        if ns
-            .ip(&["-6", "addr", "show", "tentative"])
-            .trim()
-            .is_empty()
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "{}: IPv6 addresses still tentative after 10 s:\n{}",
-        ns.name(),
-        ns.ip(&["-6", "addr", "show"])
-    );
-}
-
-// ---------------------------------------------------------------------------------
-// Backend servers
-
-/// One TCP listener and one UDP socket per address, in the backends namespace, until
-/// dropped. Declare it after the [`Topology`] so that it is dropped (joined) first.
-struct Servers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Servers {
-    fn start(ns: &NetNs, addrs: &[&str]) -> Servers {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
-        let mut servers = Servers {
-            stop: stop.clone(),
-            threads: Vec::new(),
-        };
-        for a in addrs {
-            let addr = sockaddr(a, TARGET_PORT);
-            for udp in [false, true] {
-                let stop = stop.clone();
-                let ready = ready_tx.clone();
-                servers.threads.push(ns.spawn(move || {
-                    if udp {
-                        serve_udp(addr, &stop, &ready)
-                    } else {
-                        serve_tcp(addr, &stop, &ready)
-                    }
-                }));
-            }
-        }
-        for _ in 0..addrs.len() * 2 {
-            match ready_rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => panic!("backend server failed to start: {e}"),
-                Err(e) => panic!("backend servers did not report readiness: {e}"),
-            }
-        }
-        servers
-    }
-}
-
-impl Drop for Servers {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Waits up to `ms` for `fd` to become readable.
-fn wait_readable(fd: i32, ms: i32) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, its count is 1.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
-}
-
-fn serve_tcp(addr: SocketAddr, stop: &AtomicBool, ready: &mpsc::Sender<Result<(), String>>) {
-    let listener = match TcpListener::bind(addr).and_then(|l| {
-        l.set_nonblocking(true)?;
-        Ok(l)
-    }) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = ready.send(Err(format!("tcp {addr}: {e}")));
-            return;
-        }
-    };
-    let _ = ready.send(Ok(()));
-    while !stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, peer)) => answer_tcp(stream, addr, peer),
-            // WouldBlock, or a connection that went away before accept: wait (at most
-            // 100 ms, so that `stop` is seen) and try again.
-            Err(_) => wait_readable(listener.as_raw_fd(), 100),
-        }
-    }
-}
-
-fn answer_tcp(mut stream: TcpStream, local: SocketAddr, peer: SocketAddr) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(TIMEOUT));
-    let _ = stream.set_write_timeout(Some(TIMEOUT));
-    let _ = writeln!(stream, "{} {}", local.ip(), peer.ip());
-    // Let the client close first (bounded by the read timeout), so TIME_WAIT stays on
-    // the client instead of on this listener.
-    let mut buf = [0u8; 64];
-    for _ in 0..16 {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-}
-
-fn serve_udp(addr: SocketAddr, stop: &AtomicBool, ready: &mpsc::Sender<Result<(), String>>) {
-    let sock = match UdpSocket::bind(addr).and_then(|s| {
-        s.set_read_timeout(Some(Duration::from_millis(100)))?;
-        Ok(s)
-    }) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = ready.send(Err(format!("udp {addr}: {e}")));
-            return;
-        }
-    };
-    let _ = ready.send(Ok(()));
-    let mut buf = [0u8; 512];
-    while !stop.load(Ordering::SeqCst) {
-        if let Ok((_, peer)) = sock.recv_from(&mut buf) {
-            let _ = sock.send_to(format!("{} {}\n", addr.ip(), peer.ip()).as_bytes(), peer);
-        }
-    }
+/// The three namespaces (see the top of the file) with the client on `net`;
+/// `dual_stack` adds the IPv6 networks. The node's ICMP rate limit is off: the refusals
+/// are ICMP errors sent by the node.
+fn topology(tag: &str, net: Net, dual_stack: bool) -> Topology {
+    Topology::new(
+        tag,
+        Setup {
+            net,
+            backends6: dual_stack.then_some(&BACKENDS6[..]),
+            ..Setup::new(&BACKENDS)
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------
 // Clients (call these on a thread inside the client namespace)
-
-/// What a backend answered.
-#[derive(Debug)]
-struct Answer {
-    /// the backend's own address
-    backend: String,
-    /// the client address the backend saw
-    seen_client: String,
-}
-
-fn parse_answer(text: &str) -> io::Result<Answer> {
-    let mut words = text.split_whitespace();
-    match (words.next(), words.next(), words.next()) {
-        (Some(b), Some(c), None) => Ok(Answer {
-            backend: b.to_string(),
-            seen_client: c.to_string(),
-        }),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("unexpected answer {text:?}"),
-        )),
-    }
-}
-
-/// A new TCP connection to `dst`; reads the backend's answer, then closes it
-/// gracefully (TIME_WAIT stays on the client, which does not reuse such a port).
-fn tcp_ask(dst: SocketAddr) -> io::Result<Answer> {
-    let stream = TcpStream::connect_timeout(&dst, TIMEOUT)?;
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line)?;
-    if line.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "connection closed without an answer",
-        ));
-    }
-    parse_answer(&line)
-}
 
 /// Source ports of UDP requests: each request of this process uses a port no earlier
 /// one used, below the ephemeral range, so that no earlier conntrack entry (and its NAT
@@ -406,14 +86,7 @@ fn udp_ask(dst: SocketAddr) -> io::Result<Answer> {
     };
     let port = UDP_PORT.fetch_add(1, Ordering::SeqCst);
     assert!(port < 32_000, "out of unused UDP source ports");
-    let sock = UdpSocket::bind(SocketAddr::new(any, port))?;
-    sock.set_read_timeout(Some(TIMEOUT))?;
-    sock.set_write_timeout(Some(TIMEOUT))?;
-    sock.connect(dst)?;
-    sock.send(b"who are you?\n")?;
-    let mut buf = [0u8; 512];
-    let n = sock.recv(&mut buf)?;
-    parse_answer(&String::from_utf8_lossy(&buf[..n]))
+    udp_ask_from(SocketAddr::new(any, port), dst)
 }
 
 /// `n` sequential TCP connections to `dst`; panics on the first failure.
@@ -461,169 +134,6 @@ fn seen_clients(answers: &[Answer]) -> BTreeSet<String> {
     answers.iter().map(|a| a.seen_client.clone()).collect()
 }
 
-/// Panics unless `result` is a refusal (ECONNREFUSED: the node's ICMP port unreachable).
-fn expect_refused(result: io::Result<Answer>, what: &str) {
-    match result {
-        Ok(a) => panic!("{what}: expected to be refused, but {a:?} answered"),
-        Err(e) => assert_eq!(
-            e.kind(),
-            io::ErrorKind::ConnectionRefused,
-            "{what}: expected ECONNREFUSED (ICMP port unreachable), got {e}"
-        ),
-    }
-}
-
-// ---------------------------------------------------------------------------------
-// Manifests (a JSON `List`, as `kubectl get -o json` prints it)
-
-fn list(items: Vec<Value>) -> String {
-    json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
-}
-
-/// This node: its InternalIPs (primary first per family) and optionally its zone.
-fn node_obj(ips: &[&str], zone: Option<&str>) -> Value {
-    let addresses: Vec<Value> = ips
-        .iter()
-        .map(|ip| json!({"type": "InternalIP", "address": ip}))
-        .collect();
-    let mut node = json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": NODE_NAME},
-        "status": {"addresses": addresses}
-    });
-    if let Some(z) = zone {
-        node["metadata"]["labels"] = json!({"topology.kubernetes.io/zone": z});
-    }
-    node
-}
-
-fn service_cidr_obj(cidrs: &[&str]) -> Value {
-    json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
-        "metadata": {"name": "kubernetes"},
-        "spec": {"cidrs": cidrs}
-    })
-}
-
-/// A service port `(name, protocol, port, node port)` targeting 8080.
-fn svc_port(name: &str, protocol: &str, port: u16, node_port: Option<u16>) -> Value {
-    let mut p = json!({"name": name, "protocol": protocol, "port": port,
-                       "targetPort": TARGET_PORT});
-    if let Some(np) = node_port {
-        p["nodePort"] = json!(np);
-    }
-    p
-}
-
-/// The usual ports: `tcp` TCP/80 and `udp` UDP/80.
-fn tcp_udp_ports() -> Vec<Value> {
-    vec![
-        svc_port("tcp", "TCP", 80, None),
-        svc_port("udp", "UDP", 80, None),
-    ]
-}
-
-/// A Service of `type_` with `cluster_ips` (IPv4 first) and `ports`; `extra` fields are
-/// merged into its spec.
-fn service_obj(
-    name: &str,
-    type_: &str,
-    cluster_ips: &[&str],
-    ports: Vec<Value>,
-    extra: Value,
-) -> Value {
-    let families: Vec<&str> = cluster_ips
-        .iter()
-        .map(|ip| if ip.contains(':') { "IPv6" } else { "IPv4" })
-        .collect();
-    let mut spec = json!({
-        "type": type_,
-        "clusterIP": cluster_ips[0],
-        "clusterIPs": cluster_ips,
-        "ipFamilies": families,
-        "ipFamilyPolicy": if cluster_ips.len() > 1 { "RequireDualStack" } else { "SingleStack" },
-        "ports": ports
-    });
-    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-        for (k, v) in extra {
-            spec.insert(k.clone(), v.clone());
-        }
-    }
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": spec
-    })
-}
-
-/// An endpoint's conditions.
-#[derive(Clone, Copy, Debug)]
-struct Cond {
-    ready: bool,
-    serving: bool,
-    terminating: bool,
-}
-
-const READY: Cond = Cond {
-    ready: true,
-    serving: true,
-    terminating: false,
-};
-const NOT_READY: Cond = Cond {
-    ready: false,
-    serving: false,
-    terminating: false,
-};
-const SERVING_TERMINATING: Cond = Cond {
-    ready: false,
-    serving: true,
-    terminating: true,
-};
-const TERMINATED: Cond = Cond {
-    ready: false,
-    serving: false,
-    terminating: true,
-};
-
-/// An endpoint on `node` with `cond`; `zone` adds `hints.forZones`.
-fn ep(ip: &str, node: &str, cond: Cond, zone: Option<&str>) -> Value {
-    let mut e = json!({
-        "addresses": [ip],
-        "nodeName": node,
-        "conditions": {"ready": cond.ready, "serving": cond.serving,
-                       "terminating": cond.terminating}
-    });
-    if let Some(z) = zone {
-        e["hints"] = json!({"forZones": [{"name": z}]});
-    }
-    e
-}
-
-/// An EndpointSlice of `service` (ports `tcp` TCP/8080 and `udp` UDP/8080); the address
-/// type follows the first endpoint's address.
-fn slice_obj(service: &str, name: &str, eps: Vec<Value>) -> Value {
-    let v6 = eps
-        .first()
-        .and_then(|e| e["addresses"][0].as_str())
-        .is_some_and(|a| a.contains(':'));
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": name, "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": service}},
-        "addressType": if v6 { "IPv6" } else { "IPv4" },
-        "endpoints": eps,
-        "ports": [
-            {"name": "tcp", "protocol": "TCP", "port": TARGET_PORT},
-            {"name": "udp", "protocol": "UDP", "port": TARGET_PORT}
-        ]
-    })
-}
-
-/// Ready endpoints on node2 (not this node), without hints.
-fn ready_remote(ips: &[&str]) -> Vec<Value> {
-    ips.iter().map(|ip| ep(ip, "node2", READY, None)).collect()
-}
-
 // ---------------------------------------------------------------------------------
 // Tests
 
@@ -641,8 +151,8 @@ fn session_affinity_sticks_and_expires() {
     const PLAIN_IP: &str = "172.30.0.11";
     const AFFINITY_TIMEOUT_S: u64 = 2;
     let eps = &BACKENDS[..3];
-    let topo = Topology::new("aff", POD_CLIENT, false);
-    let _servers = Servers::start(&topo.backends, eps);
+    let topo = topology("aff", POD_CLIENT, false);
+    let _servers = Servers::start(&topo.backends, eps, TARGET_PORT);
     let dir = TempDir::new("aff");
     let manifests = dir.write(
         "cluster.json",
@@ -739,8 +249,8 @@ fn topology_zone_hints_keep_traffic_in_zone() {
     const CLUSTER_IP: &str = "172.30.0.20";
     let zone_a = [BACKENDS[0], BACKENDS[1]];
     let zone_b = [BACKENDS[2], BACKENDS[3]];
-    let topo = Topology::new("zone", POD_CLIENT, false);
-    let _servers = Servers::start(&topo.backends, &BACKENDS);
+    let topo = topology("zone", POD_CLIENT, false);
+    let _servers = Servers::start(&topo.backends, &BACKENDS, TARGET_PORT);
     let dir = TempDir::new("zone");
     let version = |a_cond: Cond| {
         let mut eps: Vec<Value> = zone_a
@@ -813,8 +323,8 @@ fn terminating_only_service_still_serves() {
     const GONE_IP: &str = "172.30.0.31";
     const MIXED_IP: &str = "172.30.0.32";
     let eps = [BACKENDS[0], BACKENDS[1]];
-    let topo = Topology::new("term", POD_CLIENT, false);
-    let _servers = Servers::start(&topo.backends, &eps);
+    let topo = topology("term", POD_CLIENT, false);
+    let _servers = Servers::start(&topo.backends, &eps, TARGET_PORT);
     let dir = TempDir::new("term");
     let with =
         |cond: Cond| -> Vec<Value> { eps.iter().map(|ip| ep(ip, "node2", cond, None)).collect() };
@@ -897,10 +407,10 @@ fn dual_stack_service_answers_on_both_families() {
     const CLUSTER_IP: &str = "172.30.0.40";
     const CLUSTER_IP6: &str = "fd00:30::40";
     let eps4 = [BACKENDS[0], BACKENDS[1]];
-    let topo = Topology::new("dual", POD_CLIENT, true);
+    let topo = topology("dual", POD_CLIENT, true);
     let mut all_backends: Vec<&str> = eps4.to_vec();
     all_backends.extend(BACKENDS6);
-    let _servers = Servers::start(&topo.backends, &all_backends);
+    let _servers = Servers::start(&topo.backends, &all_backends, TARGET_PORT);
     let dir = TempDir::new("dual");
     let manifests = dir.write(
         "cluster.json",
@@ -965,8 +475,8 @@ fn external_traffic_policy_local_preserves_source() {
     const CLUSTER_NODE_PORT: u16 = 30081;
     let local_ep = BACKENDS[0];
     let remote_ep = BACKENDS[1];
-    let topo = Topology::new("etp", EXTERNAL_CLIENT, false);
-    let _servers = Servers::start(&topo.backends, &[local_ep, remote_ep]);
+    let topo = topology("etp", EXTERNAL_CLIENT, false);
+    let _servers = Servers::start(&topo.backends, &[local_ep, remote_ep], TARGET_PORT);
     let dir = TempDir::new("etp");
     let eps = || {
         vec![

@@ -9,6 +9,10 @@
 // Each test crate uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod backends;
+pub mod manifests;
+pub mod topology;
+
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
