@@ -263,6 +263,23 @@ impl RawRule {
         );
     }
 
+    /// `dnat` to the address in `addr_reg` and the port in `proto_reg`.
+    fn dnat(&mut self, family: Family, addr_reg: u32, proto_reg: u32) {
+        self.add(
+            Expr::new(c"nat")
+                .u32(sys::NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT)
+                .u32(sys::NFTNL_EXPR_NAT_FAMILY, family.nfproto() as u32)
+                .u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, addr_reg)
+                .u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MAX, addr_reg)
+                .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, proto_reg)
+                .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MAX, proto_reg)
+                .u32(
+                    sys::NFTNL_EXPR_NAT_FLAGS,
+                    NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED,
+                ),
+        );
+    }
+
     fn verdict(&mut self, v: &Verdict) {
         let (code, chain) = match v {
             Verdict::Accept => (NF_ACCEPT, None),
@@ -360,19 +377,7 @@ impl RawRule {
                 self.load_concat(fields, family, false);
                 self.lookup(map, NFT_REG_1, Some(NFT_REG_1), false);
                 let proto_reg = NFT_REG32_00 + family.addr_len() / 4;
-                self.add(
-                    Expr::new(c"nat")
-                        .u32(sys::NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT)
-                        .u32(sys::NFTNL_EXPR_NAT_FAMILY, family.nfproto() as u32)
-                        .u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1)
-                        .u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MAX, NFT_REG_1)
-                        .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, proto_reg)
-                        .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MAX, proto_reg)
-                        .u32(
-                            sys::NFTNL_EXPR_NAT_FLAGS,
-                            NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED,
-                        ),
-                );
+                self.dnat(family, NFT_REG_1, proto_reg);
             }
             Stmt::L4Proto(p) => {
                 self.meta_load(NFT_META_L4PROTO, NFT_REG_1);
@@ -410,19 +415,7 @@ impl RawRule {
                         .u32(sys::NFTNL_EXPR_IMM_DREG, NFT_REG_1 + 1)
                         .data(sys::NFTNL_EXPR_IMM_DATA, &port.to_be_bytes()),
                 );
-                self.add(
-                    Expr::new(c"nat")
-                        .u32(sys::NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT)
-                        .u32(sys::NFTNL_EXPR_NAT_FAMILY, family.nfproto() as u32)
-                        .u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, NFT_REG_1)
-                        .u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MAX, NFT_REG_1)
-                        .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, NFT_REG_1 + 1)
-                        .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MAX, NFT_REG_1 + 1)
-                        .u32(
-                            sys::NFTNL_EXPR_NAT_FLAGS,
-                            NF_NAT_RANGE_MAP_IPS | NF_NAT_RANGE_PROTO_SPECIFIED,
-                        ),
-                );
+                self.dnat(family, NFT_REG_1, NFT_REG_1 + 1);
             }
             Stmt::Masquerade => self.add(
                 Expr::new(c"masq").u32(sys::NFTNL_EXPR_MASQ_FLAGS, NF_NAT_RANGE_PROTO_RANDOM_FULLY),
