@@ -350,6 +350,23 @@ pub async fn run_with(
                 }
             }
         }
+        // A periodic reconcile with nothing else to do keeps the desired ruleset it has
+        // (kept exact by the incremental updates) and only reads the kernel back to
+        // repair drift; rebuilding the cluster is for start-up, failures and global
+        // changes.
+        if outcome.is_none() && !need_full && !retry && dirty_services.is_empty() {
+            if let Ok(mut guard) = shared.rules.lock() {
+                if let Some(inc) = guard.as_mut() {
+                    let deferred = inc.take_deferred();
+                    outcome = Some(
+                        proxier
+                            .commit(&deferred)
+                            .and_then(|_| proxier.sync_to(inc.ruleset()))
+                            .map(|_| true),
+                    );
+                }
+            }
+        }
         let result = match outcome {
             Some(r) => r,
             None => {
@@ -436,9 +453,7 @@ pub async fn run_with(
 
 /// The service ports of one Service in a model.
 fn ports_of(m: &ProxyModel, svc: &ServiceName) -> Vec<(ServicePortName, ServiceEntry)> {
-    m.services
-        .iter()
-        .filter(|(k, _)| k.namespace == svc.namespace && k.name == svc.name)
+    m.ports_of(svc)
         .map(|(k, e)| (k.clone(), e.clone()))
         .collect()
 }

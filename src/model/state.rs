@@ -277,6 +277,22 @@ impl ProxyModel {
         }
     }
 
+    /// The ports of one Service (a range query: ports sort by namespace and name).
+    pub fn ports_of<'a>(
+        &'a self,
+        svc: &'a ServiceName,
+    ) -> impl Iterator<Item = (&'a ServicePortName, &'a ServiceEntry)> + 'a {
+        let lower = ServicePortName {
+            namespace: svc.namespace.clone(),
+            name: svc.name.clone(),
+            port: String::new(),
+            protocol: crate::model::Protocol::Tcp,
+        };
+        self.services
+            .range(lower..)
+            .take_while(move |(k, _)| k.namespace == svc.namespace && k.name == svc.name)
+    }
+
     /// Recomputes only the given Services (after their Service object or slices
     /// changed); returns the service ports that were removed, added or recomputed.
     pub fn update_services(
@@ -287,19 +303,7 @@ impl ProxyModel {
     ) -> BTreeSet<ServicePortName> {
         let mut changed = BTreeSet::new();
         for svc in dirty {
-            let lower = ServicePortName {
-                namespace: svc.namespace.clone(),
-                name: svc.name.clone(),
-                port: String::new(),
-                protocol: crate::model::Protocol::Tcp,
-            };
-            let old: Vec<ServicePortName> = self
-                .services
-                .range(lower..)
-                .map(|(k, _)| k)
-                .take_while(|k| k.namespace == svc.namespace && k.name == svc.name)
-                .cloned()
-                .collect();
+            let old: Vec<ServicePortName> = self.ports_of(svc).map(|(k, _)| k.clone()).collect();
             for k in old {
                 self.services.remove(&k);
                 changed.insert(k);
