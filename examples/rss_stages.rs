@@ -22,7 +22,10 @@ fn rss_mib() -> f64 {
 }
 
 fn main() {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(30000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(30000);
     let base = rss_mib();
     println!("{n} services x 10 endpoints; VmRSS in MiB (delta to the previous stage)");
     let mut last = base;
