@@ -189,7 +189,7 @@ pub fn diff(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>) {
 /// Whether a rule of the old table can pick index `key` of this map (its frontend is
 /// in a count class larger than the index). Padding left by an earlier shrink is not
 /// reachable any more and is deleted.
-fn old_rule_reaches(old: &Table, map: &str, key: &Key) -> bool {
+pub(crate) fn old_rule_reaches(old: &Table, map: &str, key: &Key) -> bool {
     use crate::ruleset::build::names;
     let prefix = if map == names::ENDPOINTS {
         names::FRONTENDS_PREFIX
@@ -202,11 +202,8 @@ fn old_rule_reaches(old: &Table, map: &str, key: &Key) -> bool {
     };
     let front = front.to_vec();
     old.sets.iter().any(|s| {
-        s.decl
-            .name
-            .strip_prefix(prefix)
-            .and_then(|n| n.parse::<u32>().ok())
-            .is_some_and(|n| n > *i && s.elements.contains_key(&front))
+        crate::ruleset::build::class_of(&s.decl.name, prefix).is_some_and(|n| n > *i as usize)
+            && s.elements.contains_key(&front)
     })
 }
 

@@ -347,7 +347,7 @@ impl Incremental {
                 let readded = adds
                     .get(map)
                     .is_some_and(|a| a.iter().any(|(ak, _)| ak == k));
-                if readded || !old_class_reaches(table, map, k) {
+                if readded || !super::diff::old_rule_reaches(table, map, k) {
                     return true;
                 }
                 let Some(front) = k.get(..k.len().saturating_sub(1)) else {
@@ -519,24 +519,6 @@ impl Incremental {
             })
             .unwrap_or_default()
     }
-}
-
-/// Whether a count-class rule of `table` (before the update) can pick index `key`.
-fn old_class_reaches(table: &Table, map: &str, key: &Key) -> bool {
-    let prefix = if map == build::names::ENDPOINTS {
-        FRONTENDS_PREFIX_STR
-    } else {
-        SHORTCUT_PREFIX_STR
-    };
-    let (Some(Value::Index(i)), Some(front)) = (key.last(), key.get(..key.len().saturating_sub(1)))
-    else {
-        return false;
-    };
-    let front = front.to_vec();
-    table.sets.iter().any(|s| {
-        build::class_of(&s.decl.name, prefix).is_some_and(|n| n > *i as usize)
-            && s.elements.contains_key(&front)
-    })
 }
 
 /// Whether a service port other than `name` (and not dirty) plans frontend `k`.
