@@ -362,7 +362,10 @@ pub async fn run_with(
                         proxier
                             .commit(&deferred)
                             .and_then(|_| proxier.sync_to(inc.ruleset()))
-                            .map(|_| true),
+                            .map(|report| {
+                                inc.adopt_kept(&report.kept);
+                                true
+                            }),
                     );
                 }
             }
@@ -372,8 +375,9 @@ pub async fn run_with(
             None => {
                 // Full sync: rebuild everything, read the kernel back, repair the diff.
                 proxier::desired_full(&cfg, &sources.state).and_then(|d| {
-                    let inc = Incremental::full(&d.model, &d.build);
-                    proxier.sync_to(inc.ruleset())?;
+                    let mut inc = Incremental::full(&d.model, &d.build);
+                    let report = proxier.sync_to(inc.ruleset())?;
+                    inc.adopt_kept(&report.kept);
                     side.problems(&d.problems, false);
                     port_side = d
                         .model
@@ -400,6 +404,7 @@ pub async fn run_with(
             }
         };
         last_sync = Some(Instant::now());
+        shared.metrics.rebuilds(proxier.rebuilds());
         match result {
             Ok(was_full) => {
                 let elapsed = start.elapsed();

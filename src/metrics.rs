@@ -73,6 +73,7 @@ struct Inner {
     no_local_internal: u64,
     no_local_external: u64,
     sync_failures: u64,
+    rebuilds: u64,
     invalid_total: u64,
     invalid_current: u64,
     conntrack_deleted: u64,
@@ -96,6 +97,7 @@ impl Default for Metrics {
             no_local_internal: 0,
             no_local_external: 0,
             sync_failures: 0,
+            rebuilds: 0,
             invalid_total: 0,
             invalid_current: 0,
             conntrack_deleted: 0,
@@ -136,6 +138,11 @@ impl Metrics {
     /// A failed sync.
     pub fn sync_failed(&self) {
         self.with(|m| m.sync_failures += 1)
+    }
+
+    /// The total of rebuilds after a refused transaction (the proxier counts them).
+    pub fn rebuilds(&self, total: u64) {
+        self.with(|m| m.rebuilds = total)
     }
 
     /// A change was queued for the next sync.
@@ -195,6 +202,7 @@ impl Metrics {
             let _ = writeln!(s, "kubeproxy_sync_proxy_rules_no_local_endpoints_total{{traffic_policy=\"internal\"}} {}", m.no_local_internal);
             let _ = writeln!(s, "kubeproxy_sync_proxy_rules_no_local_endpoints_total{{traffic_policy=\"external\"}} {}", m.no_local_external);
             counter(&mut s, "kubeproxy_sync_proxy_rules_nftables_sync_failures_total", "Cumulative proxy nftables sync failures", m.sync_failures);
+            counter(&mut s, "kubenftproxy_sync_rebuilds_total", "Rebuilds of our tables in one transaction after the kernel refused a transaction", m.rebuilds);
             counter(&mut s, "kubenftproxy_invalid_objects_total", "Invalid values in cluster objects that were skipped (each distinct problem counted once)", m.invalid_total);
             gauge(&mut s, "kubenftproxy_invalid_objects", "Invalid values in the current cluster objects", m.invalid_current.to_string());
             counter(&mut s, "kubenftproxy_conntrack_entries_deleted_total", "Stale UDP conntrack entries deleted", m.conntrack_deleted);

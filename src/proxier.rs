@@ -16,7 +16,7 @@ use crate::host;
 use crate::model::{ClusterState, Problem, ProxyModel};
 use crate::netlink::{self, Kernel};
 use crate::ruleset::diff::{self, Known, Op};
-use crate::ruleset::ir::{Family, Ruleset};
+use crate::ruleset::ir::{Family, Ruleset, TABLE_NAME};
 use crate::ruleset::{build, render, BuildConfig};
 use crate::source::manifests;
 
@@ -47,6 +47,37 @@ pub struct SyncReport {
     pub service_ports: usize,
     /// time spent, end to end
     pub duration: Duration,
+    /// endpoint-map elements the kernel keeps beyond the desired ruleset until the next
+    /// sync (a shrunk frontend's dropped indexes)
+    pub kept: Vec<diff::Kept>,
+}
+
+/// The transactions of one sync.
+pub struct Plan {
+    /// the preparatory transaction (new count classes; may be empty)
+    pub pre: Vec<Op>,
+    /// the main transaction
+    pub ops: Vec<Op>,
+    /// whether the kernel was read back
+    pub read_back: bool,
+    /// elements the kernel keeps beyond the desired ruleset for one sync
+    pub kept: Vec<diff::Kept>,
+}
+
+/// `desired` with the elements a diff kept beyond it: what the kernel then holds.
+fn with_kept(mut desired: Ruleset, kept: &[diff::Kept]) -> Ruleset {
+    for (family, map, key, value) in kept {
+        let set = desired
+            .tables
+            .iter_mut()
+            .filter(|t| t.family == *family)
+            .flat_map(|t| t.sets.iter_mut())
+            .find(|s| &s.decl.name == map);
+        if let Some(s) = set {
+            s.elements.insert(key.clone(), value.clone());
+        }
+    }
+    desired
 }
 
 /// Resolves the addresses NodePorts answer on.
@@ -112,6 +143,12 @@ pub fn log_problems(problems: &[Problem]) {
 pub struct Proxier {
     kernel: Option<Kernel>,
     last: Option<Arc<Ruleset>>,
+    /// The kernel refused our last transaction: the next sync rebuilds our tables from
+    /// the desired state in one transaction instead of diffing, so that a transition the
+    /// kernel does not accept is never retried as the same thing.
+    refused: bool,
+    /// Rebuilds done because of a refused transaction.
+    rebuilds: u64,
 }
 
 impl Proxier {
@@ -138,17 +175,14 @@ impl Proxier {
 
     /// Computes the operations that bring the kernel to `desired`. With `full`, or when
     /// nothing was applied yet, the kernel is read back first.
-    pub fn plan(
-        &mut self,
-        desired: &Ruleset,
-        full: bool,
-    ) -> Result<(Vec<Op>, Vec<Op>, bool), Error> {
+    pub fn plan(&mut self, desired: &Ruleset, full: bool) -> Result<Plan, Error> {
         let read_back = full || self.last.is_none();
         if self.kernel.is_none() {
             self.kernel = Some(Kernel::open()?);
         }
         let mut ops = Vec::new();
         let mut pre = Vec::new();
+        let mut kept = Vec::new();
         for table in &desired.tables {
             let f = table.family;
             if read_back {
@@ -161,7 +195,7 @@ impl Proxier {
                     None => diff::diff(None, table, &mut ops),
                     Some(raw) => {
                         let known = netlink::to_known(&raw, f, table);
-                        diff::diff_staged(
+                        kept.extend(diff::diff_staged(
                             Some(Known {
                                 table: &known,
                                 rules_known: true,
@@ -169,11 +203,11 @@ impl Proxier {
                             table,
                             &mut pre,
                             &mut ops,
-                        );
+                        ));
                     }
                 }
             } else if let Some(old) = self.last.as_ref().and_then(|l| l.table(f)) {
-                diff::diff_staged(
+                kept.extend(diff::diff_staged(
                     Some(Known {
                         table: old,
                         rules_known: true,
@@ -181,29 +215,91 @@ impl Proxier {
                     table,
                     &mut pre,
                     &mut ops,
-                );
+                ));
             } else {
                 diff::diff(None, table, &mut ops);
             }
         }
-        Ok((pre, ops, read_back))
+        Ok(Plan {
+            pre,
+            ops,
+            read_back,
+            kept,
+        })
     }
 
-    /// Reads our tables back and brings the kernel to `desired` in one transaction (a
-    /// full reconcile); does not keep a copy of `desired`.
-    pub fn sync_to(&mut self, desired: &Ruleset) -> Result<SyncReport, Error> {
-        self.last = None;
+    /// How many times a refused transaction was followed by a rebuild.
+    pub fn rebuilds(&self) -> u64 {
+        self.rebuilds
+    }
+
+    /// Whether the kernel refused the last transaction (the next sync rebuilds).
+    pub fn refused(&self) -> bool {
+        self.refused
+    }
+
+    /// Replaces our tables with `desired` in one transaction: delete what is there and
+    /// create everything anew, independent of any diff or incremental bookkeeping. For
+    /// recovery after a refused transaction; session-affinity records start afresh.
+    pub fn rebuild(&mut self, desired: &Ruleset) -> Result<SyncReport, Error> {
         let start = Instant::now();
-        let (pre, ops, _) = self.plan(desired, true)?;
-        let touched_rules = ops.iter().chain(&pre).any(diff::touches_rules);
-        self.commit(&pre)?;
+        self.last = None;
+        let kernel = self.kernel()?;
+        let mut ops = Vec::new();
+        for table in &desired.tables {
+            let exists = kernel.table_names(table.family)?;
+            if exists.iter().any(|n| n == TABLE_NAME) {
+                ops.push(Op::DelTable(table.family));
+            }
+            diff::diff(None, table, &mut ops);
+        }
+        self.rebuilds += 1;
+        tracing::warn!(
+            ops = ops.len(),
+            "the kernel refused the last transaction; rebuilding our tables in one transaction"
+        );
         self.commit(&ops)?;
         Ok(SyncReport {
             full: true,
             ops: ops.len(),
+            touched_rules: true,
+            service_ports: 0,
+            duration: start.elapsed(),
+            kept: Vec::new(),
+        })
+    }
+
+    fn kernel(&mut self) -> Result<&mut Kernel, Error> {
+        if self.kernel.is_none() {
+            self.kernel = Some(Kernel::open()?);
+        }
+        self.kernel.as_mut().ok_or_else(|| {
+            Error::Kernel(netlink::Error::Open(std::io::Error::other(
+                "no kernel handle",
+            )))
+        })
+    }
+
+    /// Reads our tables back and brings the kernel to `desired` in one transaction (a
+    /// full reconcile); does not keep a copy of `desired`. After a refused transaction
+    /// this is a [`Proxier::rebuild`].
+    pub fn sync_to(&mut self, desired: &Ruleset) -> Result<SyncReport, Error> {
+        if self.refused {
+            return self.rebuild(desired);
+        }
+        self.last = None;
+        let start = Instant::now();
+        let plan = self.plan(desired, true)?;
+        let touched_rules = plan.ops.iter().chain(&plan.pre).any(diff::touches_rules);
+        self.commit(&plan.pre)?;
+        self.commit(&plan.ops)?;
+        Ok(SyncReport {
+            full: true,
+            ops: plan.ops.len(),
             touched_rules,
             service_ports: 0,
             duration: start.elapsed(),
+            kept: plan.kept,
         })
     }
 
@@ -212,37 +308,52 @@ impl Proxier {
         if ops.is_empty() {
             return Ok(());
         }
-        if self.kernel.is_none() {
-            self.kernel = Some(Kernel::open()?);
-        }
-        match self.kernel.as_mut() {
-            Some(k) => k.apply(ops).map_err(Error::from),
-            None => Ok(()),
+        let result = self.kernel()?.apply(ops);
+        match result {
+            Err(e @ netlink::Error::Rejected { .. }) => {
+                self.refused = true;
+                Err(Error::Kernel(e))
+            }
+            Err(e) => Err(Error::Kernel(e)),
+            Ok(()) => {
+                self.refused = false;
+                Ok(())
+            }
         }
     }
 
-    /// Brings the kernel to `desired` in one transaction.
+    /// Brings the kernel to `desired` and keeps it as the base of the next diff.
     pub fn sync(&mut self, desired: Ruleset, full: bool) -> Result<SyncReport, Error> {
+        let r = self.sync_ref(&desired, full)?;
+        self.last = Some(Arc::new(with_kept(desired, &r.kept)));
+        Ok(r)
+    }
+
+    /// Brings the kernel to `desired` (after a refused transaction: a rebuild) without
+    /// keeping it; the next sync reads the kernel back.
+    pub fn sync_ref(&mut self, desired: &Ruleset, full: bool) -> Result<SyncReport, Error> {
+        if self.refused {
+            return self.rebuild(desired);
+        }
         let start = Instant::now();
-        let (pre, ops, read_back) = match self.plan(&desired, full) {
+        let plan = match self.plan(desired, full) {
             Ok(x) => x,
             Err(e) => {
                 self.last = None;
                 return Err(e);
             }
         };
-        let touched_rules = ops.iter().chain(&pre).any(diff::touches_rules);
-        if let Err(e) = self.commit(&pre).and_then(|_| self.commit(&ops)) {
-            self.last = None;
-            return Err(e);
-        }
-        self.last = Some(Arc::new(desired));
+        let touched_rules = plan.ops.iter().chain(&plan.pre).any(diff::touches_rules);
+        self.last = None;
+        self.commit(&plan.pre)?;
+        self.commit(&plan.ops)?;
         Ok(SyncReport {
-            full: read_back,
-            ops: ops.len(),
+            full: plan.read_back,
+            ops: plan.ops.len(),
             touched_rules,
             service_ports: 0,
             duration: start.elapsed(),
+            kept: plan.kept,
         })
     }
 }
@@ -281,7 +392,13 @@ pub fn once(cfg: &ProxyConfig) -> Result<SyncReport, Error> {
     log_problems(&problems);
     let ports = rs.tables.iter().map(|t| t.element_count()).sum::<usize>();
     let mut p = Proxier::new();
-    let mut r = p.sync(rs, true)?;
+    let mut r = match p.sync_ref(&rs, true) {
+        Err(e) if p.refused() => {
+            tracing::error!(error = %error_chain(&e), "the kernel refused the update");
+            p.sync_ref(&rs, true)?
+        }
+        r => r?,
+    };
     r.service_ports = ports;
     if cfg.cleanup_kube_proxy {
         let m = p.migrate_from_kube_proxy()?;

@@ -249,7 +249,7 @@ mod tests {
                 name: "iTP: Local, eTP: Local, all endpoints remote and terminating",
                 svc: svc(true, true, true),
                 eps: vec![ep("10.0.0.1:80", false, false, true, true)],
-                cluster: None,
+                cluster: Some(vec!["10.0.0.1:80"]),
                 local: Some(vec![]),
                 has_any: true,
             },

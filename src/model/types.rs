@@ -135,23 +135,17 @@ impl ServicePort {
         self.external_policy_local && self.externally_accessible()
     }
 
-    /// Whether any traffic uses the cluster-wide endpoints.
+    /// Whether any traffic uses the cluster-wide endpoints: upstream's
+    /// `UsesClusterEndpoints` (pkg/proxy/serviceport.go). An externally accessible port
+    /// needs them even with externalTrafficPolicy=Local: pod and node traffic to its
+    /// external addresses is short-circuited to the cluster-wide endpoints.
     pub fn uses_cluster_endpoints(&self) -> bool {
-        !self.internal_policy_local || (self.externally_accessible() && !self.external_policy_local)
+        !self.internal_policy_local || self.externally_accessible()
     }
 
     /// Whether any traffic uses the node-local endpoints.
     pub fn uses_local_endpoints(&self) -> bool {
         self.internal_policy_local || self.uses_external_local()
-    }
-}
-
-impl Endpoint {
-    /// Whether a client with this endpoint's address can reach it through this node's
-    /// rules: only a pod on this node (or an endpoint whose node is not known) can be
-    /// both the client and the chosen endpoint, so only those need hairpin masquerade.
-    pub fn may_hairpin(&self) -> bool {
-        self.is_local || !self.has_node
     }
 }
 

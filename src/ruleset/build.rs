@@ -74,6 +74,11 @@ pub mod names {
     pub const FIREWALL_CHECK: &str = "firewall-check";
     /// chain: masquerade marked packets
     pub const MASQUERADING: &str = "masquerading";
+    /// frontends of Services with ClientIP affinity: one lookup sends them to their own
+    /// dispatch, so other Services never walk per-affinity-frontend rules
+    pub const AFFINITY_FRONTENDS: &str = "session-affinity-frontends";
+    /// chain: one rule per affinity frontend (and its short-circuit), to its chain
+    pub const AFFINITY_DISPATCH: &str = "session-affinity";
 }
 use names::*;
 
@@ -234,6 +239,9 @@ pub(crate) fn service_plans(
                     .map(|ip| IpNet::from(*ip)),
             );
         }
+        // The kernel refuses overlapping intervals in one set (`0.0.0.0/0` always
+        // overlaps the LB IP added above): merge them, which allows the same sources.
+        let lb_allowed = IpNet::aggregate(&lb_allowed);
         let ext_plan = |what: &str| Plan {
             comment: format!("{name} {what}"),
             endpoints: pick(ext_local),
@@ -465,6 +473,12 @@ pub(crate) fn fixed_sets() -> Vec<Set> {
             "frontend . source range allowed to reach it",
         ),
         decl(
+            AFFINITY_FRONTENDS,
+            frontend_key(),
+            vec![],
+            "frontends of Services with ClientIP session affinity",
+        ),
+        decl(
             HAIRPIN,
             vec![KeyType::Addr, KeyType::Addr],
             vec![],
@@ -554,15 +568,24 @@ pub(crate) fn plan_elements(
         Masq::UnlessPod => push(MASQ_UNLESS_POD, key.clone(), ElementData::default()),
         Masq::Never => {}
     }
+    if plan.affinity.is_some() {
+        let eps = plan.endpoints.iter().chain(plan.shortcut.iter()).flatten();
+        let mut any = false;
+        for e in eps {
+            any = true;
+            hairpins.push(e.ip);
+        }
+        if any {
+            push(AFFINITY_FRONTENDS, key.clone(), tagged.clone());
+        }
+    }
     match &plan.endpoints {
         None => push(NO_ENDPOINT_REJECT, key.clone(), tagged.clone()),
         Some(eps) if eps.is_empty() && plan.external => {
             push(NO_LOCAL_ENDPOINT_DROP, key.clone(), tagged.clone())
         }
         Some(eps) if eps.is_empty() => push(NO_ENDPOINT_DROP, key.clone(), tagged.clone()),
-        Some(eps) if plan.affinity.is_some() => {
-            hairpins.extend(eps.iter().filter(|e| e.may_hairpin()).map(|e| e.ip));
-        }
+        Some(_) if plan.affinity.is_some() => {}
         Some(eps) => {
             push(
                 &format!("{FRONTENDS_PREFIX}{}", eps.len()),
@@ -578,13 +601,11 @@ pub(crate) fn plan_elements(
                         comment: None,
                     },
                 );
-                if ep.may_hairpin() {
-                    hairpins.push(ep.ip);
-                }
+                hairpins.push(ep.ip);
             }
         }
     }
-    if let Some(eps) = &plan.shortcut {
+    if let (Some(eps), None) = (&plan.shortcut, &plan.affinity) {
         push(
             &format!("{SHORTCUT_PREFIX}{}", eps.len()),
             key.clone(),
@@ -599,9 +620,7 @@ pub(crate) fn plan_elements(
                     comment: None,
                 },
             );
-            if ep.may_hairpin() {
-                hairpins.push(ep.ip);
-            }
+            hairpins.push(ep.ip);
         }
     }
 }
@@ -614,36 +633,76 @@ pub(crate) fn hairpin_key(ip: IpAddr) -> Key {
 /// Session-affinity parts: dispatch rules, chains and per-endpoint sets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct AffinityParts {
-    pub(crate) rules: Vec<Rule>,
+    /// dispatch rules by frontend (in key order, whatever order the frontends came in)
+    pub(crate) rules: BTreeMap<Key, Vec<Rule>>,
     pub(crate) chains: Vec<Chain>,
     pub(crate) sets: BTreeMap<String, Set>,
 }
 
-/// Adds the affinity parts of one frontend's plan (nothing for other plans).
-pub(crate) fn affinity_parts(key: &Key, plan: &Plan, parts: &mut AffinityParts) {
-    let (Some((timeout, base, local)), Some(eps)) = (&plan.affinity, &plan.endpoints) else {
+/// Adds the affinity parts of one frontend's plan (nothing for other plans): its rules
+/// in the dispatch chain and the chains (with their per-endpoint sets) they go to.
+///
+/// An eTP=Local frontend short-circuits pod and node traffic to the cluster-wide
+/// endpoints as upstream does, through the service port's cluster affinity chain, so a
+/// client keeps its endpoint there too (node traffic is masqueraded).
+pub(crate) fn affinity_parts(key: &Key, plan: &Plan, cfg: &BuildConfig, parts: &mut AffinityParts) {
+    let Some((timeout, base, local)) = &plan.affinity else {
         return;
     };
-    if eps.is_empty() {
-        return;
-    }
-    let chain = format!(
-        "{AFFINITY_PREFIX}{base}{}",
-        if *local { "/local" } else { "" }
-    );
-    parts.rules.push(rule(vec![
-        Stmt::Cidr {
-            field: Field::Daddr,
-            net: IpNet::from(ip_of(key)),
+    let family = Family::of(&ip_of(key));
+    let proto = proto_of(key);
+    let frontend_match = || {
+        vec![
+            Stmt::Cidr {
+                field: Field::Daddr,
+                net: IpNet::from(ip_of(key)),
+                negate: false,
+            },
+            Stmt::L4Proto(proto),
+            Stmt::Dport(port_of(key)),
+        ]
+    };
+    let target = |local: bool, eps: &[Endpoint], parts: &mut AffinityParts| {
+        let chain = format!(
+            "{AFFINITY_PREFIX}{base}{}",
+            if local { "/local" } else { "" }
+        );
+        if !parts.chains.iter().any(|c| c.name == chain) {
+            let c = affinity_chain(&chain, base, *timeout, proto, eps, &mut parts.sets);
+            parts.chains.push(c);
+        }
+        Stmt::Verdict(Verdict::Goto(chain))
+    };
+    if let Some(cluster) = plan.shortcut.as_ref().filter(|c| !c.is_empty()) {
+        let goto = target(false, cluster, parts);
+        for net in cfg
+            .cluster_cidrs
+            .iter()
+            .filter(|n| Family::of_net(n) == family)
+        {
+            let mut r = vec![Stmt::Cidr {
+                field: Field::Saddr,
+                net: *net,
+                negate: false,
+            }];
+            r.extend(frontend_match());
+            r.push(goto.clone());
+            parts.rules.entry(key.clone()).or_default().push(rule(r));
+        }
+        let mut r = vec![Stmt::FibLocal {
+            saddr: true,
             negate: false,
-        },
-        Stmt::L4Proto(proto_of(key)),
-        Stmt::Dport(port_of(key)),
-        Stmt::Verdict(Verdict::Goto(chain.clone())),
-    ]));
-    if !parts.chains.iter().any(|c| c.name == chain) {
-        let c = affinity_chain(&chain, base, *timeout, proto_of(key), eps, &mut parts.sets);
-        parts.chains.push(c);
+        }];
+        r.extend(frontend_match());
+        r.push(Stmt::MarkSetOr(cfg.masquerade_mark));
+        r.push(goto);
+        parts.rules.entry(key.clone()).or_default().push(rule(r));
+    }
+    if let Some(eps) = plan.endpoints.as_ref().filter(|e| !e.is_empty()) {
+        let goto = target(*local, eps, parts);
+        let mut r = frontend_match();
+        r.push(goto);
+        parts.rules.entry(key.clone()).or_default().push(rule(r));
     }
 }
 
@@ -807,11 +866,22 @@ pub(crate) fn chains(
             dnat,
         ]));
     }
-    svc_rules.extend(affinity.rules.iter().cloned());
     for n in classes {
         svc_rules.push(class_rule(*n));
     }
+    svc_rules.push(rule(vec![
+        Stmt::Lookup {
+            fields: frontend_fields(),
+            set: AFFINITY_FRONTENDS.into(),
+            negate: false,
+        },
+        Stmt::Verdict(Verdict::Goto(AFFINITY_DISPATCH.into())),
+    ]));
     chains.extend(affinity.chains.iter().cloned());
+    chains.push(regular(
+        AFFINITY_DISPATCH,
+        affinity.rules.values().flatten().cloned().collect(),
+    ));
     chains.push(regular(SERVICES, svc_rules));
     chains.push(regular(
         MASQUERADING,
@@ -857,7 +927,9 @@ pub(crate) fn chains(
         ChainType::Filter,
         Hook::Output,
         -110,
-        vec![new_jump(ENDPOINTS_CHECK), new_jump(FIREWALL_CHECK)],
+        // Source ranges first, as upstream's filter-output-pre-dnat: node traffic to a
+        // firewalled LB IP is dropped even when the Service has no endpoints to reject.
+        vec![new_jump(FIREWALL_CHECK), new_jump(ENDPOINTS_CHECK)],
     ));
     chains.push(base(
         "filter-output-post-dnat",
@@ -972,7 +1044,7 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
     let mut affinity = AffinityParts::default();
     for (key, plan) in &plans {
         plan_elements(key, plan, &mut elements, &mut hairpins);
-        affinity_parts(key, plan, &mut affinity);
+        affinity_parts(key, plan, cfg, &mut affinity);
     }
     let hairpins: BTreeSet<IpAddr> = hairpins.into_iter().collect();
     assemble(

@@ -46,8 +46,17 @@ pub struct Known<'a> {
     pub rules_known: bool,
 }
 
+/// An endpoint-map element a diff keeps in the kernel for one more sync although the
+/// desired table lacks it (see [`padding`]): family, map, key and the value it holds.
+pub type Kept = (Family, String, Key, ElementData);
+
 /// Emits the operations that turn `old` (None: no table in the kernel) into `new`.
 pub fn diff(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>) {
+    diff_keeping(old, new, out, &mut Vec::new())
+}
+
+/// Like [`diff`], and says which elements beyond `new` the kernel holds afterwards.
+pub fn diff_keeping(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>, kept: &mut Vec<Kept>) {
     let f = new.family;
     let Some(old) = old else {
         out.push(Op::AddTable(f));
@@ -148,11 +157,13 @@ pub fn diff(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>) {
                         None if lb_map && old_rule_reaches(old_t, &s.decl.name, k) => {
                             match padding(&s.elements, k) {
                                 // The frontend lives on with fewer endpoints: see `padding`.
-                                Some(p) if p != *e => {
-                                    del.push(k.clone());
-                                    add.push((k.clone(), p));
+                                Some(p) => {
+                                    if p != *e {
+                                        del.push(k.clone());
+                                        add.push((k.clone(), p.clone()));
+                                    }
+                                    kept.push((f, s.decl.name.clone(), k.clone(), p));
                                 }
-                                Some(_) => {}
                                 None => del.push(k.clone()),
                             }
                         }
@@ -242,67 +253,96 @@ pub fn padding(
     new.get(&probe(i % m)).cloned()
 }
 
-/// Like [`diff`], in two transactions when a new endpoint-count class appears: `pre`
-/// creates the class set and a `services` chain that reads both the old and the new
+/// Like [`diff`], in two transactions when a new endpoint-count class appears (a
+/// `frontends-N` or `shortcut-N` set): `pre` brings the kernel to [`stage`], where the
+/// new class sets exist and the `services` chain reads both the old and the new
 /// classes; `out` then moves the elements and drops what emptied. The kernel flips to
 /// the new set generation before it swaps rule blobs, so a packet can meet old rules
 /// with new sets for an instant: every frontend must then still sit in a set that some
 /// old rule reads.
-pub fn diff_staged(old: Option<Known<'_>>, new: &Table, pre: &mut Vec<Op>, out: &mut Vec<Op>) {
-    use crate::ruleset::build::{self, names};
+///
+/// Both transactions come from [`diff`] between whole tables, so each creates every
+/// set and chain before the first rule that refers to it and deletes one only after
+/// the last rule that referred to it is gone: nothing is ordered by hand here.
+///
+/// Returns the elements the kernel keeps beyond `new` (see [`diff_keeping`]).
+pub fn diff_staged(
+    old: Option<Known<'_>>,
+    new: &Table,
+    pre: &mut Vec<Op>,
+    out: &mut Vec<Op>,
+) -> Vec<Kept> {
+    let mut kept = Vec::new();
     let Some(k) = old else {
-        return diff(None, new, out);
+        diff(None, new, out);
+        return kept;
     };
-    let class = |n: &str| build::class_of(n, names::FRONTENDS_PREFIX);
-    let new_classes: Vec<&Set> = new
+    let Some(stage) = stage(k.table, new) else {
+        diff_keeping(Some(k), new, out, &mut kept);
+        return kept;
+    };
+    diff(Some(k), &stage, pre);
+    diff_keeping(
+        Some(Known {
+            table: &stage,
+            rules_known: true,
+        }),
+        new,
+        out,
+        &mut kept,
+    );
+    kept
+}
+
+/// Whether a set is a count class (`frontends-N`, `shortcut-N`).
+pub fn is_class_set(name: &str) -> bool {
+    use crate::ruleset::build::{class_of, names};
+    class_of(name, names::FRONTENDS_PREFIX).is_some()
+        || class_of(name, names::SHORTCUT_PREFIX).is_some()
+}
+
+/// The table between `old` and `new` when `new` has count classes that `old` lacks
+/// (None otherwise): `old` with its elements, plus every set of `new` that `old` lacks
+/// (empty) and every chain of `new` that `old` lacks (with its rules), and a `services`
+/// chain holding the rules of both. Every rule of the stage refers only to what the
+/// stage holds, because the stage holds all of `new`'s sets and chains.
+pub fn stage(old: &Table, new: &Table) -> Option<Table> {
+    use crate::ruleset::build::names;
+    let appears = new
         .sets
         .iter()
-        .filter(|s| class(&s.decl.name).is_some() && k.table.set(&s.decl.name).is_none())
-        .collect();
-    let (Some(new_services), true) = (
+        .any(|s| is_class_set(&s.decl.name) && old.set(&s.decl.name).is_none());
+    let (true, Some(new_services), Some(old_services)) = (
+        appears,
         new.chain(names::SERVICES),
-        k.table.chain(names::SERVICES).is_some(),
+        old.chain(names::SERVICES),
     ) else {
-        return diff(Some(k), new, out);
+        return None;
     };
-    if new_classes.is_empty() {
-        return diff(Some(k), new, out);
-    }
-    let mut stage = k.table.clone();
-    let mut rules = new_services.rules.clone();
-    for s in &k.table.sets {
-        if let Some(n) = class(&s.decl.name) {
-            if new.set(&s.decl.name).is_none() {
-                rules.push(build::class_rule(n));
-            }
+    let mut stage = old.clone();
+    for s in &new.sets {
+        if old.set(&s.decl.name).is_none() {
+            stage.sets.push(Set {
+                decl: s.decl.clone(),
+                elements: Default::default(),
+            });
         }
     }
-    for s in &new_classes {
-        pre.push(Op::AddSet(new.family, s.decl.clone()));
-        stage.sets.push(Set {
-            decl: s.decl.clone(),
-            elements: Default::default(),
-        });
+    for c in &new.chains {
+        if old.chain(&c.name).is_none() {
+            stage.chains.push(c.clone());
+        }
     }
-    pre.push(Op::FlushChain(new.family, names::SERVICES.to_string()));
-    for r in &rules {
-        pre.push(Op::AddRule(
-            new.family,
-            names::SERVICES.to_string(),
-            r.clone(),
-        ));
+    let mut rules = new_services.rules.clone();
+    for r in &old_services.rules {
+        if !rules.contains(r) {
+            rules.push(r.clone());
+        }
     }
     if let Some(c) = stage.chains.iter_mut().find(|c| c.name == names::SERVICES) {
         c.rules = rules;
     }
-    diff(
-        Some(Known {
-            table: &stage,
-            rules_known: k.rules_known,
-        }),
-        new,
-        out,
-    );
+    Some(stage)
 }
 
 fn chain_shell(c: &Chain) -> Chain {

@@ -100,7 +100,7 @@ impl Incremental {
                     st.owner.insert(k.clone(), name.clone());
                     claimed.push(k.clone());
                     build::plan_elements(k, p, &mut c.elements, &mut c.hairpins);
-                    build::affinity_parts(k, p, &mut st.affinity);
+                    build::affinity_parts(k, p, cfg, &mut st.affinity);
                 }
                 c.frontends = claimed;
                 for (set, k, _) in &c.elements {
@@ -153,6 +153,23 @@ impl Incremental {
             }
         }
         ops
+    }
+
+    /// Takes in the elements a full sync's diff kept in the kernel beyond the desired
+    /// ruleset (see [`super::diff::padding`]), so that this state is again exactly what
+    /// the kernel holds: the next update deletes them, or re-points them when a frontend
+    /// grows back into those indexes.
+    pub fn adopt_kept(&mut self, kept: &[super::diff::Kept]) {
+        for (family, map, key, value) in kept {
+            let Some(fi) = self.ruleset.tables.iter().position(|t| t.family == *family) else {
+                continue;
+            };
+            let table = &mut self.ruleset.tables[fi];
+            if let Some(s) = table.sets.iter_mut().find(|s| &s.decl.name == map) {
+                s.elements.insert(key.clone(), value.clone());
+                self.deferred.push((fi, map.clone(), key.clone()));
+            }
+        }
     }
 
     /// The desired ruleset.

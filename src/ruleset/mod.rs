@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod diff;
+pub mod fake;
 pub mod incremental;
 pub mod ir;
 pub mod render;

@@ -12,6 +12,7 @@
 pub mod backends;
 pub mod manifests;
 pub mod topology;
+pub mod transitions;
 
 use std::fs::File;
 use std::io::{self, Write};
