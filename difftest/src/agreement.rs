@@ -1,8 +1,9 @@
 //! Unit tests: the model must reproduce the upstream expectations recorded in
 //! ../shared/conformance (repros/*.json entirely; cases/*.json where in scope).
 
-use crate::casefile::{expectation_key, flow_query, Case, Flow};
+use crate::casefile::{flow_query, Case, Flow};
 use crate::model::Model;
+use crate::net::parse_ip;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -32,10 +33,11 @@ fn scenarios(path: &PathBuf) -> Vec<(String, Case)> {
 /// the client's own endpoint, which is always masqueraded).
 fn key(f: &Flow) -> String {
     let k = expectation_key(f);
-    let hairpin = f
-        .endpoints
-        .iter()
-        .any(|e| e.trim_start_matches('[').starts_with(&format!("{}", f.source_ip)));
+    let src = parse_ip(&f.source_ip).ok();
+    let hairpin = f.endpoints.iter().any(|e| {
+        let host = e.rsplit_once(':').map_or(e.as_str(), |(h, _)| h);
+        parse_ip(host.trim_start_matches('[').trim_end_matches(']')).ok() == src
+    });
     if hairpin {
         k.replace(" masq=true", "").replace(" masq=false", "")
     } else {
@@ -116,4 +118,36 @@ fn model_agrees_with_upstream_cases() {
     }
     assert!(compared >= 250, "only {compared} upstream flows compared");
     assert!(all.is_empty(), "model disagrees:\n{}", all.join("\n"));
+}
+
+/// The expectation as one comparable string (ACCEPT and "" count as NONE,
+/// endpoint order and IP spelling do not matter).
+pub fn expectation_key(f: &Flow) -> String {
+    let verdict = match f.verdict.as_str() {
+        "" | "ACCEPT" | "NONE" => "NONE",
+        v => v,
+    };
+    if verdict != "DNAT" {
+        return verdict.to_string();
+    }
+    let mut eps: Vec<String> = f
+        .endpoints
+        .iter()
+        .map(|e| canonical_hostport(e).unwrap_or_else(|| e.clone()))
+        .collect();
+    eps.sort();
+    eps.dedup();
+    format!("DNAT {{{}}} masq={}", eps.join(", "), f.masq)
+}
+
+fn canonical_hostport(e: &str) -> Option<String> {
+    let (host, port) = if let Some(rest) = e.strip_prefix('[') {
+        let (h, p) = rest.split_once("]:")?;
+        (h, p)
+    } else {
+        e.rsplit_once(':')?
+    };
+    let ip = parse_ip(host).ok()?;
+    let port: u16 = port.parse().ok()?;
+    Some(crate::net::hostport(&ip, port))
 }

@@ -51,7 +51,12 @@ pub struct ObjRef {
 
 impl ObjRef {
     pub fn of(o: &Value) -> ObjRef {
-        let s = |p: &str| o.pointer(p).and_then(Value::as_str).unwrap_or("").to_string();
+        let s = |p: &str| {
+            o.pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
         ObjRef {
             kind: s("/kind"),
             namespace: s("/metadata/namespace"),
@@ -198,36 +203,4 @@ pub fn set_expectation(f: &mut Flow, v: &Verdict) {
             f.output = other.name().to_string();
         }
     }
-}
-
-/// The expectation as one comparable string (ACCEPT and "" count as NONE,
-/// endpoint order and IP spelling do not matter).
-pub fn expectation_key(f: &Flow) -> String {
-    let verdict = match f.verdict.as_str() {
-        "" | "ACCEPT" | "NONE" => "NONE",
-        v => v,
-    };
-    if verdict != "DNAT" {
-        return verdict.to_string();
-    }
-    let mut eps: Vec<String> = f
-        .endpoints
-        .iter()
-        .map(|e| canonical_hostport(e).unwrap_or_else(|| e.clone()))
-        .collect();
-    eps.sort();
-    eps.dedup();
-    format!("DNAT {{{}}} masq={}", eps.join(", "), f.masq)
-}
-
-fn canonical_hostport(e: &str) -> Option<String> {
-    let (host, port) = if let Some(rest) = e.strip_prefix('[') {
-        let (h, p) = rest.split_once("]:")?;
-        (h, p)
-    } else {
-        e.rsplit_once(':')?
-    };
-    let ip = parse_ip(host).ok()?;
-    let port: u16 = port.parse().ok()?;
-    Some(crate::net::hostport(&ip, port))
 }

@@ -232,7 +232,10 @@ impl GenCluster {
         while (ports.len() as u64) < nports {
             let port = *rng.pick(PORTS);
             let protocol = if rng.chance(75) { "TCP" } else { "UDP" };
-            if ports.iter().any(|p| p.port == port && p.protocol == protocol) {
+            if ports
+                .iter()
+                .any(|p| p.port == port && p.protocol == protocol)
+            {
                 continue;
             }
             let k = ports.len() as u16;
@@ -242,10 +245,7 @@ impl GenCluster {
                     let t = 8000 + u16::from(idx) * 10 + k;
                     (json!(t), [t, t])
                 }
-                _ => (
-                    json!(format!("tp-{k}")),
-                    [8400 + k, 8500 + k],
-                ),
+                _ => (json!(format!("tp-{k}")), [8400 + k, 8500 + k]),
             };
             let node_port = if kind != Kind::ClusterIP && lb_node_ports {
                 self.node_port(rng)
@@ -415,7 +415,9 @@ impl GenCluster {
             json!({"mode": "None"})
         };
         let service_cidrs: Vec<String> = if self.service_cidrs {
-            fams.iter().map(|f| cidr_text("172.30.0.0/16", *f)).collect()
+            fams.iter()
+                .map(|f| cidr_text("172.30.0.0/16", *f))
+                .collect()
         } else {
             Vec::new()
         };
@@ -455,7 +457,11 @@ fn service_json(s: &GenService) -> Value {
         Kind::NodePort => "NodePort",
         Kind::LoadBalancer => "LoadBalancer",
     };
-    let cips: Vec<String> = s.families.iter().map(|f| addr(s.cluster_ip, *f).to_string()).collect();
+    let cips: Vec<String> = s
+        .families
+        .iter()
+        .map(|f| addr(s.cluster_ip, *f).to_string())
+        .collect();
     let fam_names: Vec<&str> = s
         .families
         .iter()
@@ -494,7 +500,11 @@ fn service_json(s: &GenService) -> Value {
         let v: Vec<String> = s
             .families
             .iter()
-            .flat_map(|f| s.external_ips.iter().map(move |ip| addr(*ip, *f).to_string()))
+            .flat_map(|f| {
+                s.external_ips
+                    .iter()
+                    .map(move |ip| addr(*ip, *f).to_string())
+            })
             .collect();
         spec["externalIPs"] = json!(v);
     }
@@ -522,7 +532,11 @@ fn service_json(s: &GenService) -> Value {
         let ing: Vec<Value> = s
             .families
             .iter()
-            .flat_map(|f| s.lb_ips.iter().map(move |ip| json!({"ip": addr(*ip, *f).to_string()})))
+            .flat_map(|f| {
+                s.lb_ips
+                    .iter()
+                    .map(move |ip| json!({"ip": addr(*ip, *f).to_string()}))
+            })
             .collect();
         svc["status"] = json!({"loadBalancer": {"ingress": ing}});
     }
@@ -744,7 +758,10 @@ fn candidates(c: &GenCluster, rng: &mut Rng) -> Vec<Candidate> {
                 }
             }
             push(
-                format!("{v}pod to {}/{} clusterIP unexposed port 7777", s.ns, s.name),
+                format!(
+                    "{v}pod to {}/{} clusterIP unexposed port 7777",
+                    s.ns, s.name
+                ),
                 Role::Pod,
                 addr(POD, fam),
                 "TCP",
@@ -753,7 +770,10 @@ fn candidates(c: &GenCluster, rng: &mut Rng) -> Vec<Candidate> {
             );
             if let Some(lb) = s.lb_ips.first() {
                 push(
-                    format!("{v}external to {}/{} LB IP unexposed port 7777", s.ns, s.name),
+                    format!(
+                        "{v}external to {}/{} LB IP unexposed port 7777",
+                        s.ns, s.name
+                    ),
                     Role::External,
                     addr(EXT_IN, fam),
                     "TCP",
@@ -776,7 +796,13 @@ fn candidates(c: &GenCluster, rng: &mut Rng) -> Vec<Candidate> {
 
 /// Pick the flows of one state: a random sample, with a budget for the slow
 /// verdicts (DROP waits the whole probe timeout, IPv6 TCP rejects 2.5 s).
-fn choose_flows(model: &Model, cands: Vec<Candidate>, rng: &mut Rng, max: usize, prefix: &str) -> Vec<Flow> {
+fn choose_flows(
+    model: &Model,
+    cands: Vec<Candidate>,
+    rng: &mut Rng,
+    max: usize,
+    prefix: &str,
+) -> Vec<Flow> {
     let mut cands = cands;
     rng.shuffle(&mut cands);
     let mut out: Vec<Flow> = Vec::new();
@@ -794,7 +820,9 @@ fn choose_flows(model: &Model, cands: Vec<Candidate>, rng: &mut Rng, max: usize,
             continue;
         }
         let is_slow = matches!(v, Verdict::Drop)
-            || (matches!(v, Verdict::Reject) && c.query.dest.is_ipv6() && c.query.protocol == "TCP");
+            || (matches!(v, Verdict::Reject)
+                && c.query.dest.is_ipv6()
+                && c.query.protocol == "TCP");
         if is_slow {
             if slow >= 2 {
                 continue;

@@ -40,7 +40,11 @@ struct Args {
 }
 
 fn parse_seeds(s: &str) -> Result<(u64, u64), String> {
-    let num = |t: &str| t.trim().parse::<u64>().map_err(|_| format!("bad seed range {s:?}"));
+    let num = |t: &str| {
+        t.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("bad seed range {s:?}"))
+    };
     if let Some((a, b)) = s.split_once("..=") {
         return Ok((num(a)?, num(b)?));
     }
@@ -92,8 +96,9 @@ fn parse_args() -> Result<Args, String> {
 fn runner_path(a: &Args) -> Result<PathBuf, String> {
     match &a.runner {
         Some(p) => Ok(p.clone()),
-        None => runner::default_runner()
-            .ok_or_else(|| "cannot find ../shared/conformance/run-flows; pass --runner".to_string()),
+        None => runner::default_runner().ok_or_else(|| {
+            "cannot find ../shared/conformance/run-flows; pass --runner".to_string()
+        }),
     }
 }
 
@@ -114,7 +119,11 @@ fn run_batch(a: &Args, (first, last): (u64, u64)) -> Result<bool, String> {
     let mut flows = 0;
     for seed in first..=last {
         let case = generator::generate(seed).map_err(|e| format!("seed {seed}: {e}"))?;
-        flows += case.flows_per_state().iter().map(|f| f.len()).sum::<usize>();
+        flows += case
+            .flows_per_state()
+            .iter()
+            .map(|f| f.len())
+            .sum::<usize>();
         let path = out.join(format!("seed-{seed}.json"));
         case.save(&path)?;
         files.push(path);
@@ -155,7 +164,10 @@ fn run_batch(a: &Args, (first, last): (u64, u64)) -> Result<bool, String> {
     }
     if !a.keep {
         for p in &files {
-            let stem = p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            let stem = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
             if !failed.contains_key(&stem) {
                 let _ = std::fs::remove_file(p);
             }
@@ -215,12 +227,13 @@ fn main() -> ExitCode {
         }
     };
     let result = if let Some(seed) = a.print {
-        generator::generate(seed).and_then(|c| {
-            serde_json::to_string_pretty(&c)
-                .map(|t| println!("{t}"))
-                .map_err(|e| e.to_string())
-        })
-        .map(|_| true)
+        generator::generate(seed)
+            .and_then(|c| {
+                serde_json::to_string_pretty(&c)
+                    .map(|t| println!("{t}"))
+                    .map_err(|e| e.to_string())
+            })
+            .map(|_| true)
     } else if let Some(p) = &a.reduce {
         reduce_case(&a, p).map(|_| true)
     } else if let Some(range) = a.seeds {

@@ -503,7 +503,11 @@ impl Model {
             if p.port != q.dport || !p.lb_ips.contains(&q.dest) {
                 continue;
             }
-            let ranges: Vec<&Cidr> = p.source_ranges.iter().filter(|c| c.family() == fam).collect();
+            let ranges: Vec<&Cidr> = p
+                .source_ranges
+                .iter()
+                .filter(|c| c.family() == fam)
+                .collect();
             let vips: Vec<&IpAddr> = p.lb_ips.iter().filter(|ip| family(ip) == fam).collect();
             if ranges.is_empty() || vips.is_empty() {
                 continue;
@@ -528,7 +532,11 @@ impl Model {
                 continue;
             }
             if p.cluster_ip == q.dest && p.has_internal() {
-                let eps = if p.itp_local { &p.local_eps } else { &p.cluster_eps };
+                let eps = if p.itp_local {
+                    &p.local_eps
+                } else {
+                    &p.cluster_eps
+                };
                 let masq = o.masquerade_all || src_in_cluster == Some(false);
                 dnat = Some((eps.clone(), masq));
                 matched = true;
@@ -592,8 +600,7 @@ impl Model {
             if any_cluster_ip {
                 return Verdict::Reject;
             }
-            if o
-                .service_cidrs
+            if o.service_cidrs
                 .iter()
                 .any(|c| c.family() == fam && c.contains(&q.dest))
             {
@@ -664,7 +671,12 @@ fn build_port(
         }
     }
     let all: Vec<Ep> = by_key.into_values().collect();
-    let of_family = |v: &Vec<IpAddr>| v.iter().filter(|ip| family(ip) == fam).copied().collect::<Vec<_>>();
+    let of_family = |v: &Vec<IpAddr>| {
+        v.iter()
+            .filter(|ip| family(ip) == fam)
+            .copied()
+            .collect::<Vec<_>>()
+    };
     let external_ips = of_family(&svc.external_ips);
     let lb_ips = of_family(&svc.lb_ips);
     let externally_accessible = sp.node_port != 0 || !lb_ips.is_empty() || !external_ips.is_empty();

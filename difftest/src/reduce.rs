@@ -33,7 +33,11 @@ impl Reducer<'_> {
             .filter(|o| o.status == "FAIL")
             .map(|o| o.state_flow().to_string())
             .collect();
-        Ok(if failed.is_empty() { None } else { Some(failed) })
+        Ok(if failed.is_empty() {
+            None
+        } else {
+            Some(failed)
+        })
     }
 
     fn try_keep(&mut self, best: &mut Case, cand: Case) -> Result<bool, String> {
@@ -55,7 +59,8 @@ impl Reducer<'_> {
             .failures(&best)?
             .ok_or("the case does not fail; nothing to reduce")?;
         // Keep only failing flows, and no state after the last one that fails.
-        let keep = |f: &Flow, state: &str| failed.iter().any(|x| x == &format!("{state}/{}", f.name));
+        let keep =
+            |f: &Flow, state: &str| failed.iter().any(|x| x == &format!("{state}/{}", f.name));
         best.flows.retain(|f| keep(f, "initial"));
         let names: Vec<String> = best.steps.iter().map(|s| s.name.clone()).collect();
         for (st, name) in best.steps.iter_mut().zip(&names) {
@@ -133,8 +138,14 @@ impl Reducer<'_> {
         for (_, objs) in best.states() {
             for o in objs {
                 if o.get("kind").and_then(Value::as_str) == Some("Service") {
-                    let ns = o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
-                    let n = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+                    let ns = o
+                        .pointer("/metadata/namespace")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
+                    let n = o
+                        .pointer("/metadata/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("");
                     let k = (ns.to_string(), n.to_string());
                     if !names.contains(&k) {
                         names.push(k);
@@ -144,8 +155,14 @@ impl Reducer<'_> {
         }
         for (ns, name) in names {
             let belongs = |o: &Value| {
-                let ons = o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("");
-                let on = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
+                let ons = o
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let on = o
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 let svc = o
                     .pointer("/metadata/labels/kubernetes.io~1service-name")
                     .and_then(Value::as_str);
@@ -156,7 +173,8 @@ impl Reducer<'_> {
             for s in &mut c.steps {
                 s.apply.retain(|o| !belongs(o));
                 s.delete.retain(|d| {
-                    !(d.namespace == ns && (d.name == name || d.name.starts_with(&format!("{name}-"))))
+                    !(d.namespace == ns
+                        && (d.name == name || d.name.starts_with(&format!("{name}-"))))
                 });
             }
             self.try_keep(best, c)?;
@@ -166,13 +184,16 @@ impl Reducer<'_> {
 
     /// Every way to make one object smaller, applied to one object at a time.
     fn pass_objects(&mut self, best: &mut Case) -> Result<(), String> {
-        let count = |c: &Case| c.objects.len() + c.steps.iter().map(|s| s.apply.len()).sum::<usize>();
+        let count =
+            |c: &Case| c.objects.len() + c.steps.iter().map(|s| s.apply.len()).sum::<usize>();
         let mut idx = 0;
         while idx < count(best) {
             let mut variant = 0;
             loop {
                 let mut c = best.clone();
-                let Some(obj) = object_mut(&mut c, idx) else { break };
+                let Some(obj) = object_mut(&mut c, idx) else {
+                    break;
+                };
                 match shrink(obj, variant) {
                     None => break,
                     Some(false) => variant += 1,
@@ -207,6 +228,9 @@ impl Reducer<'_> {
     }
 }
 
+/// One shrinking edit of an object; false when it does not apply.
+type Edit = Box<dyn Fn(&mut Value) -> bool>;
+
 fn object_mut(c: &mut Case, idx: usize) -> Option<&mut Value> {
     let n = c.objects.len();
     if idx < n {
@@ -225,12 +249,17 @@ fn object_mut(c: &mut Case, idx: usize) -> Option<&mut Value> {
 /// Apply the `variant`-th shrinking edit to an object: None when there are no
 /// more edits, Some(false) when this one does not apply.
 fn shrink(o: &mut Value, variant: usize) -> Option<bool> {
-    let mut edits: Vec<Box<dyn Fn(&mut Value) -> bool>> = Vec::new();
+    let mut edits: Vec<Edit> = Vec::new();
     match o.get("kind").and_then(Value::as_str) {
         Some("EndpointSlice") => {
-            let n = o.get("endpoints").and_then(Value::as_array).map_or(0, Vec::len);
+            let n = o
+                .get("endpoints")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             for i in 0..n {
-                edits.push(Box::new(move |o: &mut Value| remove_index(o, "/endpoints", i)));
+                edits.push(Box::new(move |o: &mut Value| {
+                    remove_index(o, "/endpoints", i)
+                }));
             }
             let np = o.get("ports").and_then(Value::as_array).map_or(0, Vec::len);
             if np > 1 {
@@ -240,27 +269,42 @@ fn shrink(o: &mut Value, variant: usize) -> Option<bool> {
             }
         }
         Some("Service") => {
-            let np = o.pointer("/spec/ports").and_then(Value::as_array).map_or(0, Vec::len);
+            let np = o
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             if np > 1 {
                 for i in 0..np {
-                    edits.push(Box::new(move |o: &mut Value| remove_index(o, "/spec/ports", i)));
+                    edits.push(Box::new(move |o: &mut Value| {
+                        remove_index(o, "/spec/ports", i)
+                    }));
                 }
             }
             for key in ["externalIPs", "loadBalancerSourceRanges", "sessionAffinity"] {
                 edits.push(Box::new(move |o: &mut Value| remove_key(o, "/spec", key)));
             }
             for key in ["externalIPs", "loadBalancerSourceRanges"] {
-                let n = o.pointer(&format!("/spec/{key}")).and_then(Value::as_array).map_or(0, Vec::len);
+                let n = o
+                    .pointer(&format!("/spec/{key}"))
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len);
                 if n > 1 {
                     for i in 0..n {
-                        edits.push(Box::new(move |o: &mut Value| remove_index(o, &format!("/spec/{key}"), i)));
+                        edits.push(Box::new(move |o: &mut Value| {
+                            remove_index(o, &format!("/spec/{key}"), i)
+                        }));
                     }
                 }
             }
-            let ni = o.pointer("/status/loadBalancer/ingress").and_then(Value::as_array).map_or(0, Vec::len);
+            let ni = o
+                .pointer("/status/loadBalancer/ingress")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len);
             if ni > 1 {
                 for i in 0..ni {
-                    edits.push(Box::new(move |o: &mut Value| remove_index(o, "/status/loadBalancer/ingress", i)));
+                    edits.push(Box::new(move |o: &mut Value| {
+                        remove_index(o, "/status/loadBalancer/ingress", i)
+                    }));
                 }
             }
             for key in ["internalTrafficPolicy", "externalTrafficPolicy"] {

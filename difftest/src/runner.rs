@@ -95,7 +95,10 @@ pub fn run_flows(
     let code = out.status.code().unwrap_or(-1);
     if code != 0 && code != 1 {
         let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!("run-flows exited with status {code}: {}", err.trim()));
+        return Err(format!(
+            "run-flows exited with status {code}: {}",
+            err.trim()
+        ));
     }
     Ok(outcomes)
 }
