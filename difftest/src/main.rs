@@ -201,6 +201,7 @@ fn reduce_case(a: &Args, path: &Path) -> Result<(), String> {
         bin: &bin,
         work: work.clone(),
         runs: 0,
+        verdicts: Default::default(),
     };
     let result = r.reduce(&case);
     let _ = std::fs::remove_dir_all(&work);

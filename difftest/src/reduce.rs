@@ -7,6 +7,7 @@
 use crate::casefile::{Case, Flow};
 use crate::runner::{run_flows, Outcome};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub struct Reducer<'a> {
@@ -14,6 +15,10 @@ pub struct Reducer<'a> {
     pub bin: &'a Path,
     pub work: PathBuf,
     pub runs: usize,
+    /// Expected verdict of every flow of the input, by `state/flow`: a
+    /// candidate must keep them, so that it still shows the same disagreement
+    /// instead of drifting to an unrelated (or unobservable) one.
+    pub verdicts: BTreeMap<String, String>,
 }
 
 impl Reducer<'_> {
@@ -23,6 +28,17 @@ impl Reducer<'_> {
         c.recompute()?;
         if c.flows_per_state().iter().all(|f| f.is_empty()) {
             return Ok(None);
+        }
+        let names: Vec<String> = std::iter::once("initial".to_string())
+            .chain(c.steps.iter().map(|s| s.name.clone()))
+            .collect();
+        for (state, flows) in names.iter().zip(c.flows_per_state()) {
+            for f in flows {
+                let key = format!("{state}/{}", f.name);
+                if self.verdicts.get(&key).is_some_and(|v| *v != f.verdict) {
+                    return Ok(None);
+                }
+            }
         }
         let path = self.work.join("candidate.json");
         c.save(&path)?;
@@ -55,6 +71,15 @@ impl Reducer<'_> {
     pub fn reduce(&mut self, input: &Case) -> Result<Case, String> {
         let mut best = input.clone();
         best.recompute()?;
+        let names: Vec<String> = std::iter::once("initial".to_string())
+            .chain(best.steps.iter().map(|s| s.name.clone()))
+            .collect();
+        for (state, flows) in names.iter().zip(best.flows_per_state()) {
+            for f in flows {
+                self.verdicts
+                    .insert(format!("{state}/{}", f.name), f.verdict.clone());
+            }
+        }
         let failed = self
             .failures(&best)?
             .ok_or("the case does not fail; nothing to reduce")?;
@@ -74,6 +99,7 @@ impl Reducer<'_> {
             self.pass_steps(&mut best)?;
             self.pass_flows(&mut best)?;
             self.pass_services(&mut best)?;
+            self.pass_slices(&mut best)?;
             self.pass_objects(&mut best)?;
             self.pass_proxy(&mut best)?;
             if best == before {
@@ -178,6 +204,35 @@ impl Reducer<'_> {
                 });
             }
             self.try_keep(best, c)?;
+        }
+        Ok(())
+    }
+
+    fn pass_slices(&mut self, best: &mut Case) -> Result<(), String> {
+        let is_slice = |o: &Value| o.get("kind").and_then(Value::as_str) == Some("EndpointSlice");
+        let mut i = 0;
+        while i < best.objects.len() {
+            let mut c = best.clone();
+            if is_slice(&c.objects[i]) {
+                c.objects.remove(i);
+                if self.try_keep(best, c)? {
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        for si in 0..best.steps.len() {
+            let mut i = 0;
+            while i < best.steps[si].apply.len() {
+                let mut c = best.clone();
+                if is_slice(&c.steps[si].apply[i]) {
+                    c.steps[si].apply.remove(i);
+                    if self.try_keep(best, c)? {
+                        continue;
+                    }
+                }
+                i += 1;
+            }
         }
         Ok(())
     }
