@@ -86,11 +86,14 @@ pub fn nodeport_ips(cfg: &ProxyConfig, model: &ProxyModel) -> Result<Vec<IpAddr>
         NodePortAddresses::Primary => [false, true]
             .iter()
             .filter_map(|v6| model.node.primary(*v6))
+            .filter(|ip| crate::model::special_address(ip).is_none())
             .collect(),
         NodePortAddresses::Cidrs(nets) => host::local_addresses()
             .map_err(Error::HostAddresses)?
             .into_iter()
-            .filter(|ip| !ip.is_loopback() && nets.iter().any(|n| n.contains(ip)))
+            .filter(|ip| {
+                crate::model::special_address(ip).is_none() && nets.iter().any(|n| n.contains(ip))
+            })
             .collect(),
     })
 }

@@ -24,6 +24,24 @@ pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// Node label with the node's zone.
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The API server's bound on `sessionAffinityConfig.clientIP.timeoutSeconds` (one day).
+pub const MAX_AFFINITY_TIMEOUT: i32 = 86_400;
+
+/// Why an address can never be a Service frontend or an endpoint, if it cannot:
+/// unspecified, loopback, multicast or link-local-multicast addresses (the API server
+/// refuses them too; a manifest need not have passed it).
+pub fn special_address(ip: &IpAddr) -> Option<&'static str> {
+    if ip.is_unspecified() {
+        Some("unspecified")
+    } else if ip.is_loopback() {
+        Some("loopback")
+    } else if ip.is_multicast() {
+        Some("multicast")
+    } else {
+        None
+    }
+}
+
 /// kube-proxy's default ClientIP affinity timeout (3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
 
@@ -115,6 +133,19 @@ pub fn node_info(node: &Node, problems: &mut Problems) -> NodeInfo {
         .flatten()
     {
         match parse_ip_sloppy(&a.address) {
+            Some(ip)
+                if (a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+                    && special_address(&ip).is_some() =>
+            {
+                problems.add(
+                    &object,
+                    format!(
+                        "address {:?} is a {} address; never used for NodePorts",
+                        a.address,
+                        special_address(&ip).unwrap_or_default()
+                    ),
+                )
+            }
             Some(ip) if a.type_ == "InternalIP" => internal.push(ip),
             Some(ip) if a.type_ == "ExternalIP" => other.push(ip),
             Some(_) => {}
@@ -210,6 +241,13 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
     };
     for s in raw_ips {
         match parse_ip_sloppy(s) {
+            Some(ip) if special_address(&ip).is_some() => problems.add(
+                &object,
+                format!(
+                    "cluster IP {s:?} is a {} address; skipped",
+                    special_address(&ip).unwrap_or_default()
+                ),
+            ),
             Some(ip) if !cluster_ips.iter().any(|c| c.is_ipv6() == ip.is_ipv6()) => {
                 cluster_ips.push(ip)
             }
@@ -227,8 +265,26 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
     let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
     let is_lb = svc_type == "LoadBalancer";
     let mut external_ips = Vec::new();
+    // Frontends of a family the Service has no cluster IP of are never programmed
+    // (upstream filters them by the Service's families too).
+    let family_ok = |ip: &IpAddr| cluster_ips.iter().any(|c| c.is_ipv6() == ip.is_ipv6());
+    let usable = |what: &str, s: &str, ip: &IpAddr, problems: &mut Problems| -> bool {
+        if let Some(why) = special_address(ip) {
+            problems.add(&object, format!("{what} {s:?} is a {why} address; skipped"));
+            false
+        } else if !family_ok(ip) {
+            problems.add(
+                &object,
+                format!("{what} {s:?} is of a family the Service does not have; skipped"),
+            );
+            false
+        } else {
+            true
+        }
+    };
     for s in spec.external_ips.iter().flatten() {
         match parse_ip_sloppy(s) {
+            Some(ip) if !usable("external IP", s, &ip, problems) => {}
             Some(ip) => external_ips.push(ip),
             None => problems.add(&object, format!("external IP {s:?} is not an IP; skipped")),
         }
@@ -248,6 +304,7 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
                 continue;
             };
             match parse_ip_sloppy(s) {
+                Some(ip) if !usable("load balancer IP", s, &ip, problems) => {}
                 Some(ip) => load_balancer_ips.push(ip),
                 None => problems.add(
                     &object,
@@ -278,9 +335,9 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
             .and_then(|c| c.client_ip.as_ref())
             .and_then(|c| c.timeout_seconds);
         Some(match t {
-            Some(t) if t > 0 => t as u32,
+            Some(t) if (1..=MAX_AFFINITY_TIMEOUT).contains(&t) => t as u32,
             Some(t) => {
-                problems.add(&object, format!("session affinity timeout {t} is not positive; using {DEFAULT_AFFINITY_TIMEOUT}"));
+                problems.add(&object, format!("session affinity timeout {t} is outside 1..{MAX_AFFINITY_TIMEOUT}; using {DEFAULT_AFFINITY_TIMEOUT}"));
                 DEFAULT_AFFINITY_TIMEOUT
             }
             None => DEFAULT_AFFINITY_TIMEOUT,
@@ -412,6 +469,13 @@ pub fn slice_endpoints<'a>(
                     );
                     continue;
                 };
+                if let Some(why) = special_address(&ip) {
+                    problems.add(
+                        &object,
+                        format!("endpoint address {addr:?} is a {why} address; skipped"),
+                    );
+                    continue;
+                }
                 if ip.is_ipv6() != want_v6 {
                     problems.add(
                         &object,

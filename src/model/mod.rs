@@ -4,6 +4,6 @@ pub mod convert;
 pub mod state;
 pub mod types;
 
-pub use convert::{NodeInfo, Problem, Problems};
+pub use convert::{special_address, NodeInfo, Problem, Problems};
 pub use state::{ClusterState, Object, ProxyModel, ServiceEntry};
 pub use types::*;

@@ -345,6 +345,8 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
             kind: want.map(|c| c.kind).unwrap_or(ChainKind::Regular),
             rules: if verified {
                 want.map(|c| c.rules.clone()).unwrap_or_default()
+            } else if raw.rule_digests.get(name).is_some_and(|d| !d.is_empty()) {
+                crate::ruleset::diff::unknown_rules()
             } else {
                 Vec::new()
             },

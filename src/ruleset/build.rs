@@ -127,6 +127,30 @@ fn decl(name: &str, key: Vec<KeyType>, data: Vec<KeyType>, comment: &'static str
     }
 }
 
+/// nft refuses element comments over 127 bytes (`comment too long`); the kernel keeps
+/// what it is given. Both paths get the same comment, cut at a UTF-8 boundary, so the
+/// text loads and a read-back compares equal. A `"` would end nft's quoted string and
+/// control characters would break the text's lines: both become `?`.
+pub const MAX_COMMENT_LEN: usize = 127;
+
+/// A comment both nft and the kernel take as it is (see [`MAX_COMMENT_LEN`]).
+pub fn bounded_comment(s: String) -> String {
+    let clean = |c: char| c == '"' || c.is_control();
+    let mut s = if s.chars().any(clean) {
+        s.chars().map(|c| if clean(c) { '?' } else { c }).collect()
+    } else {
+        s
+    };
+    if s.len() > MAX_COMMENT_LEN {
+        let mut end = MAX_COMMENT_LEN;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 /// What happens to new connections to one frontend.
 #[derive(Clone, Debug)]
 pub(crate) struct Plan {
@@ -190,13 +214,7 @@ pub(crate) fn service_plans(
             Some(list.clone().unwrap_or_default())
         };
         let name = svc.name.to_string();
-        let base = format!(
-            "{}/{}/{}/{}",
-            svc.name.namespace,
-            svc.name.name,
-            svc.name.protocol.name(),
-            svc.port
-        );
+        let base = affinity_base(svc);
         let affinity = |local: bool| svc.affinity_timeout.map(|t| (t, base.clone(), local));
         for ip in svc.cluster_ips.iter().filter(|ip| Family::of(ip) == family) {
             let masq = if cfg.masquerade_all {
@@ -209,7 +227,7 @@ pub(crate) fn service_plans(
             plans.push((
                 frontend(*ip, proto, svc.port),
                 Plan {
-                    comment: name.clone(),
+                    comment: bounded_comment(name.clone()),
                     endpoints: pick(svc.internal_policy_local),
                     external: false,
                     masq,
@@ -243,7 +261,7 @@ pub(crate) fn service_plans(
         // overlaps the LB IP added above): merge them, which allows the same sources.
         let lb_allowed = IpNet::aggregate(&lb_allowed);
         let ext_plan = |what: &str| Plan {
-            comment: format!("{name} {what}"),
+            comment: bounded_comment(format!("{name} {what}")),
             endpoints: pick(ext_local),
             external: true,
             // Upstream's masquerade-all rule matches only the ClusterIP, so eTP=Local
@@ -296,6 +314,46 @@ fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key,
 }
 
 const LB_IP: &str = "load balancer IP";
+
+/// The name base of a service port's affinity chains and sets: readable
+/// (`namespace/name/proto/port`, characters nft would need quoted replaced, cut to 100
+/// bytes) and made unique by a hash of the exact identity, so that `a/b` + `c` and
+/// `a` + `b/c` never share a chain and no name reaches the kernel's 255-byte limit.
+fn affinity_base(svc: &crate::model::ServicePort) -> String {
+    let n = &svc.name;
+    let readable = format!(
+        "{}/{}/{}/{}",
+        n.namespace,
+        n.name,
+        n.protocol.name(),
+        svc.port
+    );
+    let mut safe: String = readable
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._/-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    safe.truncate(100);
+    // FNV-1a: stable across releases, so names survive an upgrade of the proxy.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in [
+        n.namespace.as_bytes(),
+        n.name.as_bytes(),
+        n.protocol.name().as_bytes(),
+        &svc.port.to_be_bytes(),
+    ] {
+        for b in part.iter().chain([&0u8]) {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{safe}-{h:016x}")
+}
 
 /// Prefix of session-affinity chains and sets.
 pub const AFFINITY_PREFIX: &str = "affinity-";

@@ -46,6 +46,20 @@ pub struct Known<'a> {
     pub rules_known: bool,
 }
 
+/// The rules of a chain read back from the kernel that we cannot recognise: a marker
+/// that equals no rule we build, so the diff always flushes and refills such a chain
+/// (never mistaking it for an empty one, whose rules could still refer to a set or
+/// chain the diff deletes). The diff never sends old rules, so the marker never
+/// reaches the kernel.
+pub fn unknown_rules() -> Vec<Rule> {
+    vec![Rule(vec![Stmt::Verdict(Verdict::Jump(
+        UNKNOWN_RULES.into(),
+    ))])]
+}
+
+/// The jump target of [`unknown_rules`]: not a name nft or we would create.
+pub const UNKNOWN_RULES: &str = "?unknown rules";
+
 /// An endpoint-map element a diff keeps in the kernel for one more sync although the
 /// desired table lacks it (see [`padding`]): family, map, key and the value it holds.
 pub type Kept = (Family, String, Key, ElementData);
@@ -254,16 +268,18 @@ pub fn padding(
 }
 
 /// Like [`diff`], in two transactions when a new endpoint-count class appears (a
-/// `frontends-N` or `shortcut-N` set): `pre` brings the kernel to [`stage`], where the
-/// new class sets exist and the `services` chain reads both the old and the new
-/// classes; `out` then moves the elements and drops what emptied. The kernel flips to
-/// the new set generation before it swaps rule blobs, so a packet can meet old rules
-/// with new sets for an instant: every frontend must then still sit in a set that some
-/// old rule reads.
+/// `frontends-N` or `shortcut-N` set): `pre` only adds — every set and chain of `new`
+/// that `old` lacks, and, appended to the chains `old` has, the rules of `new` that
+/// read them — so the old rules stay in place and every frontend stays readable while
+/// `out` then moves the elements into the new classes and replaces the rules. The
+/// kernel flips to the new set generation before it swaps rule blobs, so a packet can
+/// meet old rules with new sets for an instant: every frontend must then still sit in
+/// a set that some rule in place reads.
 ///
-/// Both transactions come from [`diff`] between whole tables, so each creates every
-/// set and chain before the first rule that refers to it and deletes one only after
-/// the last rule that referred to it is gone: nothing is ordered by hand here.
+/// What `pre` creates is derived from what the rules refer to, and `out` comes from
+/// [`diff`], which creates before use and deletes after the last use: no transaction
+/// refers to anything it did not create, whatever the old rules were (they need not
+/// be known: a read-back may not recognise them).
 ///
 /// Returns the elements the kernel keeps beyond `new` (see [`diff_keeping`]).
 pub fn diff_staged(
@@ -277,15 +293,14 @@ pub fn diff_staged(
         diff(None, new, out);
         return kept;
     };
-    let Some(stage) = stage(k.table, new) else {
+    let Some(stage) = stage(k.table, new, pre) else {
         diff_keeping(Some(k), new, out, &mut kept);
         return kept;
     };
-    diff(Some(k), &stage, pre);
     diff_keeping(
         Some(Known {
             table: &stage,
-            rules_known: true,
+            rules_known: k.rules_known,
         }),
         new,
         out,
@@ -302,45 +317,61 @@ pub fn is_class_set(name: &str) -> bool {
 }
 
 /// The table between `old` and `new` when `new` has count classes that `old` lacks
-/// (None otherwise): `old` with its elements, plus every set of `new` that `old` lacks
-/// (empty) and every chain of `new` that `old` lacks (with its rules), and a `services`
-/// chain holding the rules of both. Every rule of the stage refers only to what the
-/// stage holds, because the stage holds all of `new`'s sets and chains.
-pub fn stage(old: &Table, new: &Table) -> Option<Table> {
-    use crate::ruleset::build::names;
+/// (None otherwise), and the operations in `pre` that make it from `old`: `old` plus
+/// every set of `new` that `old` lacks (empty), every chain of `new` that `old` lacks
+/// (with its rules), and appended to each chain of both the rules of `new` that refer to
+/// something `old` lacks. Nothing is removed, so the rules of `old` keep working.
+pub fn stage(old: &Table, new: &Table, pre: &mut Vec<Op>) -> Option<Table> {
     let appears = new
         .sets
         .iter()
         .any(|s| is_class_set(&s.decl.name) && old.set(&s.decl.name).is_none());
-    let (true, Some(new_services), Some(old_services)) = (
-        appears,
-        new.chain(names::SERVICES),
-        old.chain(names::SERVICES),
-    ) else {
+    if !appears {
         return None;
-    };
+    }
+    let f = new.family;
     let mut stage = old.clone();
     for s in &new.sets {
         if old.set(&s.decl.name).is_none() {
+            pre.push(Op::AddSet(f, s.decl.clone()));
             stage.sets.push(Set {
                 decl: s.decl.clone(),
                 elements: Default::default(),
             });
         }
     }
+    let fresh: Vec<&Chain> = new
+        .chains
+        .iter()
+        .filter(|c| old.chain(&c.name).is_none())
+        .collect();
+    for c in &fresh {
+        pre.push(Op::AddChain(f, chain_shell(c)));
+        stage.chains.push(chain_shell(c));
+    }
+    let new_in_old = |r: &Rule| {
+        crate::ruleset::fake::references(r).iter().any(|x| match x {
+            crate::ruleset::fake::Reference::Set(s, _) => old.set(s).is_none(),
+            crate::ruleset::fake::Reference::Chain(c) => old.chain(c).is_none(),
+        })
+    };
     for c in &new.chains {
-        if old.chain(&c.name).is_none() {
-            stage.chains.push(c.clone());
+        let appended: Vec<&Rule> = if old.chain(&c.name).is_none() {
+            c.rules.iter().collect()
+        } else {
+            c.rules.iter().filter(|r| new_in_old(r)).collect()
+        };
+        for r in appended {
+            pre.push(Op::AddRule(f, c.name.clone(), r.clone()));
+            match stage.chains.iter_mut().find(|x| x.name == c.name) {
+                Some(x) => x.rules.push(r.clone()),
+                None => stage.chains.push(Chain {
+                    name: c.name.clone(),
+                    kind: c.kind,
+                    rules: vec![r.clone()],
+                }),
+            }
         }
-    }
-    let mut rules = new_services.rules.clone();
-    for r in &old_services.rules {
-        if !rules.contains(r) {
-            rules.push(r.clone());
-        }
-    }
-    if let Some(c) = stage.chains.iter_mut().find(|c| c.name == names::SERVICES) {
-        c.rules = rules;
     }
     Some(stage)
 }
@@ -524,14 +555,26 @@ mod tests {
             &mut pre,
             &mut ops,
         );
+        let created = pre
+            .iter()
+            .position(|o| matches!(o, Op::AddSet(_, d) if d.name == "frontends-3"));
+        let first_use = pre.iter().position(|o| {
+            matches!(o, Op::AddRule(_, _, r) if r.0.iter().any(|s| matches!(s, Stmt::Lookup { set, .. } if set == "frontends-3")))
+        });
         assert!(
-            matches!(pre.first(), Some(Op::AddSet(_, d)) if d.name == "frontends-3"),
-            "{pre:?}"
+            created.is_some() && created < first_use,
+            "the class set exists before a rule reads it: {pre:?}"
         );
         let reads = |set: &str| {
             pre.iter().any(|o| matches!(o, Op::AddRule(_, c, r) if c == "services" && r.0.iter().any(|s| matches!(s, Stmt::Lookup { set: x, .. } if x == set))))
         };
-        assert!(reads("frontends-2") && reads("frontends-3"), "{pre:?}");
+        assert!(reads("frontends-3"), "{pre:?}");
+        // The old class's rule stays in place: the stage removes nothing.
+        assert!(
+            !pre.iter()
+                .any(|o| matches!(o, Op::FlushChain(..) | Op::DelSet(..) | Op::DelChain(..))),
+            "{pre:?}"
+        );
         assert!(!pre
             .iter()
             .any(|o| matches!(o, Op::AddElements(..) | Op::DelElements(..))));
