@@ -393,3 +393,68 @@ fn full_affinity_set_still_balances() {
         ns.run(&["nft", "list", "ruleset"])
     );
 }
+
+/// Affinity sets are declared without a size by both paths, and both list the same:
+/// `--dry-run` text loaded with `nft -f` and `--once` over netlink give equal
+/// `nft list table` for both families, every affinity set shown with the kernel's cap
+/// (`size 65535`, from binding it to `update @set`).
+#[test]
+fn affinity_text_and_netlink_list_the_same() {
+    if !require_privileged() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("affinity-same");
+    let items: Vec<Value> = vec![
+        node_obj(&["192.168.0.2", "fd00:192::2"], None),
+        service_obj(
+            "sticky",
+            "ClusterIP",
+            &["10.96.0.20", "fd00:96::20"],
+            common::manifests::tcp_udp_ports(),
+            json!({"sessionAffinity": "ClientIP",
+                   "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 30}}}),
+        ),
+        slice_obj(
+            "sticky",
+            "sticky-v4",
+            ready_remote(&["10.128.0.1", "10.128.0.2"]),
+        ),
+        slice_obj(
+            "sticky",
+            "sticky-v6",
+            ready_remote(&["fd00:128::1", "fd00:128::2"]),
+        ),
+    ];
+    let manifests = dir.write("cluster.json", &list(items));
+    let flags = [
+        "--manifests",
+        manifests.as_str(),
+        "--hostname-override",
+        NODE_NAME,
+        "--cluster-cidr",
+        "10.128.0.0/9,fd00:128::/64",
+    ];
+    let mut dry = vec![common::BIN, "--dry-run"];
+    dry.extend_from_slice(&flags);
+    let text = common::check(std::process::Command::new(dry[0]).args(&dry[1..]));
+    assert!(
+        !text.contains("size "),
+        "the text declares a size (2 MiB of kernel memory per affinity set):\n{text}"
+    );
+    let ns_text = NetNs::new("affsame-text");
+    let ns_nl = NetNs::new("affsame-nl");
+    let script = dir.write("dry-run.nft", &text);
+    ns_text.run(&["nft", "-f", &script]);
+    let mut once = vec!["--once"];
+    once.extend_from_slice(&flags);
+    ns_nl.proxy(&once);
+    for family in ["ip", "ip6"] {
+        let a = ns_text.list_table(family);
+        let b = ns_nl.list_table(family);
+        assert_eq!(a, b, "{family}: nft -f of --dry-run vs --once");
+        // tcp and udp ports × 2 endpoints
+        assert_eq!(a.matches("flags dynamic,timeout").count(), 4, "{a}");
+        assert_eq!(a.matches("size 65535").count(), 4, "{a}");
+    }
+}
