@@ -104,9 +104,11 @@ fn proto_name(p: u8) -> String {
 /// table's initial size hint, so `size 65535` costs 2 MiB of kernel memory per set up
 /// front, while an undeclared one starts at a few hundred bytes and grows with the
 /// clients it records. So each endpoint of a ClientIP Service records at most this
-/// many clients at once (per family); a new client that finds its chosen endpoint's
-/// set full is not recorded there (`update` fails, the rule does not match) and the
-/// affinity chain goes on to pick among the next endpoints.
+/// many clients at once (per family). On a full set `update` fails and its rule does
+/// not match: a new client whose pick finds its endpoint's set full goes on to the
+/// next endpoints' rules, and if the last endpoint's set is full too, the packet leaves
+/// the affinity chain without DNAT unless the chain ends with rules that balance
+/// without `update` (`tests/affinity_kernel.rs`, `full_affinity_set_still_balances`).
 pub const AFFINITY_SET_SIZE: u32 = 65535;
 
 /// Renders one value.
