@@ -6,6 +6,12 @@
 //! endpoint changed, one service added, one service deleted, 100 endpoint changes in one
 //! sync. Each figure is printed with its ratio to the nft baseline.
 //!
+//! Then session affinity (`KNP_BENCH_AFFINITY=300`, the number of ClientIP Services
+//! of 10 endpoints; `0` skips it): the full load through netlink against the same
+//! Services as an upstream-shaped ruleset (a chain and a dynamic timeout set per
+//! endpoint) through `nft -f`, and the kernel memory each load adds (`/proc/meminfo`
+//! SUnreclaim + VmallocUsed, and Slab), as ratios. Also `nft -f` of our own text.
+//!
 //!     sudo cargo bench --bench kernel_commit
 
 #![allow(unsafe_code)] // setns(2) to move this thread into the benchmark namespace
@@ -130,6 +136,192 @@ fn main() {
     for n in scales {
         run_scale(n, &cfg);
     }
+    let affinity: usize = std::env::var("KNP_BENCH_AFFINITY")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(300);
+    if affinity > 0 {
+        run_affinity(affinity, &cfg);
+    }
+}
+
+/// Kernel memory figures of `/proc/meminfo`, in kB: Slab, SUnreclaim, VmallocUsed.
+#[derive(Clone, Copy, Default)]
+struct Mem {
+    slab: i64,
+    unreclaimable: i64,
+    vmalloc: i64,
+}
+
+impl Mem {
+    /// What nftables objects cost: unreclaimable slab (kmalloc, large kmalloc pages)
+    /// plus vmalloc (kvmalloc's fallback).
+    fn kernel(&self) -> i64 {
+        self.unreclaimable + self.vmalloc
+    }
+
+    fn read() -> Mem {
+        let text = std::fs::read_to_string("/proc/meminfo").expect("read /proc/meminfo");
+        let mut m = Mem::default();
+        for line in text.lines() {
+            let mut w = line.split_whitespace();
+            let (Some(k), Some(v)) = (w.next(), w.next()) else {
+                continue;
+            };
+            let v: i64 = v.parse().unwrap_or(0);
+            match k {
+                "Slab:" => m.slab = v,
+                "SUnreclaim:" => m.unreclaimable = v,
+                "VmallocUsed:" => m.vmalloc = v,
+                _ => {}
+            }
+        }
+        m
+    }
+
+    /// Median of seven readings 30 ms apart (the figures are global to the machine).
+    fn reading() -> Mem {
+        let v: Vec<Mem> = (0..7)
+            .map(|_| {
+                std::thread::sleep(Duration::from_millis(30));
+                Mem::read()
+            })
+            .collect();
+        let med = |f: fn(&Mem) -> i64| {
+            let mut x: Vec<i64> = v.iter().map(f).collect();
+            x.sort();
+            x[x.len() / 2]
+        };
+        Mem {
+            slab: med(|m| m.slab),
+            unreclaimable: med(|m| m.unreclaimable),
+            vmalloc: med(|m| m.vmalloc),
+        }
+    }
+
+    /// Change from `before` to now, after a second for deferred work to settle.
+    fn since(before: Mem) -> Mem {
+        std::thread::sleep(Duration::from_secs(1));
+        let after = Mem::reading();
+        Mem {
+            slab: after.slab - before.slab,
+            unreclaimable: after.unreclaimable - before.unreclaimable,
+            vmalloc: after.vmalloc - before.vmalloc,
+        }
+    }
+}
+
+/// The Services of `model` as upstream kube-proxy's nftables mode shapes ClientIP
+/// affinity: a chain per Service (recorded clients first, then `numgen` over an
+/// anonymous verdict map), and per endpoint a chain that updates its dynamic timeout
+/// set (no declared size) and DNATs.
+fn upstream_affinity_script(model: &ProxyModel, timeout: u32) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::from("table ip kube-proxy {\n");
+    let mut services = Vec::new();
+    for (i, e) in model.services.values().enumerate() {
+        let n = e.endpoints.len();
+        for (j, ep) in e.endpoints.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "\tset affinity-{i}-{j} {{ type ipv4_addr; flags dynamic,timeout; timeout {timeout}s; }}"
+            );
+            let _ = writeln!(
+                s,
+                "\tchain endpoint-{i}-{j} {{\n\t\tupdate @affinity-{i}-{j} {{ ip saddr }}\n\t\tmeta l4proto tcp dnat to {}:{}\n\t}}",
+                ep.ip, ep.port
+            );
+        }
+        let _ = writeln!(s, "\tchain service-{i} {{");
+        for j in 0..n {
+            let _ = writeln!(s, "\t\tip saddr @affinity-{i}-{j} goto endpoint-{i}-{j}");
+        }
+        let vmap: Vec<String> = (0..n)
+            .map(|j| format!("{j} : goto endpoint-{i}-{j}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\t\tnumgen random mod {n} vmap {{ {} }}\n\t}}",
+            vmap.join(", ")
+        );
+        services.push(format!(
+            "{} . tcp . {} : goto service-{i}",
+            e.port.cluster_ips[0], e.port.port
+        ));
+    }
+    let _ = writeln!(
+        s,
+        "\tmap service-ips {{\n\t\ttype ipv4_addr . inet_proto . inet_service : verdict\n\t\telements = {{ {} }}\n\t}}",
+        services.join(", ")
+    );
+    s.push_str(
+        "\tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\t}\n",
+    );
+    s.push_str("\tchain nat-prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tjump services\n\t}\n");
+    s.push_str("\tchain nat-output {\n\t\ttype nat hook output priority -100; policy accept;\n\t\tjump services\n\t}\n}\n");
+    s
+}
+
+fn run_affinity(n: usize, cfg: &BuildConfig) {
+    const TIMEOUT: u32 = 10800;
+    let mut model: ProxyModel = synthetic::model(n, ENDPOINTS);
+    for e in model.services.values_mut() {
+        e.port.affinity_timeout = Some(TIMEOUT);
+    }
+    let sets = n * ENDPOINTS;
+    let rs = build(&model, cfg);
+    let mut ops = Vec::new();
+    for t in &rs.tables {
+        diff(None, t, &mut ops);
+    }
+    let batch = encode(&ops);
+    let upstream = upstream_affinity_script(&model, TIMEOUT);
+    let ours_text = render::ruleset(&rs);
+
+    // Namespaces first (creating one is not what is measured); all are deleted at the
+    // end, since deleting frees memory later and would blur the next reading.
+    let ns_up = Ns::new("aff-upstream");
+    let ns_nl = Ns::new("aff-nl");
+    let ns_text = Ns::new("aff-text");
+
+    let before = Mem::reading();
+    let up_time = ns_up.nft(&upstream);
+    let up_mem = Mem::since(before);
+
+    ns_nl.enter();
+    let mut kernel = Kernel::open().expect("netlink socket");
+    let before = Mem::reading();
+    let t0 = Instant::now();
+    kernel.commit(&batch, &ops).expect("affinity load commit");
+    let nl_time = t0.elapsed();
+    let nl_mem = Mem::since(before);
+
+    let before = Mem::reading();
+    let text_time = ns_text.nft(&ours_text);
+    let text_mem = Mem::since(before);
+
+    let mb = |kb: i64| kb as f64 / 1024.0;
+    let per_set = |m: &Mem| m.kernel() as f64 / sets as f64;
+    println!(
+        "\n== session affinity: {n} ClientIP services x {ENDPOINTS} endpoints = {sets} affinity sets ({} messages)",
+        batch.messages
+    );
+    let line = |what: &str, t: Duration, m: &Mem| {
+        println!(
+            "{what:<28} load {:>8.1} ms (ratio {:.3}) | kernel memory {:>7.1} MB = {:>6.2} KB/set (ratio {:.2}) | Slab {:+.1} MB",
+            ms(t),
+            t.as_secs_f64() / up_time.as_secs_f64(),
+            mb(m.kernel()),
+            per_set(m),
+            m.kernel() as f64 / up_mem.kernel().max(1) as f64,
+            mb(m.slab)
+        );
+    };
+    line("upstream shape, nft -f", up_time, &up_mem);
+    line("ours, netlink commit", nl_time, &nl_mem);
+    line("ours, nft -f of our text", text_time, &text_mem);
+    println!("(ratios against the upstream shape through nft -f; lower is better)");
+    drop((ns_up, ns_nl, ns_text));
 }
 
 fn run_scale(n: usize, cfg: &BuildConfig) {

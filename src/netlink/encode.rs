@@ -97,6 +97,32 @@ fn field_len(t: KeyType, family: Family) -> u32 {
     }
 }
 
+/// The `NFTA_SET_FLAGS` of a declaration, every property OR-ed into one value.
+///
+/// A dynamic timeout set (session affinity) is `NFT_SET_TIMEOUT | NFT_SET_EVAL`, what
+/// nft sends for `flags dynamic,timeout`. It is sent without a size
+/// (`NFTA_SET_DESC_SIZE`), as nft sends it when the text gives none: the kernel's
+/// hash backend sizes its first bucket table from the declared size
+/// (`nft_rhash_init`: `nelem_hint = desc->size ?: 3`), so `size 65535` preallocated a
+/// table of 131,072 buckets, a 2 MiB allocation per set, before any client was
+/// recorded. Without a size the table starts at 4 buckets and grows with its
+/// elements, and binding the set to `update @set` gives it the kernel's default cap of
+/// [`render::AFFINITY_SET_SIZE`] elements (`nft_dynset_init`), which `nft list` shows
+/// as `size 65535` either way.
+pub fn set_flags(d: &SetDecl) -> u32 {
+    let mut flags = 0;
+    if d.is_interval() {
+        flags |= NFT_SET_INTERVAL | NFT_SET_CONCAT;
+    }
+    if d.timeout.is_some() {
+        flags |= NFT_SET_TIMEOUT | NFT_SET_EVAL;
+    }
+    if d.is_map() {
+        flags |= NFT_SET_MAP;
+    }
+    flags
+}
+
 /// User data nft 1.0.6 writes for our set shapes; `nft list` needs it to print the
 /// declarations (`typeof …`) and elements readably. Captured from nft's own messages.
 pub fn set_userdata(decl: &SetDecl, family: Family) -> Vec<u8> {
@@ -380,12 +406,13 @@ impl BatchBuilder {
                 let (kt, kl) = key_type(&d.key, f);
                 sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_TYPE as u16, kt);
                 sys::nftnl_set_set_u32(p, sys::NFTNL_SET_KEY_LEN as u16, kl);
+                // One flags value for every property of the set, set once: assigning
+                // NFTNL_SET_FLAGS per property would keep only the last one.
+                let flags = set_flags(d);
+                if flags != 0 {
+                    sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, flags);
+                }
                 if d.is_interval() {
-                    sys::nftnl_set_set_u32(
-                        p,
-                        sys::NFTNL_SET_FLAGS as u16,
-                        NFT_SET_INTERVAL | NFT_SET_CONCAT,
-                    );
                     let lens: Vec<u8> = d.key.iter().map(|t| field_len(*t, f) as u8).collect();
                     sys::nftnl_set_set_data(
                         p,
@@ -395,21 +422,11 @@ impl BatchBuilder {
                     );
                 }
                 if let Some(t) = d.timeout {
-                    sys::nftnl_set_set_u32(
-                        p,
-                        sys::NFTNL_SET_FLAGS as u16,
-                        NFT_SET_TIMEOUT | NFT_SET_EVAL,
-                    );
                     sys::nftnl_set_set_u64(p, sys::NFTNL_SET_TIMEOUT as u16, u64::from(t) * 1000);
-                    sys::nftnl_set_set_u32(
-                        p,
-                        sys::NFTNL_SET_DESC_SIZE as u16,
-                        render::AFFINITY_SET_SIZE,
-                    );
                 }
+                // No NFTNL_SET_DESC_SIZE, ever: see `set_flags`.
                 if d.is_map() {
                     let (dt, dl) = key_type(&d.data, f);
-                    sys::nftnl_set_set_u32(p, sys::NFTNL_SET_FLAGS as u16, NFT_SET_MAP);
                     sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DATA_TYPE as u16, dt);
                     sys::nftnl_set_set_u32(p, sys::NFTNL_SET_DATA_LEN as u16, dl);
                 }
@@ -648,5 +665,91 @@ mod tests {
         assert_eq!(b.op_for_seq(2), Some(0));
         assert_eq!(b.op_for_seq(3), Some(1));
         assert_eq!(b.op_for_seq(b.ack_seq), Some(2));
+    }
+
+    fn decl(key: Vec<KeyType>, data: Vec<KeyType>, timeout: Option<u32>) -> SetDecl {
+        SetDecl {
+            name: "s".into(),
+            key,
+            data,
+            comment: "",
+            timeout,
+        }
+    }
+
+    #[test]
+    fn set_flags_are_or_ed_together() {
+        assert_eq!(set_flags(&decl(vec![KeyType::Addr], vec![], None)), 0);
+        assert_eq!(
+            set_flags(&decl(vec![KeyType::Addr], vec![], Some(10))),
+            NFT_SET_TIMEOUT | NFT_SET_EVAL
+        );
+        assert_eq!(
+            set_flags(&decl(vec![KeyType::Addr, KeyType::Net], vec![], None)),
+            NFT_SET_INTERVAL | NFT_SET_CONCAT
+        );
+        // Shapes the IR does not build today lose no flag either.
+        assert_eq!(
+            set_flags(&decl(
+                vec![KeyType::Addr, KeyType::Net],
+                vec![KeyType::Addr],
+                Some(10)
+            )),
+            NFT_SET_INTERVAL | NFT_SET_CONCAT | NFT_SET_TIMEOUT | NFT_SET_EVAL | NFT_SET_MAP
+        );
+        assert_eq!(
+            set_flags(&decl(vec![KeyType::Addr], vec![KeyType::Port], Some(10))),
+            NFT_SET_TIMEOUT | NFT_SET_EVAL | NFT_SET_MAP
+        );
+    }
+
+    /// The NEWSET message of an affinity set, decoded by libnftnl: what nft 1.0.6 sends
+    /// for `set s { type ipv4_addr; flags dynamic,timeout; timeout 10800s; }` (flags
+    /// 0x30, key length 4, timeout in ms) and no size, which would make the kernel
+    /// preallocate a 2 MiB hash table per set.
+    #[test]
+    fn affinity_set_is_sent_as_nft_sends_it_without_a_size() {
+        let ops = vec![Op::AddSet(
+            Family::V4,
+            decl(vec![KeyType::Addr], vec![], Some(10800)),
+        )];
+        let b = encode(&ops);
+        let newset = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSET;
+        let mut off = 0;
+        let mut seen = 0;
+        while off + 16 <= b.bytes.len() {
+            let len = u32::from_ne_bytes(b.bytes[off..off + 4].try_into().unwrap()) as usize;
+            let ty = u16::from_ne_bytes(b.bytes[off + 4..off + 6].try_into().unwrap());
+            if ty == newset {
+                seen += 1;
+                let msg = &b.bytes[off..off + len];
+                // Safety: `msg` is one complete netlink message; the set is freed.
+                unsafe {
+                    let s = sys::nftnl_set_alloc();
+                    assert!(!s.is_null());
+                    assert!(
+                        sys::nftnl_set_nlmsg_parse(msg.as_ptr() as *const libc::nlmsghdr, s) >= 0
+                    );
+                    let get = |a: u32| {
+                        sys::nftnl_set_is_set(s, a as u16)
+                            .then(|| sys::nftnl_set_get_u32(s, a as u16))
+                    };
+                    assert_eq!(
+                        get(sys::NFTNL_SET_FLAGS),
+                        Some(NFT_SET_TIMEOUT | NFT_SET_EVAL)
+                    );
+                    assert_eq!(get(sys::NFTNL_SET_KEY_LEN), Some(4));
+                    assert_eq!(get(sys::NFTNL_SET_DESC_SIZE), None, "a size preallocates");
+                    assert_eq!(get(sys::NFTNL_SET_POLICY), None);
+                    assert_eq!(
+                        sys::nftnl_set_get_u64(s, sys::NFTNL_SET_TIMEOUT as u16),
+                        10_800_000
+                    );
+                    sys::nftnl_set_free(s);
+                }
+            }
+            off += (len + 3) & !3;
+        }
+        assert_eq!(seen, 1);
     }
 }

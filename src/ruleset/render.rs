@@ -98,8 +98,17 @@ fn proto_name(p: u8) -> String {
     }
 }
 
-/// Capacity of a dynamic (affinity) set: nft's default, made explicit so that both the
-/// text and the netlink path declare it.
+/// Capacity of a dynamic (affinity) set: the kernel's default for a set that
+/// `update @set` binds without a declared size (`nft_dynset_init`), which `nft list`
+/// shows as `size 65535`. Neither path declares it: a declared size is also the hash
+/// table's initial size hint, so `size 65535` costs 2 MiB of kernel memory per set up
+/// front, while an undeclared one starts at a few hundred bytes and grows with the
+/// clients it records. So each endpoint of a ClientIP Service records at most this
+/// many clients at once (per family). On a full set `update` fails and its rule does
+/// not match: a new client whose pick finds its endpoint's set full goes on to the
+/// next endpoints' rules, and if the last endpoint's set is full too, the packet leaves
+/// the affinity chain without DNAT unless the chain ends with rules that balance
+/// without `update` (`tests/affinity_kernel.rs`, `full_affinity_set_still_balances`).
 pub const AFFINITY_SET_SIZE: u32 = 65535;
 
 /// Renders one value.
@@ -246,7 +255,6 @@ pub fn table(t: &Table) -> String {
             let _ = writeln!(out, "\t\tflags interval");
         }
         if let Some(t) = s.decl.timeout {
-            let _ = writeln!(out, "\t\tsize {AFFINITY_SET_SIZE}");
             let _ = writeln!(out, "\t\tflags dynamic,timeout");
             let _ = writeln!(out, "\t\ttimeout {t}s");
         }
@@ -294,7 +302,7 @@ pub fn op(op: &super::diff::Op) -> String {
         Op::AddSet(f, d) => {
             let flags = match d.timeout {
                 Some(t) => {
-                    format!(" size {AFFINITY_SET_SIZE}; flags dynamic,timeout; timeout {t}s;")
+                    format!(" flags dynamic,timeout; timeout {t}s;")
                 }
                 None if d.is_interval() => " flags interval;".to_string(),
                 None => String::new(),
