@@ -499,25 +499,24 @@ fn ensure(reqs: &[Requirement]) -> Result<(), String> {
     let assume_missing = env::var(ENV_ASSUME_MISSING)
         .map(|v| parse_assume_missing(&v))
         .unwrap_or_default();
+    for name in &assume_missing {
+        // A misspelt name would otherwise make the override silently do nothing.
+        if !BUILD.iter().chain(TEST_TOOLS).any(|r| r.name == *name) {
+            say(&format!(
+                "{ENV_ASSUME_MISSING}: no requirement named {name:?}; see --help"
+            ));
+        }
+    }
     let found = probe_all(reqs, &assume_missing);
     match decide(&found, Host::detect()) {
         Action::Ready => Ok(()),
         Action::Stop(msg) => Err(msg),
         Action::AptInstall(pkgs) => {
-            let why: Vec<&str> = found
-                .iter()
-                .filter(|(_, s)| *s != Status::Present)
-                .map(|(r, _)| r.name)
-                .collect();
-            apt_install(&pkgs, &why)?;
+            apt_install(&pkgs, &not_present(&found))?;
             // Check again: a package that installed but still does not provide what the
             // build looks up (or an override that keeps it "missing") must stop here, not
             // in a build script.
-            let still: Vec<&str> = probe_all(reqs, &assume_missing)
-                .iter()
-                .filter(|(_, s)| *s != Status::Present)
-                .map(|(r, _)| r.name)
-                .collect();
+            let still = not_present(&probe_all(reqs, &assume_missing));
             if still.is_empty() {
                 Ok(())
             } else {
@@ -528,6 +527,15 @@ fn ensure(reqs: &[Requirement]) -> Result<(), String> {
             }
         }
     }
+}
+
+/// Names of the requirements that probing did not find present.
+fn not_present(found: &[(Requirement, Status)]) -> Vec<&'static str> {
+    found
+        .iter()
+        .filter(|(_, s)| *s != Status::Present)
+        .map(|(r, _)| r.name)
+        .collect()
 }
 
 const USAGE: &str = "\
