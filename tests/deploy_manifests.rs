@@ -638,6 +638,18 @@ fn containerfile_matches_the_daemonset() {
     for pkg in ["libnftnl11", "libmnl0", "ca-certificates"] {
         assert!(runtime.contains(pkg), "{pkg}");
     }
+    // Every workspace member is copied: cargo loads each member's manifest, so one left
+    // out breaks the image build.
+    let members = manifest
+        .lines()
+        .find(|l| l.starts_with("members"))
+        .expect("Cargo.toml lists workspace members");
+    for member in members.split('"').skip(1).step_by(2).filter(|m| *m != ".") {
+        assert!(
+            text.contains(&format!("COPY {member} ./{member}\n")),
+            "Containerfile does not copy workspace member {member}"
+        );
+    }
     // Everything it copies exists (a renamed directory would break the image build).
     for line in text
         .lines()
