@@ -3,7 +3,7 @@
 //! Each first makes sure the machine has the system packages the build needs (pkg-config
 //! and the development files of libnftnl and libmnl, which the `-sys` crates' build
 //! scripts look up) and, for `test`, the tools the kernel tests and the conformance
-//! runner call (`nft`, `ip`, `conntrack`, `python3`). What is missing is installed with
+//! runner call (`nft`, `ip`, `conntrack`, `python3`, `sysctl`). What is missing is installed with
 //! apt-get when running as root on a system that has it; otherwise the one command to run
 //! is printed and nothing is compiled. Then the real cargo command runs and its exit code
 //! is passed through.
@@ -122,7 +122,8 @@ const BUILD: &[Requirement] = &[
 ];
 
 /// What the kernel tests (`nft`, `ip`, `conntrack`) and the conformance runner
-/// (`python3`) call, on top of [`BUILD`].
+/// (`python3`, and `sysctl`, which container base images lack) call, on top of
+/// [`BUILD`].
 const TEST_TOOLS: &[Requirement] = &[
     Requirement {
         name: "nft",
@@ -158,6 +159,15 @@ const TEST_TOOLS: &[Requirement] = &[
             apt: "python3",
             dnf: "python3",
             pacman: "python",
+        },
+    },
+    Requirement {
+        name: "sysctl",
+        probe: Probe::Program("sysctl"),
+        packages: Packages {
+            apt: "procps",
+            dnf: "procps-ng",
+            pacman: "procps-ng",
         },
     },
 ];
@@ -547,12 +557,12 @@ usage:
       exists; otherwise printing the command to run, and stopping), then run the demo:
       cargo run --release -- --manifests demo/cluster.yaml --dry-run ... [PROXY ARGS...]
   cargo xtask test [CARGO TEST ARGS...]
-      the same checks plus nft, ip, conntrack and python3, then run the tests:
+      the same checks plus nft, ip, conntrack, python3 and sysctl, then run the tests:
       cargo test --release [CARGO TEST ARGS...]
 
 environment:
-  KNP_XTASK_ASSUME_MISSING=a,b   treat these as missing (pkg-config, libnftnl, libmnl,
-                                 nft, ip, conntrack, python3) to try the install path
+  KNP_XTASK_ASSUME_MISSING=a,b   treat these as missing (pkg-config, libnftnl, libmnl, nft,
+                                 ip, conntrack, python3, sysctl) to try the install path
   KNP_XTASK_ASSUME_NOT_ROOT=1    act as a non-root user: print the command, install nothing
   PKG_CONFIG                     the pkg-config to check with, as the build scripts use it";
 
@@ -664,7 +674,8 @@ mod tests {
                 "nftables",
                 "iproute2",
                 "conntrack",
-                "python3"
+                "python3",
+                "procps"
             ])
         );
     }
