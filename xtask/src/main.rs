@@ -3,10 +3,10 @@
 //! Each first makes sure the machine has the system packages the build needs (pkg-config
 //! and the development files of libnftnl and libmnl, which the `-sys` crates' build
 //! scripts look up) and, for `test`, the tools the kernel tests and the conformance
-//! runner call (`nft`, `ip`, `conntrack`, `python3`, `sysctl`). What is missing is installed with
-//! apt-get when running as root on a system that has it; otherwise the one command to run
-//! is printed and nothing is compiled. Then the real cargo command runs and its exit code
-//! is passed through.
+//! runner call (`nft`, `ip`, `conntrack`, `python3`, `sysctl`). What is missing is
+//! installed with apt-get when running as root on a system that has it; otherwise the one
+//! command to run is printed and nothing is compiled. Then the real cargo command runs and
+//! its exit code is passed through.
 //!
 //! Looking at the machine (`probe`, `Host::detect`) is kept apart from deciding what to
 //! do about it (`decide`, `hint`), so the decisions are unit-tested without touching it.
