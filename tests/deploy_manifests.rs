@@ -619,12 +619,36 @@ logging:
 #[test]
 fn containerfile_matches_the_daemonset() {
     let text = std::fs::read_to_string(root().join("Containerfile")).unwrap();
-    assert!(text.contains("cargo build --release --locked"));
+    // The image ships the `dist` build: release code without debug information or
+    // symbols (docs/operations.md), so it stays small on every node.
+    assert!(text.contains("cargo build --profile dist --locked"));
+    assert!(text.contains("target/dist/kube-nft-proxy"));
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let dist = manifest
+        .split("[profile.dist]")
+        .nth(1)
+        .and_then(|rest| rest.split("\n[").next())
+        .expect("Cargo.toml has a [profile.dist]");
+    for setting in ["inherits = \"release\"", "strip = true"] {
+        assert!(dist.contains(setting), "[profile.dist] lacks {setting}");
+    }
     assert!(text.contains("/usr/local/bin/kube-nft-proxy"));
     let runtime = text.rsplit("FROM ").next().unwrap();
     assert!(runtime.starts_with("docker.io/library/debian:bookworm-slim"));
     for pkg in ["libnftnl11", "libmnl0", "ca-certificates"] {
         assert!(runtime.contains(pkg), "{pkg}");
+    }
+    // Every workspace member is copied: cargo loads each member's manifest, so one left
+    // out breaks the image build.
+    let members = manifest
+        .lines()
+        .find(|l| l.starts_with("members"))
+        .expect("Cargo.toml lists workspace members");
+    for member in members.split('"').skip(1).step_by(2).filter(|m| *m != ".") {
+        assert!(
+            text.contains(&format!("COPY {member} ./{member}\n")),
+            "Containerfile does not copy workspace member {member}"
+        );
     }
     // Everything it copies exists (a renamed directory would break the image build).
     for line in text
