@@ -321,7 +321,6 @@ fn affinity_sets_cost_what_nft_costs() {
 /// recorded but still reaches an endpoint: every datagram from 12 new clients to a
 /// 3-endpoint affinity Service is answered by one of its endpoints.
 #[test]
-#[ignore = "fails today: `update` and `dnat` share a rule in the affinity chain (src/ruleset/build.rs, affinity_chain), so a full set makes the last endpoint's rule fail and the packet leaves the chain without DNAT; needs fallback rules without `update` there"]
 fn full_affinity_set_still_balances() {
     if !require_privileged() {
         return;

@@ -441,6 +441,22 @@ fn affinity_chain(
         r.push(Stmt::Dnat(e.ip, e.port));
         rules.push(rule(r));
     }
+    // A full set (the kernel caps each at 65535 clients) makes `update` fail and its
+    // rule not match; without these a new client whose pick reaches a full last set
+    // would leave the chain without DNAT. The same pick without recording: balanced,
+    // not sticky.
+    for (i, e) in eps.iter().enumerate() {
+        let mut r = Vec::new();
+        if i + 1 < n {
+            r.push(Stmt::NumgenEq {
+                modulus: (n - i) as u32,
+                value: 0,
+            });
+        }
+        r.push(Stmt::L4Proto(proto));
+        r.push(Stmt::Dnat(e.ip, e.port));
+        rules.push(rule(r));
+    }
     regular(name, rules)
 }
 

@@ -106,9 +106,9 @@ fn proto_name(p: u8) -> String {
 /// clients it records. So each endpoint of a ClientIP Service records at most this
 /// many clients at once (per family). On a full set `update` fails and its rule does
 /// not match: a new client whose pick finds its endpoint's set full goes on to the
-/// next endpoints' rules, and if the last endpoint's set is full too, the packet leaves
-/// the affinity chain without DNAT unless the chain ends with rules that balance
-/// without `update` (`tests/affinity_kernel.rs`, `full_affinity_set_still_balances`).
+/// next endpoints' rules; the affinity chain ends with rules that balance without
+/// `update`, so such a client is still balanced (not sticky), never dropped
+/// (`tests/affinity_kernel.rs`, `full_affinity_set_still_balances`).
 pub const AFFINITY_SET_SIZE: u32 = 65535;
 
 /// Renders one value.
