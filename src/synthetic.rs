@@ -48,6 +48,7 @@ pub fn entry(i: usize, eps: usize) -> ServiceEntry {
             affinity_timeout: None,
             health_check_node_port: None,
             traffic_distribution: None,
+            created: None,
         },
         endpoints: (0..eps).map(|j| endpoint(i, j)).collect(),
     }
@@ -269,6 +270,7 @@ pub fn random_entry(rng: &mut Rng, i: usize) -> ServiceEntry {
             affinity_timeout: rng.one_in(4).then(|| [10, 10800, 86400][rng.below(3)]),
             health_check_node_port: None,
             traffic_distribution: None,
+            created: None,
         },
         endpoints,
     }

@@ -157,6 +157,7 @@ mod tests {
             affinity_timeout: None,
             health_check_node_port: None,
             traffic_distribution: None,
+            created: None,
         }
     }
 

@@ -59,7 +59,7 @@ pub struct Problem {
 pub struct Problems(pub Vec<Problem>);
 
 impl Problems {
-    fn add(&mut self, object: &str, reason: impl Into<String>) {
+    pub(crate) fn add(&mut self, object: &str, reason: impl Into<String>) {
         self.0.push(Problem {
             object: object.to_string(),
             reason: reason.into(),
@@ -213,7 +213,17 @@ pub fn ignored_service(svc: &Service) -> bool {
     if spec.type_.as_deref() == Some("ExternalName") {
         return true;
     }
-    matches!(spec.cluster_ip.as_deref(), None | Some("") | Some("None"))
+    // The API server always fills clusterIP from clusterIPs; a hand-written manifest
+    // may give only clusterIPs, which then count.
+    let first = match spec.cluster_ip.as_deref() {
+        None | Some("") => spec
+            .cluster_ips
+            .as_ref()
+            .and_then(|v| v.first())
+            .map(String::as_str),
+        ip => ip,
+    };
+    matches!(first, None | Some("") | Some("None"))
 }
 
 fn port_u16(v: i32) -> Option<u16> {
@@ -357,8 +367,21 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
     };
 
     let mut out = Vec::new();
-    for p in spec.ports.iter().flatten() {
+    let created = svc
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| (t.0.as_second(), t.0.subsec_nanosecond()));
+    let mut seen: Vec<(String, Protocol, u16)> = Vec::new();
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    for p in ports {
         let port_name = p.name.clone().unwrap_or_default();
+        if port_name.is_empty() && ports.len() > 1 {
+            problems.add(
+                &object,
+                format!("port {} has no name although the Service has several ports; its endpoints are matched by the empty name", p.port),
+            );
+        }
         let Some(protocol) = Protocol::parse(p.protocol.as_deref()) else {
             problems.add(
                 &object,
@@ -379,6 +402,21 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
             );
             continue;
         };
+        if let Some((n, pr, po)) = seen
+            .iter()
+            .find(|(n, pr, po)| *pr == protocol && (*n == port_name || *po == port))
+        {
+            problems.add(
+                &object,
+                format!(
+                    "port {port_name:?} ({}/{port}) repeats port {n:?} ({}/{po}); skipped",
+                    protocol.name(),
+                    pr.name()
+                ),
+            );
+            continue;
+        }
+        seen.push((port_name.clone(), protocol, port));
         let node_port = match p.node_port {
             Some(n) if node_port_type => match port_u16(n) {
                 Some(n) => Some(n),
@@ -410,6 +448,7 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
             affinity_timeout,
             health_check_node_port,
             traffic_distribution,
+            created,
         });
     }
     out

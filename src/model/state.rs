@@ -1,6 +1,7 @@
 //! The cluster objects the proxy knows, by key, and the proxy model computed from them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Node, Service};
@@ -8,7 +9,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 
 use super::convert::{self, NodeInfo, Problems, SERVICE_NAME_LABEL};
-use super::types::{Endpoint, ServiceName, ServicePort, ServicePortName};
+use super::types::{Endpoint, Protocol, ServiceName, ServicePort, ServicePortName};
 
 /// One object the proxy watches.
 #[derive(Clone, Debug)]
@@ -270,10 +271,76 @@ impl ProxyModel {
             }
         }
         let service_cidrs = convert::service_cidrs(state.service_cidrs.values(), problems);
-        ProxyModel {
+        let model = ProxyModel {
             services,
             node,
             service_cidrs,
+        };
+        model.report_contested_frontends(problems);
+        model
+    }
+
+    /// Service ports in the order they claim frontends: older Services first (by
+    /// creationTimestamp; Services without one after those), then by name. Of two
+    /// Services that claim one address and port, the first keeps it.
+    pub fn claim_order(&self) -> Vec<(&ServicePortName, &ServiceEntry)> {
+        let mut v: Vec<_> = self.services.iter().collect();
+        v.sort_by_key(|(n, e)| (e.port.created.is_none(), e.port.created, *n));
+        v
+    }
+
+    /// Names both Services of every address and port two of them claim (the later one
+    /// loses it; see [`ProxyModel::claim_order`]).
+    fn report_contested_frontends(&self, problems: &mut Problems) {
+        let mut owner: BTreeMap<(IpAddr, Protocol, u16), &ServicePortName> = BTreeMap::new();
+        let mut node_ports: BTreeMap<(Protocol, u16), &ServicePortName> = BTreeMap::new();
+        for (name, e) in self.claim_order() {
+            let p = &e.port;
+            let proto = name.protocol;
+            let addrs = p
+                .cluster_ips
+                .iter()
+                .chain(&p.external_ips)
+                .chain(&p.load_balancer_ips);
+            for ip in addrs {
+                match owner.get(&(*ip, proto, p.port)) {
+                    Some(first) if first.namespace != name.namespace || first.name != name.name => {
+                        problems.add(
+                            &format!("Service {}/{}", name.namespace, name.name),
+                            format!(
+                                "{ip} port {}/{} is also claimed by Service {}/{}, which is older (or first by name) and keeps it",
+                                p.port,
+                                proto.name(),
+                                first.namespace,
+                                first.name
+                            ),
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        owner.insert((*ip, proto, p.port), name);
+                    }
+                }
+            }
+            if let Some(np) = p.node_port {
+                match node_ports.get(&(proto, np)) {
+                    Some(first) if first.namespace != name.namespace || first.name != name.name => {
+                        problems.add(
+                            &format!("Service {}/{}", name.namespace, name.name),
+                            format!(
+                                "node port {np}/{} is also claimed by Service {}/{}, which keeps it",
+                                proto.name(),
+                                first.namespace,
+                                first.name
+                            ),
+                        );
+                    }
+                    Some(_) => {}
+                    None => {
+                        node_ports.insert((proto, np), name);
+                    }
+                }
+            }
         }
     }
 

@@ -120,6 +120,9 @@ pub struct ServicePort {
     pub health_check_node_port: Option<u16>,
     /// spec.trafficDistribution
     pub traffic_distribution: Option<TrafficDistribution>,
+    /// metadata.creationTimestamp as (seconds, nanoseconds) since the epoch: of two
+    /// Services claiming one frontend, the older keeps it
+    pub created: Option<(i64, i32)>,
 }
 
 impl ServicePort {

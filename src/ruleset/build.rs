@@ -305,7 +305,7 @@ pub(crate) fn service_plans(
 
 fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key, Plan> {
     let mut plans: BTreeMap<Key, Plan> = BTreeMap::new();
-    for entry in model.services.values() {
+    for (_, entry) in model.claim_order() {
         for (k, p) in service_plans(entry, &model.node, cfg, family) {
             plans.entry(k).or_insert(p);
         }

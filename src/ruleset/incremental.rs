@@ -90,7 +90,7 @@ impl Incremental {
                 affinity: AffinityParts::default(),
             };
             let mut all_elements = Vec::new();
-            for (name, entry) in &model.services {
+            for (name, entry) in model.claim_order() {
                 let (mut c, plans) = port_contrib(entry, model, cfg, family);
                 let mut claimed = Vec::new();
                 for (k, p) in &plans {

@@ -11,6 +11,7 @@
 
 pub mod backends;
 pub mod manifests;
+pub mod monitor;
 pub mod topology;
 pub mod transitions;
 
