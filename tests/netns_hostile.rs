@@ -211,7 +211,7 @@ fn list(objs: &[Value]) -> String {
     json!({"apiVersion": "v1", "kind": "List", "items": objs}).to_string()
 }
 
-fn args<'a>(path: &'a str) -> Vec<&'a str> {
+fn args(path: &str) -> Vec<&str> {
     vec![
         "--manifests",
         path,
