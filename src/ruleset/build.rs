@@ -427,35 +427,27 @@ fn affinity_chain(
             Stmt::Dnat(e.ip, e.port),
         ]));
     }
+    // The pick, recording the client; then the same pick without recording: a full set
+    // (the kernel caps each at 65535 clients) makes `update` fail and its rule not
+    // match, and without the second round a new client whose pick reaches a full last
+    // set would leave the chain without DNAT. Balanced, not sticky.
     let n = eps.len();
-    for (i, e) in eps.iter().enumerate() {
-        let mut r = Vec::new();
-        if i + 1 < n {
-            r.push(Stmt::NumgenEq {
-                modulus: (n - i) as u32,
-                value: 0,
-            });
+    for record in [true, false] {
+        for (i, e) in eps.iter().enumerate() {
+            let mut r = Vec::new();
+            if i + 1 < n {
+                r.push(Stmt::NumgenEq {
+                    modulus: (n - i) as u32,
+                    value: 0,
+                });
+            }
+            if record {
+                r.push(Stmt::UpdateSaddr(set_name(e)));
+            }
+            r.push(Stmt::L4Proto(proto));
+            r.push(Stmt::Dnat(e.ip, e.port));
+            rules.push(rule(r));
         }
-        r.push(Stmt::UpdateSaddr(set_name(e)));
-        r.push(Stmt::L4Proto(proto));
-        r.push(Stmt::Dnat(e.ip, e.port));
-        rules.push(rule(r));
-    }
-    // A full set (the kernel caps each at 65535 clients) makes `update` fail and its
-    // rule not match; without these a new client whose pick reaches a full last set
-    // would leave the chain without DNAT. The same pick without recording: balanced,
-    // not sticky.
-    for (i, e) in eps.iter().enumerate() {
-        let mut r = Vec::new();
-        if i + 1 < n {
-            r.push(Stmt::NumgenEq {
-                modulus: (n - i) as u32,
-                value: 0,
-            });
-        }
-        r.push(Stmt::L4Proto(proto));
-        r.push(Stmt::Dnat(e.ip, e.port));
-        rules.push(rule(r));
     }
     regular(name, rules)
 }
