@@ -106,6 +106,52 @@ fn header(ty: u16, flags: u16, seq: u32, family: u8, len: usize) -> Vec<u8> {
     v
 }
 
+/// Walks one receive of a conntrack dump: pushes the original tuple of every entry that
+/// is one of `flows` (UDP, DNATed) onto `victims`. Returns whether the dump ended
+/// (NLMSG_DONE or an error). The buffer comes from the kernel, but is checked like any
+/// other input: a message too short for its headers is skipped, never sliced.
+fn dump_page(buf: &[u8], flows: &BTreeSet<StaleFlow>, victims: &mut Vec<Vec<u8>>) -> bool {
+    // nlmsghdr (16 bytes) and nfgenmsg (4 bytes) precede a ctnetlink message's attributes.
+    const HEADERS: usize = 20;
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]]) as usize;
+        let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+        if len < 16 || len > buf.len() - off {
+            break;
+        }
+        if ty == 3 || ty == 2 {
+            // NLMSG_DONE or an error ends the dump.
+            return true;
+        }
+        if len >= HEADERS {
+            let payload = &buf[off + HEADERS..off + len];
+            let status = find(payload, CTA_STATUS)
+                .and_then(|v| <[u8; 4]>::try_from(v).ok())
+                .map(u32::from_be_bytes)
+                .unwrap_or(0);
+            if let (Some(orig_raw), Some(reply)) = (
+                find(payload, CTA_TUPLE_ORIG),
+                find(payload, CTA_TUPLE_REPLY).and_then(tuple),
+            ) {
+                if let Some(orig) = tuple(orig_raw) {
+                    let f = StaleFlow {
+                        frontend: orig.1,
+                        frontend_port: orig.4,
+                        endpoint: reply.0,
+                        endpoint_port: reply.3,
+                    };
+                    if orig.2 == 17 && status & IPS_DST_NAT != 0 && flows.contains(&f) {
+                        victims.push(orig_raw.to_vec());
+                    }
+                }
+            }
+        }
+        off += (len + 3) & !3;
+    }
+    false
+}
+
 /// Deletes the conntrack entries of `flows` (UDP only) in the current network
 /// namespace; returns how many were deleted.
 pub fn delete_stale_udp(flows: &BTreeSet<StaleFlow>) -> Result<usize, Error> {
@@ -121,42 +167,10 @@ pub fn delete_stale_udp(flows: &BTreeSet<StaleFlow>) -> Result<usize, Error> {
         sock.send(&req).map_err(Error::Socket)?;
         let mut victims: Vec<Vec<u8>> = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
-        'dump: loop {
+        loop {
             let n = sock.recv_raw(&mut buf).map_err(Error::Socket)?;
-            let mut off = 0;
-            while off + 16 <= n {
-                let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
-                    as usize;
-                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-                if len < 16 || off + len > n {
-                    break;
-                }
-                if ty == 3 || ty == 2 {
-                    // NLMSG_DONE or an error ends the dump.
-                    break 'dump;
-                }
-                let payload = &buf[off + 20..off + len];
-                let status = find(payload, CTA_STATUS)
-                    .and_then(|v| <[u8; 4]>::try_from(v).ok())
-                    .map(u32::from_be_bytes)
-                    .unwrap_or(0);
-                if let (Some(orig_raw), Some(reply)) = (
-                    find(payload, CTA_TUPLE_ORIG),
-                    find(payload, CTA_TUPLE_REPLY).and_then(tuple),
-                ) {
-                    if let Some(orig) = tuple(orig_raw) {
-                        let f = StaleFlow {
-                            frontend: orig.1,
-                            frontend_port: orig.4,
-                            endpoint: reply.0,
-                            endpoint_port: reply.3,
-                        };
-                        if orig.2 == 17 && status & IPS_DST_NAT != 0 && flows.contains(&f) {
-                            victims.push(orig_raw.to_vec());
-                        }
-                    }
-                }
-                off += (len + 3) & !3;
+            if dump_page(&buf[..n], flows, &mut victims) {
+                break;
             }
         }
         for (i, orig) in victims.iter().enumerate() {
@@ -240,5 +254,86 @@ pub fn apply_settings(c: &crate::kubeproxyconfig::Conntrack) {
                 tracing::warn!(sysctl = name, value = %value, error = %e, "cannot set conntrack sysctl")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nlmsg(ty: u16, len: u32, total: usize) -> Vec<u8> {
+        let mut m = vec![0u8; total];
+        m[..4].copy_from_slice(&len.to_ne_bytes());
+        m[4..6].copy_from_slice(&ty.to_ne_bytes());
+        m
+    }
+
+    /// Issue 9: a message whose length covers the netlink header (16) but not the
+    /// nfgenmsg (20) was sliced as `buf[off + 20..off + len]` and panicked.
+    #[test]
+    fn short_messages_are_skipped_not_sliced() {
+        let flows = BTreeSet::new();
+        for len in 16..20u32 {
+            let mut buf = nlmsg(NFNL_SUBSYS_CTNETLINK << 8, len, (len as usize + 3) & !3);
+            buf.extend(nlmsg(3, 16, 16)); // NLMSG_DONE
+            let mut victims = Vec::new();
+            assert!(dump_page(&buf, &flows, &mut victims), "len {len}");
+            assert!(victims.is_empty());
+        }
+        // A length past the buffer and a truncated header end the page quietly.
+        let mut victims = Vec::new();
+        assert!(!dump_page(&nlmsg(0x100, 4096, 40), &flows, &mut victims));
+        assert!(!dump_page(&[0u8; 15], &flows, &mut victims));
+        assert!(!dump_page(
+            &nlmsg(0x100, u32::MAX, 20),
+            &flows,
+            &mut victims
+        ));
+    }
+
+    #[test]
+    fn a_stale_udp_flow_is_found() {
+        fn attr(ty: u16, body: &[u8]) -> Vec<u8> {
+            let mut a = ((4 + body.len()) as u16).to_ne_bytes().to_vec();
+            a.extend((ty | 0x8000).to_ne_bytes());
+            a.extend(body);
+            while a.len() % 4 != 0 {
+                a.push(0);
+            }
+            a
+        }
+        let tuple = |src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16| {
+            let ip = [attr(1, &src), attr(2, &dst)].concat();
+            let proto = [
+                attr(CTA_PROTO_NUM, &[17]),
+                attr(CTA_PROTO_SRC_PORT, &sport.to_be_bytes()),
+                attr(CTA_PROTO_DST_PORT, &dport.to_be_bytes()),
+            ]
+            .concat();
+            [attr(CTA_TUPLE_IP, &ip), attr(CTA_TUPLE_PROTO, &proto)].concat()
+        };
+        let orig = tuple([10, 0, 0, 9], [172, 30, 0, 10], 5555, 53);
+        let payload = [
+            attr(CTA_TUPLE_ORIG, &orig),
+            attr(
+                CTA_TUPLE_REPLY,
+                &tuple([10, 0, 2, 10], [10, 0, 0, 9], 8053, 5555),
+            ),
+            attr(CTA_STATUS, &IPS_DST_NAT.to_be_bytes()),
+        ]
+        .concat();
+        let mut buf = nlmsg(NFNL_SUBSYS_CTNETLINK << 8, (20 + payload.len()) as u32, 20);
+        buf.extend(&payload);
+        buf.extend(nlmsg(3, 16, 16));
+        let flows = BTreeSet::from([StaleFlow {
+            frontend: "172.30.0.10".parse().unwrap(),
+            frontend_port: 53,
+            endpoint: "10.0.2.10".parse().unwrap(),
+            endpoint_port: 8053,
+        }]);
+        let mut victims = Vec::new();
+        assert!(dump_page(&buf, &flows, &mut victims));
+        assert_eq!(victims.len(), 1);
+        assert_eq!(victims[0], attr(CTA_TUPLE_ORIG, &orig)[4..]);
     }
 }

@@ -37,6 +37,27 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
+/// First pause after a failed `accept`; it doubles up to [`ACCEPT_PAUSE_MAX`].
+const ACCEPT_PAUSE_MIN: Duration = Duration::from_millis(5);
+/// Longest pause between `accept` attempts while they fail.
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
+
+/// A JSON string literal (quotes and escapes) for `s`.
+fn json_str(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+/// The body of a `healthCheckNodePort` answer, laid out as upstream's; strings are
+/// escaped as JSON (namespace and name come from the cluster, or from a file).
+pub fn service_body(s: &ServiceHealth, proxy_healthy: bool) -> String {
+    format!(
+        "{{\"service\": {{\"namespace\": {}, \"name\": {}}}, \"localEndpoints\": {}, \"serviceProxyHealthy\": {proxy_healthy}}}",
+        json_str(&s.namespace),
+        json_str(&s.name),
+        s.local_endpoints
+    )
+}
+
 /// Serves GET requests on `listener` with `handler(path)`.
 pub fn serve<F>(listener: TcpListener, handler: F) -> JoinHandle<()>
 where
@@ -44,9 +65,25 @@ where
 {
     let handler = Arc::new(handler);
     tokio::spawn(async move {
+        let addr = listener.local_addr().ok();
+        let mut pause = ACCEPT_PAUSE_MIN;
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                continue;
+            let mut sock = match listener.accept().await {
+                Ok((sock, _)) => {
+                    pause = ACCEPT_PAUSE_MIN;
+                    sock
+                }
+                Err(e) => {
+                    // The error (EMFILE, ENFILE, ENOBUFS) stays while the backlog holds
+                    // a connection: accepting again at once would spin a core. Back off
+                    // as Go's net/http does, and say so once per streak.
+                    if pause == ACCEPT_PAUSE_MIN {
+                        tracing::warn!(address = ?addr, error = %e, "cannot accept a connection; retrying with backoff");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+                    continue;
+                }
             };
             let handler = handler.clone();
             tokio::spawn(async move {
@@ -198,17 +235,17 @@ impl Health {
             "/livez" => (
                 healthy,
                 format!(
-                    "{{\"lastUpdated\": {:?},\"currentTime\": {:?}}}",
-                    go_time(lu),
-                    go_time(now)
+                    "{{\"lastUpdated\": {},\"currentTime\": {}}}",
+                    json_str(&go_time(lu)),
+                    json_str(&go_time(now))
                 ),
             ),
             "/healthz" => (
                 healthy && eligible,
                 format!(
-                    "{{\"lastUpdated\": {:?},\"currentTime\": {:?}, \"nodeEligible\": {eligible}}}",
-                    go_time(lu),
-                    go_time(now)
+                    "{{\"lastUpdated\": {},\"currentTime\": {}, \"nodeEligible\": {eligible}}}",
+                    json_str(&go_time(lu)),
+                    json_str(&go_time(now))
                 ),
             ),
             _ => return not_found(),
@@ -323,13 +360,17 @@ impl ServiceHealthServers {
                         };
                         let (healthy, _, _) = sh.health.check();
                         Response {
-                            status: if s.local_endpoints > 0 && healthy { 200 } else { 503 },
-                            headers: vec![("X-Load-Balancing-Endpoint-Weight", s.local_endpoints.to_string())],
+                            status: if s.local_endpoints > 0 && healthy {
+                                200
+                            } else {
+                                503
+                            },
+                            headers: vec![(
+                                "X-Load-Balancing-Endpoint-Weight",
+                                s.local_endpoints.to_string(),
+                            )],
                             content_type: "application/json",
-                            body: format!(
-                                "{{\"service\": {{\"namespace\": {:?}, \"name\": {:?}}}, \"localEndpoints\": {}, \"serviceProxyHealthy\": {healthy}}}",
-                                s.namespace, s.name, s.local_endpoints
-                            ),
+                            body: service_body(&s, healthy),
                         }
                     });
                     self.servers.insert(port, (st, h));

@@ -286,6 +286,14 @@ impl Default for KubeProxyConfiguration {
 /// `iptables.masqueradeAll`, `featureGates.NFTablesProxyMode`, `oomScoreAdj`), in file
 /// order, for the caller to warn about. Also see [`KubeProxyConfiguration::warnings`].
 pub fn parse(text: &str) -> Result<(KubeProxyConfiguration, Vec<String>), Error> {
+    // The YAML parser's time is quadratic in nesting depth; a configuration nests
+    // three levels.
+    let depth = crate::source::manifests::MAX_DEPTH;
+    if let Err(line) = crate::source::manifests::nesting_within(text, depth) {
+        return Err(Error::Syntax(format!(
+            "nested deeper than {depth} levels at line {line}"
+        )));
+    }
     let mut root: Value = if text.trim_start().starts_with('{') {
         let json: serde_json::Value =
             serde_json::from_str(text).map_err(|e| Error::Syntax(e.to_string()))?;
@@ -1243,5 +1251,21 @@ winkernel:
             ])
         );
         assert_eq!(merge_args(&file, &[]), file);
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let text = format!(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nx: {}",
+            "[".repeat(200_000)
+        );
+        let t = std::time::Instant::now();
+        let e = parse(&text).expect_err("refused");
+        assert!(e.to_string().contains("nested deeper"), "{e}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            t.elapsed()
+        );
     }
 }

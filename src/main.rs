@@ -1,11 +1,33 @@
 //! Command-line entry point: parse, wire, run.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use kube_nft_proxy::config::ProxyConfig;
 use kube_nft_proxy::{daemon, proxier};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+
+/// One line on stderr. A failure to write it is ignored: there is nowhere left to
+/// report it, and `eprintln!` would panic instead.
+fn report(msg: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "kube-nft-proxy: {msg}");
+}
+
+/// Writes the program's output to stdout. A reader that went away (`--dry-run | head`)
+/// ends the program quietly with success, as Unix tools do; any other failure (a full
+/// disk) is one line on stderr and a failure exit. `print!` would panic on both.
+fn write_stdout(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            report(&format!("cannot write the output to stdout: {e}"));
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// Runs the API-server modes (daemon, or `--dry-run` against the cluster).
 fn run_async(dry_run: bool, cfg: ProxyConfig) -> ExitCode {
@@ -15,21 +37,22 @@ fn run_async(dry_run: bool, cfg: ProxyConfig) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("kube-nft-proxy: cannot start the runtime: {e}");
+            report(&format!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
     let result = rt.block_on(async move {
         if dry_run {
-            daemon::dry_run(&cfg).await.map(|t| print!("{t}"))
+            daemon::dry_run(&cfg).await.map(Some)
         } else {
-            daemon::run(cfg).await
+            daemon::run(cfg).await.map(|()| None)
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Some(text)) => write_stdout(&text),
+        Ok(None) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kube-nft-proxy: {}", proxier::error_chain(&e));
+            report(&proxier::error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -41,7 +64,7 @@ fn main() -> ExitCode {
             Ok(x) => x,
             Err(kube_nft_proxy::config::ArgsError::Clap(e)) => e.exit(),
             Err(kube_nft_proxy::config::ArgsError::Config(e)) => {
-                eprintln!("kube-nft-proxy: {e}");
+                report(&e.to_string());
                 return ExitCode::from(2);
             }
         };
@@ -76,7 +99,7 @@ fn main() -> ExitCode {
     let mut cfg = match ProxyConfig::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("kube-nft-proxy: {e}");
+            report(&e.to_string());
             return ExitCode::from(2);
         }
     };
@@ -86,7 +109,7 @@ fn main() -> ExitCode {
         return match std::fs::write(path, text) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("kube-nft-proxy: cannot write {}: {e}", path.display());
+                report(&format!("cannot write {}: {e}", path.display()));
                 ExitCode::FAILURE
             }
         };
@@ -102,7 +125,10 @@ fn main() -> ExitCode {
         }
         return run_async(cfg.dry_run, cfg);
     } else if cfg.dry_run {
-        proxier::dry_run(&cfg).map(|text| print!("{text}"))
+        match proxier::dry_run(&cfg) {
+            Ok(text) => return write_stdout(&text),
+            Err(e) => Err(e),
+        }
     } else if cfg.once {
         proxier::once(&cfg).map(|r| {
             tracing::info!(
@@ -118,7 +144,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kube-nft-proxy: {}", proxier::error_chain(&e));
+            report(&proxier::error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -126,17 +126,90 @@ impl Conn {
         Ok(&buf[..n])
     }
 
-    /// Sends a batch with one `sendmsg` and waits for its outcome. On failure, returns
-    /// the first error with the sequence number of the message that caused it.
-    pub fn commit(&mut self, batch: &Batch) -> Result<(), Error> {
+    /// Reads and drops whatever the socket still holds: replies to an earlier request
+    /// whose reading was cut short (a receive error such as ENOBUFS after tens of
+    /// thousands of error replies, or a timeout), and the pending ENOBUFS itself.
+    /// nfnetlink answers a batch while `sendmsg` runs, so after this drain every reply
+    /// is to the next request.
+    fn drain(&self) {
         let fd = self.sock.as_raw_fd();
-        let want = i32::try_from(batch.bytes.len() + (1 << 16)).unwrap_or(i32::MAX);
+        let mut buf = vec![0u8; 1 << 16];
+        // Bounded: a dump left half-read goes on producing pages as they are read, but
+        // not for ever; stop after 64 Ki pages in any case.
+        for _ in 0..(1 << 16) {
+            // Safety: valid fd; buf outlives the call and its length is passed.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                continue;
+            }
+            if n == 0 {
+                return;
+            }
+            match io::Error::last_os_error().raw_os_error() {
+                // A pending overflow is reported once; what follows may still be queued.
+                Some(libc::ENOBUFS) | Some(libc::EINTR) => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// A copy of `batch` whose messages are numbered from this socket's counter, so
+    /// that no two requests on one socket share a sequence number (the encoder numbers
+    /// every batch from 1). Returns the copy and the offset added to every number.
+    fn renumber(&mut self, batch: &Batch) -> (Vec<u8>, u32) {
+        let base = self.seq.wrapping_add(1);
+        let offset = base.wrapping_sub(batch.begin_seq);
+        let mut bytes = batch.bytes.clone();
+        let mut off = 0;
+        let mut count: u32 = 0;
+        while off + 16 <= bytes.len() {
+            let len =
+                u32::from_ne_bytes([bytes[off], bytes[off + 1], bytes[off + 2], bytes[off + 3]])
+                    as usize;
+            if len < 16 || len > bytes.len() - off {
+                break;
+            }
+            let seq = u32::from_ne_bytes([
+                bytes[off + 8],
+                bytes[off + 9],
+                bytes[off + 10],
+                bytes[off + 11],
+            ]);
+            bytes[off + 8..off + 12].copy_from_slice(&seq.wrapping_add(offset).to_ne_bytes());
+            count = count.wrapping_add(1);
+            off += (len + 3) & !3;
+        }
+        self.seq = self.seq.wrapping_add(count.max(1));
+        (bytes, offset)
+    }
+
+    /// Sends a batch with one `sendmsg` and waits for its outcome. On failure, returns
+    /// the first error with the sequence number (as the batch numbers it) of the message
+    /// that caused it.
+    pub fn commit(&mut self, batch: &Batch) -> Result<(), Error> {
+        self.drain();
+        let (bytes, offset) = self.renumber(batch);
+        // The batch's own numbers run from BEGIN to END; replies outside them are not
+        // ours.
+        let first_seq = batch.begin_seq.wrapping_add(offset);
+        let span = (batch.messages as u32).wrapping_add(2);
+        let ours = |seq: u32| seq.wrapping_sub(first_seq) < span;
+        let ack_seq = batch.ack_seq.wrapping_add(offset);
+        let fd = self.sock.as_raw_fd();
+        let want = i32::try_from(bytes.len() + (1 << 16)).unwrap_or(i32::MAX);
         setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want)
             .or_else(|_| setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, want))
             .map_err(Error::Send)?;
         let mut iov = libc::iovec {
-            iov_base: batch.bytes.as_ptr() as *mut libc::c_void,
-            iov_len: batch.bytes.len(),
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
         };
         // Safety: a zeroed sockaddr_nl addressed to the kernel (pid 0).
         let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
@@ -163,17 +236,20 @@ impl Conn {
                 let Some((code, seq, text)) = parse_error(m.payload) else {
                     continue;
                 };
+                if !ours(seq) {
+                    continue;
+                }
                 if code != 0 && first_err.is_none() {
                     first_err = Some(Error::Rejected {
                         errno: -code,
-                        seq,
+                        seq: seq.wrapping_sub(offset),
                         text,
                         op: None,
                     });
                 }
                 // The ACK'd message is the last one processed; a commit error (reported
                 // against BEGIN) is sent before the per-message replies.
-                if seq == batch.ack_seq {
+                if seq == ack_seq {
                     return match first_err {
                         Some(e) => Err(e),
                         None => Ok(()),
@@ -190,7 +266,8 @@ impl Conn {
         family: u16,
         payload: &[u8],
     ) -> Result<Vec<Vec<u8>>, Error> {
-        self.seq += 1;
+        self.drain();
+        self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let len = 16 + 4 + payload.len();
         let mut req = Vec::with_capacity(len);
