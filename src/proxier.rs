@@ -162,13 +162,7 @@ impl Proxier {
 
     /// Runs the kube-proxy takeover (after our rules are committed).
     pub fn migrate_from_kube_proxy(&mut self) -> Result<crate::migrate::Report, Error> {
-        if self.kernel.is_none() {
-            self.kernel = Some(Kernel::open()?);
-        }
-        match self.kernel.as_mut() {
-            Some(k) => Ok(crate::migrate::cleanup_kube_proxy(k)?),
-            None => Ok(Default::default()),
-        }
+        Ok(crate::migrate::cleanup_kube_proxy(self.kernel()?)?)
     }
 
     /// The last ruleset the kernel accepted (shared, so side outputs need no copy).
@@ -180,21 +174,13 @@ impl Proxier {
     /// nothing was applied yet, the kernel is read back first.
     pub fn plan(&mut self, desired: &Ruleset, full: bool) -> Result<Plan, Error> {
         let read_back = full || self.last.is_none();
-        if self.kernel.is_none() {
-            self.kernel = Some(Kernel::open()?);
-        }
         let mut ops = Vec::new();
         let mut pre = Vec::new();
         let mut kept = Vec::new();
         for table in &desired.tables {
             let f = table.family;
             if read_back {
-                let kernel = self.kernel.as_mut().ok_or_else(|| {
-                    Error::Kernel(netlink::Error::Open(std::io::Error::other(
-                        "no kernel handle",
-                    )))
-                })?;
-                match kernel.read(f)? {
+                match self.kernel()?.read(f)? {
                     None => diff::diff(None, table, &mut ops),
                     Some(raw) => {
                         let known = netlink::to_known(&raw, f, table);
@@ -272,15 +258,13 @@ impl Proxier {
         })
     }
 
+    /// The kernel handle, opened on first use.
     fn kernel(&mut self) -> Result<&mut Kernel, Error> {
-        if self.kernel.is_none() {
-            self.kernel = Some(Kernel::open()?);
-        }
-        self.kernel.as_mut().ok_or_else(|| {
-            Error::Kernel(netlink::Error::Open(std::io::Error::other(
-                "no kernel handle",
-            )))
-        })
+        let k = match self.kernel.take() {
+            Some(k) => k,
+            None => Kernel::open()?,
+        };
+        Ok(self.kernel.insert(k))
     }
 
     /// Reads our tables back and brings the kernel to `desired` in one transaction (a
@@ -339,15 +323,11 @@ impl Proxier {
             return self.rebuild(desired);
         }
         let start = Instant::now();
-        let plan = match self.plan(desired, full) {
-            Ok(x) => x,
-            Err(e) => {
-                self.last = None;
-                return Err(e);
-            }
-        };
-        let touched_rules = plan.ops.iter().chain(&plan.pre).any(diff::touches_rules);
+        let plan = self.plan(desired, full);
+        // Whatever happens next, the kernel no longer holds what `last` says for sure.
         self.last = None;
+        let plan = plan?;
+        let touched_rules = plan.ops.iter().chain(&plan.pre).any(diff::touches_rules);
         self.commit(&plan.pre)?;
         self.commit(&plan.ops)?;
         Ok(SyncReport {

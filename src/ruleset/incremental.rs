@@ -451,10 +451,7 @@ impl Incremental {
             .sets
             .iter()
             .filter(|s| s.elements.is_empty())
-            .filter(|s| {
-                build::class_of(&s.decl.name, FRONTENDS_PREFIX_STR).is_some()
-                    || build::class_of(&s.decl.name, SHORTCUT_PREFIX_STR).is_some()
-            })
+            .filter(|s| super::diff::is_class_set(&s.decl.name))
             .map(|s| s.decl.name.clone())
             .collect();
         table.sets.retain(|s| !emptied.contains(&s.decl.name));
