@@ -26,9 +26,10 @@ use crate::model::{
     Object, Problem, Problems, Protocol, ProxyModel, ServiceEntry, ServiceName, ServicePortName,
 };
 use crate::proxier::{self, error_chain, Proxier};
+use crate::quarantine::Quarantine;
 use crate::ruleset::incremental::Incremental;
 use crate::ruleset::render;
-use crate::ruleset::BuildConfig;
+use crate::ruleset::{build, BuildConfig};
 use crate::source::kube::{watch_all, SourceEvent, Sources};
 use crate::topology;
 
@@ -231,6 +232,7 @@ pub async fn run_with(
     };
     let mut sources = Sources::default();
     let mut proxier = Proxier::new();
+    let mut quarantine = Quarantine::default();
     let mut model: Option<ProxyModel> = None;
     let mut build_cfg: Option<BuildConfig> = None;
     let mut port_side: BTreeMap<ServicePortName, PortSide> = BTreeMap::new();
@@ -310,6 +312,10 @@ pub async fn run_with(
                         .collect();
                     let mut problems = Problems::default();
                     let changed = m.update_services(&sources.state, &dirty_services, &mut problems);
+                    // A held Service stays out unless its content changed.
+                    problems
+                        .0
+                        .extend(quarantine.apply(m, false, Instant::now()));
                     match inc.update(m, &changed, false) {
                         Some(ops) => {
                             let r = proxier
@@ -374,10 +380,17 @@ pub async fn run_with(
             Some(r) => r,
             None => {
                 // Full sync: rebuild everything, read the kernel back, repair the diff.
-                proxier::desired_full(&cfg, &sources.state).and_then(|d| {
-                    let mut inc = Incremental::full(&d.model, &d.build);
-                    let report = proxier.sync_to(inc.ruleset())?;
+                proxier::desired_full(&cfg, &sources.state).and_then(|mut d| {
+                    let bc = d.build.clone();
+                    let (mut inc, report, held) = proxier.sync_model(
+                        &mut d.model,
+                        &mut quarantine,
+                        |m| Incremental::full(m, &bc),
+                        Incremental::ruleset,
+                        |m| build(m, &bc),
+                    )?;
                     inc.adopt_kept(&report.kept);
+                    d.problems.extend(held);
                     side.problems(&d.problems, false);
                     port_side = d
                         .model

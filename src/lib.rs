@@ -13,6 +13,7 @@ pub mod migrate;
 pub mod model;
 pub mod netlink;
 pub mod proxier;
+pub mod quarantine;
 pub mod ruleset;
 pub mod source;
 pub mod synthetic;

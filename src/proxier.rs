@@ -6,6 +6,7 @@
 //! next sync reads the kernel back and reconciles everything (upstream's `needFullSync`
 //! lesson: never lose track of what the kernel holds).
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,8 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{NodePortAddresses, ProxyConfig};
 use crate::host;
-use crate::model::{ClusterState, Problem, ProxyModel};
+use crate::model::{ClusterState, Problem, ProxyModel, ServiceName};
 use crate::netlink::{self, Kernel};
+use crate::quarantine::Quarantine;
 use crate::ruleset::diff::{self, Known, Op};
 use crate::ruleset::ir::{Family, Ruleset, TABLE_NAME};
 use crate::ruleset::{build, render, BuildConfig};
@@ -141,6 +143,10 @@ pub fn log_problems(problems: &[Problem]) {
     }
 }
 
+/// At most this many Services are held out in one sync: a kernel that refuses more
+/// refuses something more general than their objects.
+pub const MAX_QUARANTINED: usize = 16;
+
 /// Holds the kernel handle and the last applied ruleset.
 #[derive(Default)]
 pub struct Proxier {
@@ -152,12 +158,23 @@ pub struct Proxier {
     refused: bool,
     /// Rebuilds done because of a refused transaction.
     rebuilds: u64,
+    /// Leave the kernel as found when a sync fails (`--once`): a sync of two
+    /// transactions asks the kernel about both before committing the first.
+    atomic: bool,
 }
 
 impl Proxier {
     /// A proxier that knows nothing about the kernel yet (first sync reads it back).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A proxier whose failed syncs leave the kernel as they found it (see `atomic`).
+    pub fn atomic() -> Self {
+        Proxier {
+            atomic: true,
+            ..Self::default()
+        }
     }
 
     /// Runs the kube-proxy takeover (after our rules are committed).
@@ -233,15 +250,7 @@ impl Proxier {
     pub fn rebuild(&mut self, desired: &Ruleset) -> Result<SyncReport, Error> {
         let start = Instant::now();
         self.last = None;
-        let kernel = self.kernel()?;
-        let mut ops = Vec::new();
-        for table in &desired.tables {
-            let exists = kernel.table_names(table.family)?;
-            if exists.iter().any(|n| n == TABLE_NAME) {
-                ops.push(Op::DelTable(table.family));
-            }
-            diff::diff(None, table, &mut ops);
-        }
+        let ops = self.rebuild_ops(desired)?;
         self.rebuilds += 1;
         tracing::warn!(
             ops = ops.len(),
@@ -256,6 +265,129 @@ impl Proxier {
             duration: start.elapsed(),
             kept: Vec::new(),
         })
+    }
+
+    /// The one transaction that replaces our tables with `desired`.
+    fn rebuild_ops(&mut self, desired: &Ruleset) -> Result<Vec<Op>, Error> {
+        let kernel = self.kernel()?;
+        let mut ops = Vec::new();
+        for table in &desired.tables {
+            let exists = kernel.table_names(table.family)?;
+            if exists.iter().any(|n| n == TABLE_NAME) {
+                ops.push(Op::DelTable(table.family));
+            }
+            diff::diff(None, table, &mut ops);
+        }
+        Ok(ops)
+    }
+
+    /// Whether the kernel would accept a rebuild to `desired` (nothing is committed).
+    /// `Ok(Err(e))`: the kernel refused it, with `e` naming the operation.
+    fn accepts(&mut self, desired: &Ruleset) -> Result<Result<(), netlink::Error>, Error> {
+        let ops = self.rebuild_ops(desired)?;
+        match self.kernel()?.check(&ops) {
+            Ok(()) => Ok(Ok(())),
+            Err(e @ netlink::Error::Rejected { .. }) => Ok(Err(e)),
+            Err(e) => Err(Error::Kernel(e)),
+        }
+    }
+
+    /// After the kernel refused a rebuild to the ruleset of `model`: finds the Services
+    /// whose rules it refuses, asking the kernel without committing anything. Each round
+    /// bisects the Services (in the model's order) for the shortest prefix the kernel
+    /// refuses; its last Service is a culprit (alone, or together with Services before
+    /// it) and is taken out; rounds end when the rest is accepted, or after `max`
+    /// culprits. Costs about log2(Services) checks of up to the whole ruleset per
+    /// culprit: an exceptional path. Fails when the kernel refuses even the ruleset
+    /// without any Service (nobody to hold responsible).
+    pub fn find_refused(
+        &mut self,
+        model: &ProxyModel,
+        make: impl Fn(&ProxyModel) -> Ruleset,
+        max: usize,
+    ) -> Result<Vec<(ServiceName, String)>, Error> {
+        let mut names: Vec<ServiceName> = Vec::new();
+        for port in model.services.keys() {
+            let svc = crate::quarantine::service_of(port);
+            if names.last() != Some(&svc) {
+                names.push(svc);
+            }
+        }
+        let subset = |names: &[ServiceName]| {
+            let keep: BTreeSet<&ServiceName> = names.iter().collect();
+            let mut m = model.clone();
+            m.services
+                .retain(|port, _| keep.contains(&crate::quarantine::service_of(port)));
+            m
+        };
+        if let Err(e) = self.accepts(&make(&subset(&[])))? {
+            return Err(Error::Kernel(e));
+        }
+        let mut culprits = Vec::new();
+        while culprits.len() < max {
+            if self.accepts(&make(&subset(&names)))?.is_ok() {
+                break;
+            }
+            // names[..lo] is accepted, names[..hi] refused.
+            let (mut lo, mut hi) = (0, names.len());
+            let mut reason = String::new();
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                match self.accepts(&make(&subset(&names[..mid])))? {
+                    Ok(()) => lo = mid,
+                    Err(e) => {
+                        hi = mid;
+                        reason = error_chain(&e);
+                    }
+                }
+            }
+            if reason.is_empty() {
+                if let Err(e) = self.accepts(&make(&subset(&names[..hi])))? {
+                    reason = error_chain(&e);
+                }
+            }
+            culprits.push((names.remove(hi - 1), reason));
+        }
+        Ok(culprits)
+    }
+
+    /// A full sync of `model` that recovers from refusals: a refused transaction is
+    /// followed at once by a rebuild; a refused rebuild by finding the Services the
+    /// kernel refuses ([`Proxier::find_refused`]), holding them in `quarantine`, and a
+    /// rebuild without them. Services already held are taken out of `model` first.
+    /// Returns what `make` built for the model finally programmed, the report, and a
+    /// problem for each held Service.
+    pub fn sync_model<T>(
+        &mut self,
+        model: &mut ProxyModel,
+        quarantine: &mut Quarantine,
+        make: impl Fn(&ProxyModel) -> T,
+        ruleset: impl Fn(&T) -> &Ruleset,
+        check_build: impl Fn(&ProxyModel) -> Ruleset,
+    ) -> Result<(T, SyncReport, Vec<Problem>), Error> {
+        let now = Instant::now();
+        quarantine.apply(model, true, now);
+        let mut built = make(model);
+        let mut result = self.sync_ref(ruleset(&built), true);
+        if result.is_err() && self.refused {
+            if let Err(e) = &result {
+                tracing::error!(error = %error_chain(e), "the kernel refused the update");
+            }
+            result = self.sync_ref(ruleset(&built), true);
+            if result.is_err() && self.refused {
+                let culprits = self.find_refused(model, &check_build, MAX_QUARANTINED)?;
+                for (svc, reason) in culprits {
+                    quarantine.hold(svc, model, reason, now);
+                }
+                quarantine.apply(model, true, now);
+                built = make(model);
+                result = self.sync_ref(ruleset(&built), true);
+            }
+        }
+        let report = result?;
+        let mut probe = model.clone();
+        let problems = quarantine.apply(&mut probe, false, now);
+        Ok((built, report, problems))
     }
 
     /// The kernel handle, opened on first use.
@@ -309,6 +441,12 @@ impl Proxier {
         }
     }
 
+    /// Keeps `desired`, which the kernel now holds together with `kept`, as the base of
+    /// the next diff.
+    pub fn keep(&mut self, desired: Ruleset, kept: &[diff::Kept]) {
+        self.last = Some(Arc::new(with_kept(desired, kept)));
+    }
+
     /// Brings the kernel to `desired` and keeps it as the base of the next diff.
     pub fn sync(&mut self, desired: Ruleset, full: bool) -> Result<SyncReport, Error> {
         let r = self.sync_ref(&desired, full)?;
@@ -328,6 +466,17 @@ impl Proxier {
         self.last = None;
         let plan = plan?;
         let touched_rules = plan.ops.iter().chain(&plan.pre).any(diff::touches_rules);
+        if self.atomic && !plan.pre.is_empty() {
+            // Both transactions are asked about as one before the first is committed, so
+            // a refusal of the second cannot leave the first behind.
+            let both: Vec<Op> = plan.pre.iter().chain(&plan.ops).cloned().collect();
+            if let Err(e) = self.kernel()?.check(&both) {
+                if matches!(e, netlink::Error::Rejected { .. }) {
+                    self.refused = true;
+                }
+                return Err(Error::Kernel(e));
+            }
+        }
         self.commit(&plan.pre)?;
         self.commit(&plan.ops)?;
         Ok(SyncReport {
@@ -368,21 +517,24 @@ pub fn dry_run(cfg: &ProxyConfig) -> Result<String, Error> {
     Ok(render::ruleset(&rs))
 }
 
-/// `--once`: program the current namespace once.
+/// `--once`: program the current namespace once. A Service whose rules the kernel
+/// refuses is left out (with a warning) and everything else is programmed; a sync that
+/// fails leaves the kernel as it found it.
 pub fn once(cfg: &ProxyConfig) -> Result<SyncReport, Error> {
     let state = load_state(&cfg.manifests)?;
-    let (rs, problems) = desired(cfg, &state)?;
-    log_problems(&problems);
-    let ports = rs.tables.iter().map(|t| t.element_count()).sum::<usize>();
-    let mut p = Proxier::new();
-    let mut r = match p.sync_ref(&rs, true) {
-        Err(e) if p.refused() => {
-            tracing::error!(error = %error_chain(&e), "the kernel refused the update");
-            p.sync_ref(&rs, true)?
-        }
-        r => r?,
-    };
-    r.service_ports = ports;
+    let mut d = desired_full(cfg, &state)?;
+    log_problems(&d.problems);
+    let mut p = Proxier::atomic();
+    let bc = d.build.clone();
+    let (rs, mut r, held) = p.sync_model(
+        &mut d.model,
+        &mut Quarantine::default(),
+        |m| build(m, &bc),
+        |rs| rs,
+        |m| build(m, &bc),
+    )?;
+    log_problems(&held);
+    r.service_ports = rs.tables.iter().map(|t| t.element_count()).sum::<usize>();
     if cfg.cleanup_kube_proxy {
         let m = p.migrate_from_kube_proxy()?;
         tracing::info!(
@@ -413,6 +565,7 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
 /// fully every `sync_period`, retries failures with backoff. Never returns normally.
 pub fn run_files(cfg: &ProxyConfig) -> Result<(), Error> {
     let mut p = Proxier::new();
+    let mut quarantine = Quarantine::default();
     let mut seen = None;
     let mut last_full = Instant::now();
     let mut backoff = Duration::from_secs(1);
@@ -422,9 +575,24 @@ pub fn run_files(cfg: &ProxyConfig) -> Result<(), Error> {
         let due_full = last_full.elapsed() >= cfg.sync_period;
         if failed || due_full || seen.as_ref() != Some(&fp) {
             let result = load_state(&cfg.manifests).and_then(|state| {
-                let (rs, problems) = desired(cfg, &state)?;
-                log_problems(&problems);
-                p.sync(rs, due_full || failed)
+                let mut d = desired_full(cfg, &state)?;
+                log_problems(&d.problems);
+                if due_full || failed {
+                    let bc = d.build.clone();
+                    let (rs, r, held) = p.sync_model(
+                        &mut d.model,
+                        &mut quarantine,
+                        |m| build(m, &bc),
+                        |rs| rs,
+                        |m| build(m, &bc),
+                    )?;
+                    log_problems(&held);
+                    p.keep(rs, &r.kept);
+                    Ok(r)
+                } else {
+                    log_problems(&quarantine.apply(&mut d.model, false, Instant::now()));
+                    p.sync(build(&d.model, &d.build), false)
+                }
             });
             match result {
                 Ok(r) => {

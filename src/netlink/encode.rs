@@ -42,6 +42,8 @@ pub struct Batch {
     /// number of messages between BEGIN and END
     pub messages: usize,
     seq_ops: Vec<(u32, usize)>,
+    /// where END starts in `bytes`
+    end_at: usize,
 }
 
 impl Batch {
@@ -49,6 +51,14 @@ impl Batch {
     pub fn op_for_seq(&self, seq: u32) -> Option<usize> {
         let i = self.seq_ops.partition_point(|(s, _)| *s <= seq);
         i.checked_sub(1).map(|i| self.seq_ops[i].1)
+    }
+
+    /// The same batch without its END message: the kernel processes every message,
+    /// reports each error, and then aborts instead of committing (what `nft --check`
+    /// does). A dry run of a transaction against the real kernel.
+    pub fn without_end(mut self) -> Batch {
+        self.bytes.truncate(self.end_at);
+        self
     }
 }
 
@@ -569,6 +579,7 @@ impl BatchBuilder {
             ]);
         }
         let seq = self.next_seq();
+        let end_at = self.buf.len();
         // Safety: scratch holds a 20-byte batch message.
         unsafe { sys::nftnl_batch_end(self.scratch.as_mut_ptr() as *mut libc::c_char, seq) };
         self.commit_scratch();
@@ -578,6 +589,7 @@ impl BatchBuilder {
             ack_seq,
             messages,
             seq_ops: self.seq_ops,
+            end_at,
         }
     }
 }

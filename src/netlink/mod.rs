@@ -107,6 +107,17 @@ impl Kernel {
         self.commit(&batch, ops)
     }
 
+    /// Asks the kernel whether it would accept the operations as one transaction,
+    /// without committing them: the kernel runs every check of the transaction and then
+    /// aborts it. Nothing changes either way; the error names the refused operation.
+    pub fn check(&mut self, ops: &[Op]) -> Result<(), Error> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let batch = encode(ops).without_end();
+        self.commit(&batch, ops)
+    }
+
     /// Commits an already encoded batch (for benchmarks that time the commit alone).
     pub fn commit(&mut self, batch: &Batch, ops: &[Op]) -> Result<(), Error> {
         self.conn.commit(batch).map_err(|e| match e {
