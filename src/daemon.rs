@@ -183,6 +183,11 @@ async fn listen(
     Ok(())
 }
 
+/// How often the daemon asks the kernel whether someone else committed to nftables
+/// (one small netlink request; the structure of our tables is read only when someone
+/// did).
+const DRIFT_CHECK_PERIOD: Duration = Duration::from_millis(250);
+
 /// Runs the proxy against the API server until the process is stopped.
 pub async fn run(cfg: ProxyConfig) -> Result<(), Error> {
     let client = client(&cfg).await?;
@@ -246,6 +251,9 @@ pub async fn run_with(
     // EndpointSlice trigger times waiting for the sync that programs them.
     let mut pending_triggers: Vec<f64> = Vec::new();
     let mut was_ready = false;
+    let mut next_drift_check = Instant::now();
+    // Set by the drift check: reconcile at once instead of at the next period.
+    let mut reconcile_now = false;
     let mut migrated = !cfg.cleanup_kube_proxy;
     loop {
         let now = Instant::now();
@@ -253,6 +261,7 @@ pub async fn run_with(
         let full_due = last_full + cfg.sync_period;
         let mut wake = full_due;
         if sources.ready() {
+            wake = wake.min(next_drift_check);
             if dirty {
                 wake = wake.min(min_next.max(now));
             }
@@ -293,7 +302,28 @@ pub async fn run_with(
             continue;
         }
         let now = Instant::now();
-        let full = need_full || now >= full_due;
+        if now >= next_drift_check {
+            next_drift_check = now + DRIFT_CHECK_PERIOD;
+            if !need_full && retry_at.is_none() && !reconcile_now {
+                let drifted = match shared.rules.lock() {
+                    Ok(guard) => guard
+                        .as_ref()
+                        .map(|inc| proxier.structure_drifted(inc.ruleset())),
+                    Err(_) => None,
+                };
+                match drifted {
+                    Some(Ok(true)) => {
+                        tracing::warn!("another program changed our tables; repairing them now");
+                        reconcile_now = true;
+                    }
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %error_chain(&e), "drift check failed")
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let full = need_full || now >= full_due || reconcile_now;
         let retry = retry_at.is_some_and(|r| now >= r);
         // A plain change waits for min-sync-period; a due full sync or retry does not.
         let due = full || retry || (dirty && now >= min_next);
@@ -301,121 +331,129 @@ pub async fn run_with(
             continue;
         }
         let start = Instant::now();
-        // Partial sync: recompute only the dirty Services and commit the delta.
-        let mut outcome: Option<Result<bool, proxier::Error>> = None;
-        if !full && !retry {
-            if let (Some(m), Ok(mut guard)) = (model.as_mut(), shared.rules.lock()) {
-                if let Some(inc) = guard.as_mut() {
-                    let old: BTreeMap<ServicePortName, ServiceEntry> = dirty_services
-                        .iter()
-                        .flat_map(|svc| ports_of(m, svc))
-                        .collect();
-                    let mut problems = Problems::default();
-                    let changed = m.update_services(&sources.state, &dirty_services, &mut problems);
-                    // A held Service stays out unless its content changed.
-                    problems
-                        .0
-                        .extend(quarantine.apply(m, false, Instant::now()));
-                    match inc.update(m, &changed, false) {
-                        Some(ops) => {
-                            let r = proxier
-                                .commit(&ops.pre)
-                                .and_then(|_| proxier.commit(&ops.ops))
-                                .map(|_| false);
-                            if r.is_ok() {
-                                side.problems(&problems.0, true);
-                                for name in &changed {
-                                    match m.services.get(name) {
-                                        Some(e) => {
-                                            port_side.insert(name.clone(), PortSide::of(e, m));
-                                        }
-                                        None => {
-                                            port_side.remove(name);
+        // The sync itself blocks this thread (netlink, building): tell the runtime, so that
+        // /healthz, /metrics, healthCheckNodePort servers and the watchers keep being
+        // served by the other worker meanwhile.
+        let result = tokio::task::block_in_place(|| {
+            // Partial sync: recompute only the dirty Services and commit the delta.
+            let mut outcome: Option<Result<bool, proxier::Error>> = None;
+            if !full && !retry {
+                if let (Some(m), Ok(mut guard)) = (model.as_mut(), shared.rules.lock()) {
+                    if let Some(inc) = guard.as_mut() {
+                        let old: BTreeMap<ServicePortName, ServiceEntry> = dirty_services
+                            .iter()
+                            .flat_map(|svc| ports_of(m, svc))
+                            .collect();
+                        let mut problems = Problems::default();
+                        let changed =
+                            m.update_services(&sources.state, &dirty_services, &mut problems);
+                        // A held Service stays out unless its content changed.
+                        problems
+                            .0
+                            .extend(quarantine.apply(m, false, Instant::now()));
+                        match inc.update(m, &changed, false) {
+                            Some(ops) => {
+                                let r = proxier
+                                    .commit(&ops.pre)
+                                    .and_then(|_| proxier.commit(&ops.ops))
+                                    .map(|_| false);
+                                if r.is_ok() {
+                                    side.problems(&problems.0, true);
+                                    for name in &changed {
+                                        match m.services.get(name) {
+                                            Some(e) => {
+                                                port_side.insert(name.clone(), PortSide::of(e, m));
+                                            }
+                                            None => {
+                                                port_side.remove(name);
+                                            }
                                         }
                                     }
+                                    let new: BTreeMap<ServicePortName, ServiceEntry> = changed
+                                        .iter()
+                                        .filter_map(|n| {
+                                            m.services.get(n).map(|e| (n.clone(), e.clone()))
+                                        })
+                                        .collect();
+                                    let np = build_cfg
+                                        .as_ref()
+                                        .map(|b| b.nodeport_ips.clone())
+                                        .unwrap_or_default();
+                                    clean_conntrack(&shared, &old, &new, &np);
                                 }
-                                let new: BTreeMap<ServicePortName, ServiceEntry> = changed
-                                    .iter()
-                                    .filter_map(|n| {
-                                        m.services.get(n).map(|e| (n.clone(), e.clone()))
-                                    })
-                                    .collect();
-                                let np = build_cfg
-                                    .as_ref()
-                                    .map(|b| b.nodeport_ips.clone())
-                                    .unwrap_or_default();
-                                clean_conntrack(&shared, &old, &new, &np);
+                                outcome = Some(r);
                             }
-                            outcome = Some(r);
-                        }
-                        None => {
-                            // Needs a full build (affinity, a contested frontend, ...).
-                            drop(guard);
+                            None => {
+                                // Needs a full build (affinity, a contested frontend, ...).
+                                drop(guard);
+                            }
                         }
                     }
                 }
             }
-        }
-        // A periodic reconcile with nothing else to do keeps the desired ruleset it has
-        // (kept exact by the incremental updates) and only reads the kernel back to
-        // repair drift; rebuilding the cluster is for start-up, failures and global
-        // changes.
-        if outcome.is_none() && !need_full && !retry && dirty_services.is_empty() {
-            if let Ok(mut guard) = shared.rules.lock() {
-                if let Some(inc) = guard.as_mut() {
-                    let deferred = inc.take_deferred();
-                    outcome = Some(
-                        proxier
-                            .commit(&deferred)
-                            .and_then(|_| proxier.sync_to(inc.ruleset()))
-                            .map(|report| {
-                                inc.adopt_kept(&report.kept);
-                                true
-                            }),
-                    );
+            // A periodic reconcile with nothing else to do keeps the desired ruleset it has
+            // (kept exact by the incremental updates) and only reads the kernel back to
+            // repair drift; rebuilding the cluster is for start-up, failures and global
+            // changes.
+            if outcome.is_none() && !need_full && !retry && dirty_services.is_empty() {
+                if let Ok(mut guard) = shared.rules.lock() {
+                    if let Some(inc) = guard.as_mut() {
+                        let deferred = inc.take_deferred();
+                        outcome = Some(proxier.commit(&deferred).and_then(|_| {
+                            // Nobody else committed since we last knew our tables: they
+                            // hold what we think, and there is nothing to read back.
+                            if !reconcile_now && proxier.kernel_unchanged()? {
+                                return Ok(true);
+                            }
+                            let report = proxier.sync_to(inc.ruleset())?;
+                            inc.adopt_kept(&report.kept);
+                            Ok(true)
+                        }));
+                    }
                 }
             }
-        }
-        let result = match outcome {
-            Some(r) => r,
-            None => {
-                // Full sync: rebuild everything, read the kernel back, repair the diff.
-                proxier::desired_full(&cfg, &sources.state).and_then(|mut d| {
-                    let bc = d.build.clone();
-                    let (mut inc, report, held) = proxier.sync_model(
-                        &mut d.model,
-                        &mut quarantine,
-                        |m| Incremental::full(m, &bc),
-                        Incremental::ruleset,
-                        |m| build(m, &bc),
-                    )?;
-                    inc.adopt_kept(&report.kept);
-                    d.problems.extend(held);
-                    side.problems(&d.problems, false);
-                    port_side = d
-                        .model
-                        .services
-                        .iter()
-                        .map(|(n, e)| (n.clone(), PortSide::of(e, &d.model)))
-                        .collect();
-                    if let Some(old) = &model {
-                        let old_map = old.services.clone();
-                        clean_conntrack(
-                            &shared,
-                            &old_map,
-                            &d.model.services,
-                            &d.build.nodeport_ips,
-                        );
-                    }
-                    if let Ok(mut g) = shared.rules.lock() {
-                        *g = Some(inc);
-                    }
-                    model = Some(d.model);
-                    build_cfg = Some(d.build);
-                    Ok(true)
-                })
-            }
-        };
+            let result = match outcome {
+                Some(r) => r,
+                None => {
+                    // Full sync: rebuild everything, read the kernel back, repair the diff.
+                    proxier::desired_full(&cfg, &sources.state).and_then(|mut d| {
+                        let bc = d.build.clone();
+                        let (mut inc, report, held) = proxier.sync_model(
+                            &mut d.model,
+                            &mut quarantine,
+                            |m| Incremental::full(m, &bc),
+                            Incremental::ruleset,
+                            |m| build(m, &bc),
+                        )?;
+                        inc.adopt_kept(&report.kept);
+                        d.problems.extend(held);
+                        side.problems(&d.problems, false);
+                        port_side = d
+                            .model
+                            .services
+                            .iter()
+                            .map(|(n, e)| (n.clone(), PortSide::of(e, &d.model)))
+                            .collect();
+                        if let Some(old) = &model {
+                            let old_map = old.services.clone();
+                            clean_conntrack(
+                                &shared,
+                                &old_map,
+                                &d.model.services,
+                                &d.build.nodeport_ips,
+                            );
+                        }
+                        if let Ok(mut g) = shared.rules.lock() {
+                            *g = Some(inc);
+                        }
+                        model = Some(d.model);
+                        build_cfg = Some(d.build);
+                        Ok(true)
+                    })
+                }
+            };
+            result
+        });
         last_sync = Some(Instant::now());
         shared.metrics.rebuilds(proxier.rebuilds());
         match result {
@@ -455,6 +493,7 @@ pub async fn run_with(
                 dirty = false;
                 dirty_services.clear();
                 need_full = false;
+                reconcile_now = false;
                 retry_at = None;
                 backoff = Duration::from_millis(100);
             }

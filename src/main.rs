@@ -31,7 +31,10 @@ fn write_stdout(text: &str) -> ExitCode {
 
 /// Runs the API-server modes (daemon, or `--dry-run` against the cluster).
 fn run_async(dry_run: bool, cfg: ProxyConfig) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
+    // Two workers: a sync blocks one (see `daemon::run_with`); the other keeps the health
+    // and metrics endpoints and the watchers answering.
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     {

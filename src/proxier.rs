@@ -161,6 +161,12 @@ pub struct Proxier {
     /// Leave the kernel as found when a sync fails (`--once`): a sync of two
     /// transactions asks the kernel about both before committing the first.
     atomic: bool,
+    /// The nftables generation id the kernel has if nobody but us committed anything
+    /// since we last knew what our tables hold (a read-back, or a rebuild); `None`:
+    /// unknown. Each transaction we commit moves it by one.
+    expected_gen: Option<u32>,
+    /// The last generation id whose structure [`Proxier::structure_drifted`] checked.
+    checked_gen: Option<u32>,
 }
 
 impl Proxier {
@@ -191,6 +197,11 @@ impl Proxier {
     /// nothing was applied yet, the kernel is read back first.
     pub fn plan(&mut self, desired: &Ruleset, full: bool) -> Result<Plan, Error> {
         let read_back = full || self.last.is_none();
+        if read_back {
+            // Taken before reading: a commit by someone else after this point makes the
+            // generation differ from what we expect, never the other way round.
+            self.expected_gen = self.kernel()?.generation().ok();
+        }
         let mut ops = Vec::new();
         let mut pre = Vec::new();
         let mut kept = Vec::new();
@@ -251,6 +262,7 @@ impl Proxier {
         let start = Instant::now();
         self.last = None;
         let ops = self.rebuild_ops(desired)?;
+        self.expected_gen = self.kernel()?.generation().ok();
         self.rebuilds += 1;
         tracing::warn!(
             ops = ops.len(),
@@ -390,6 +402,49 @@ impl Proxier {
         Ok((built, report, problems))
     }
 
+    /// Whether nobody but us committed anything to nftables since we last knew what our
+    /// tables hold: then they hold exactly that, and a reconcile has nothing to read.
+    pub fn kernel_unchanged(&mut self) -> Result<bool, Error> {
+        let Some(expected) = self.expected_gen else {
+            return Ok(false);
+        };
+        Ok(self.kernel()?.generation()? == expected)
+    }
+
+    /// A cheap drift check for a running daemon: when someone else committed to
+    /// nftables since the last check, reads our tables' chains, rules and sets (not
+    /// their elements: a few small dumps whatever the cluster size) and says whether
+    /// they differ from `desired` — a flushed or deleted table, a rule or chain edited
+    /// by hand. A changed element is left to the periodic reconcile, which reads
+    /// everything whenever the generation moved.
+    pub fn structure_drifted(&mut self, desired: &Ruleset) -> Result<bool, Error> {
+        let gen = self.kernel()?.generation()?;
+        if Some(gen) == self.expected_gen || Some(gen) == self.checked_gen {
+            return Ok(false);
+        }
+        self.checked_gen = Some(gen);
+        for table in &desired.tables {
+            let Some(raw) = self.kernel()?.read_structure(table.family)? else {
+                return Ok(true);
+            };
+            let known = netlink::to_known(&raw, table.family, table);
+            let shape = table.clone_structure();
+            let mut ops = Vec::new();
+            diff::diff(
+                Some(Known {
+                    table: &known,
+                    rules_known: true,
+                }),
+                &shape,
+                &mut ops,
+            );
+            if !ops.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The kernel handle, opened on first use.
     fn kernel(&mut self) -> Result<&mut Kernel, Error> {
         let k = match self.kernel.take() {
@@ -431,11 +486,16 @@ impl Proxier {
         match result {
             Err(e @ netlink::Error::Rejected { .. }) => {
                 self.refused = true;
+                self.expected_gen = None;
                 Err(Error::Kernel(e))
             }
-            Err(e) => Err(Error::Kernel(e)),
+            Err(e) => {
+                self.expected_gen = None;
+                Err(Error::Kernel(e))
+            }
             Ok(()) => {
                 self.refused = false;
+                self.expected_gen = self.expected_gen.map(|g| g.wrapping_add(1));
                 Ok(())
             }
         }

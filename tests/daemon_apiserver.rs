@@ -543,6 +543,11 @@ impl Drop for Api {
 
 /// The daemon's flags against `url`.
 fn daemon_args(url: &str) -> Vec<String> {
+    daemon_args_with(url, "2s")
+}
+
+/// The daemon's flags against `url`, with a `--sync-period`.
+fn daemon_args_with(url: &str, sync_period: &str) -> Vec<String> {
     [
         "--master",
         url,
@@ -551,7 +556,7 @@ fn daemon_args(url: &str) -> Vec<String> {
         "--cluster-cidr",
         "10.0.0.0/16",
         "--sync-period",
-        "2s",
+        sync_period,
         "--min-sync-period",
         "10ms",
         "--healthz-bind-address",
@@ -572,10 +577,10 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(node: &NetNs, url: &str, log: PathBuf) -> Daemon {
+    fn start(node: &NetNs, url: &str, sync_period: &str, log: PathBuf) -> Daemon {
         let file = File::create(&log).unwrap_or_else(|e| panic!("create {log:?}: {e}"));
         let mut cmd = node.command(&[BIN]);
-        cmd.args(daemon_args(url))
+        cmd.args(daemon_args_with(url, sync_period))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file);
@@ -611,12 +616,24 @@ struct Env {
     topo: Topology,
     dir: TempDir,
     starts: Mutex<usize>,
+    sync_period: &'static str,
 }
 
 impl Env {
     /// Topology, backends on every address, the API server holding `objects`, the
     /// daemon started and its table present.
     fn new(tag: &str, objects: Vec<Value>) -> Env {
+        let env = Env::started(tag, objects, "2s");
+        env.wait_until("the daemon programs its table", WAIT, || {
+            env.try_listing(false)
+                .ok_or_else(|| "no table ip kube-nft-proxy yet".to_string())
+        });
+        env
+    }
+
+    /// Like [`Env::new`] with another `--sync-period`, returning as soon as the daemon
+    /// is started.
+    fn started(tag: &str, objects: Vec<Value>, sync_period: &'static str) -> Env {
         let topo = topology(tag);
         let servers = start_servers(&topo.backends, &BACKENDS);
         let api = Api::start(&topo.node);
@@ -630,12 +647,9 @@ impl Env {
             topo,
             dir: TempDir::new(tag),
             starts: Mutex::new(0),
+            sync_period,
         };
         env.start_daemon();
-        env.wait_until("the daemon programs its table", WAIT, || {
-            env.try_listing(false)
-                .ok_or_else(|| "no table ip kube-nft-proxy yet".to_string())
-        });
         env
     }
 
@@ -646,7 +660,7 @@ impl Env {
             *s
         };
         let log = self.dir.path().join(format!("daemon-{n}.log"));
-        let d = Daemon::start(&self.topo.node, &self.api.url(), log);
+        let d = Daemon::start(&self.topo.node, &self.api.url(), self.sync_period, log);
         let old = lock(&self.daemon).replace(d);
         assert!(old.is_none(), "a daemon was already running");
     }
@@ -1711,5 +1725,139 @@ fn health_metrics_debug_rules_and_dry_run() {
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(()),
             other => Err(format!("{other:?}")),
         },
+    );
+}
+
+/// Another program flushes our table, then deletes it: the daemon repairs both at once,
+/// not at its next periodic reconcile (`--sync-period 1h` here). It asks the kernel
+/// every 250 ms whether anyone else committed (the nftables generation id), and then
+/// compares our tables' chains, rules and sets with what it programmed.
+#[test]
+fn drift_is_repaired_without_waiting_for_the_sync_period() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::started("drift", web_cluster(&[A, B]), "1h");
+    let dst = sockaddr(WEB_IP, 80);
+    env.wait_backends(dst, &[A, B], "2 endpoints programmed", WAIT);
+    let before = env.listing();
+    for edit in [
+        &["nft", "flush", "table", "ip", "kube-nft-proxy"][..],
+        &["nft", "delete", "table", "ip", "kube-nft-proxy"][..],
+        &[
+            "nft",
+            "delete",
+            "chain",
+            "ip",
+            "kube-nft-proxy",
+            "nat-output",
+        ][..],
+    ] {
+        let t0 = Instant::now();
+        env.topo.node.run(edit);
+        // A re-created chain is listed last: compare the lines, not their order.
+        let sorted = |t: &str| {
+            let mut l: Vec<String> = t.lines().map(str::to_string).collect();
+            l.sort();
+            l
+        };
+        env.wait_until(
+            &format!("repaired after `{}`", edit.join(" ")),
+            WAIT,
+            || match env.try_listing(false) {
+                Some(now) if sorted(&now) == sorted(&before) => Ok(()),
+                Some(now) => Err(format!("differences:\n{}", line_diff(&before, &now))),
+                None => Err("no table".into()),
+            },
+        );
+        eprintln!("`{}` repaired after {:?}", edit.join(" "), t0.elapsed());
+        env.wait_backends(dst, &[A, B], "traffic after the repair", WAIT);
+    }
+}
+
+/// Another program deletes one element of our table: the periodic reconcile (2 s here)
+/// reads our tables back because the generation moved, and restores it.
+#[test]
+fn an_element_deleted_by_hand_is_repaired() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::new("element", web_cluster(&[A, B]));
+    let dst = sockaddr(WEB_IP, 80);
+    env.wait_backends(dst, &[A, B], "2 endpoints programmed", WAIT);
+    let before = env.listing();
+    let frontend = format!("{{ {WEB_IP} . tcp . 80 }}");
+    let set = before
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("set frontends-"))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|n| format!("frontends-{n}"))
+        .next()
+        .unwrap_or_else(|| panic!("no count class in\n{before}"));
+    env.topo.node.run(&[
+        "nft",
+        "delete",
+        "element",
+        "ip",
+        "kube-nft-proxy",
+        &set,
+        &frontend,
+    ]);
+    env.wait_until("the deleted element is restored", WAIT, || {
+        let now = env.listing();
+        if now == before {
+            Ok(())
+        } else {
+            Err(format!("differences:\n{}", line_diff(&before, &now)))
+        }
+    });
+    env.wait_backends(dst, &[A, B], "traffic after the repair", WAIT);
+}
+
+/// `/healthz` answers while the daemon programs a large cluster for the first time:
+/// the sync runs beside the health server, not in front of it. An answer counts when
+/// it arrives after the daemon logged that it starts programming and before our table
+/// exists (the first sync commits it at its very end).
+#[test]
+fn healthz_answers_during_a_full_sync() {
+    if !require_privileged() {
+        return;
+    }
+    const SERVICES: usize = 6000;
+    let mut objects = vec![node_obj(), service_cidr_obj()];
+    for i in 0..SERVICES {
+        let name = format!("bulk{i}");
+        let ip = format!("172.30.{}.{}", 1 + i / 250, 1 + i % 250);
+        objects.push(service_obj(&name, &ip));
+        objects.push(slice_obj(&name, &format!("{name}-1"), ready(&[A, B])));
+    }
+    let env = Env::started("busy", objects, "1h");
+    let log = env.dir.path().join("daemon-1.log");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut during, mut before_programming) = (0, 0);
+    while env.try_listing(false).is_none() {
+        env.check_daemon();
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never programmed its table\n{}",
+            env.diag()
+        );
+        let programming = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("programming");
+        if env.http(HEALTHZ, "/healthz").is_ok() {
+            if !programming {
+                before_programming += 1;
+            } else if env.try_listing(false).is_none() {
+                during += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("/healthz answers: {before_programming} before the first sync, {during} during it");
+    assert!(
+        during > 0,
+        "no /healthz answer arrived while the first sync ran\n{}",
+        env.diag()
     );
 }

@@ -17,6 +17,8 @@ pub const NFT_MSG_NEWSETELEM: u16 = 12;
 pub const NFT_MSG_GETSETELEM: u16 = 13;
 pub const NFT_MSG_DELSETELEM: u16 = 14;
 pub const NFT_MSG_GETTABLE: u16 = 1;
+/// NFT_MSG_GETGEN: the ruleset generation id
+pub const NFT_MSG_GETGEN: u16 = 16;
 
 pub const NLM_F_REQUEST: u16 = 0x1;
 pub const NLM_F_ACK: u16 = 0x4;

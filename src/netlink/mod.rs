@@ -98,6 +98,16 @@ impl Kernel {
         readback::read_table(&mut self.conn, family)
     }
 
+    /// Our table of one family without set elements (None: it does not exist).
+    pub fn read_structure(&mut self, family: Family) -> Result<Option<RawTable>, Error> {
+        readback::read_structure(&mut self.conn, family)
+    }
+
+    /// The nftables generation id (moves by one per committed transaction).
+    pub fn generation(&mut self) -> Result<u32, Error> {
+        readback::generation(&mut self.conn)
+    }
+
     /// Commits the operations as one transaction. Nothing is applied on error.
     pub fn apply(&mut self, ops: &[Op]) -> Result<(), Error> {
         if ops.is_empty() {

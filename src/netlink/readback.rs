@@ -112,8 +112,51 @@ pub fn table_names(conn: &mut Conn, family: Family) -> Result<Vec<String>, Error
     Ok(out)
 }
 
+/// The nftables generation id of the current network namespace: it moves by one with
+/// every committed transaction, whoever commits it, and never otherwise.
+pub fn generation(conn: &mut Conn) -> Result<u32, Error> {
+    for m in conn.dump(NFT_MSG_GETGEN, 0, &[])? {
+        // nlmsghdr (16) + nfgenmsg (4), then attributes: NFTA_GEN_ID (1) is a be32.
+        let mut off = 20;
+        while off + 4 <= m.len() {
+            let len = u16::from_ne_bytes([m[off], m[off + 1]]) as usize;
+            let ty = u16::from_ne_bytes([m[off + 2], m[off + 3]]) & 0x3fff;
+            if len < 4 || off + len > m.len() {
+                break;
+            }
+            if ty == 1 && len == 8 {
+                return Ok(u32::from_be_bytes([
+                    m[off + 4],
+                    m[off + 5],
+                    m[off + 6],
+                    m[off + 7],
+                ]));
+            }
+            off += (len + 3) & !3;
+        }
+    }
+    Err(Error::Recv(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "the kernel's answer to GETGEN carries no generation id",
+    )))
+}
+
 /// Reads our table of `family`; `None` if it does not exist.
 pub fn read_table(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, Error> {
+    read_table_with(conn, family, true)
+}
+
+/// Reads our table's chains, rules and sets without their elements (a few dumps of
+/// small objects, whatever the number of Services); `None` if it does not exist.
+pub fn read_structure(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, Error> {
+    read_table_with(conn, family, false)
+}
+
+fn read_table_with(
+    conn: &mut Conn,
+    family: Family,
+    elements: bool,
+) -> Result<Option<RawTable>, Error> {
     let fam = family.nfproto();
     if !table_names(conn, family)?.iter().any(|n| n == TABLE_NAME) {
         return Ok(None);
@@ -200,7 +243,7 @@ pub fn read_table(conn: &mut Conn, family: Family) -> Result<Option<RawTable>, E
         }
     }
     for set in &mut out.sets {
-        if set.flags & NFT_SET_TIMEOUT != 0 {
+        if !elements || set.flags & NFT_SET_TIMEOUT != 0 {
             // Dynamic (affinity) sets are filled by the packet path; never diffed.
             continue;
         }

@@ -374,6 +374,22 @@ impl Table {
         self.chains.iter().find(|c| c.name == name)
     }
 
+    /// The table's chains and set declarations without any element.
+    pub fn clone_structure(&self) -> Table {
+        Table {
+            family: self.family,
+            sets: self
+                .sets
+                .iter()
+                .map(|s| Set {
+                    decl: s.decl.clone(),
+                    elements: BTreeMap::new(),
+                })
+                .collect(),
+            chains: self.chains.clone(),
+        }
+    }
+
     /// Number of elements over all sets.
     pub fn element_count(&self) -> usize {
         self.sets.iter().map(|s| s.elements.len()).sum()
