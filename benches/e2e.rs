@@ -31,6 +31,15 @@
 //!    best round, the least disturbed by other work on the machine). Baseline: 10
 //!    services.
 //!
+//! 5. **health during load**: `/healthz` asked every 50 ms while the cold start runs;
+//!    the slowest answer next to the slowest over 1 s idle.
+//! 6. **drift**: `nft flush table ip kube-nft-proxy` by hand; time until chain `services`
+//!    holds its rules again (target: 1 s; the daemon watches the generation id).
+//! 7. **idle CPU**: the daemon's user+system time over 35 s without changes (a periodic
+//!    reconcile falls in the window), as % of a core (target: 1%).
+//! 8. **`--once` cold**: wall time (manifest file read, built, committed) next to `nft -f`
+//!    of the same ruleset, and peak RSS (`ru_maxrss`) next to `--once` with 10 services.
+//!
 //! Endpoints carry a `nodeName` of another node (as `synthetic::model`: not local), so
 //! no hairpin elements are programmed. Needs `ip`, `nft` and `conntrack`; the daemon is
 //! the `kube-nft-proxy` binary cargo builds for this bench (`target/release/`).
@@ -753,6 +762,21 @@ impl Daemon {
     }
 
     /// (VmRSS, VmHWM) in KiB from /proc/PID/status; checks that PID is the daemon.
+    /// User + system CPU time the daemon used so far (seconds).
+    fn cpu_seconds(&self) -> f64 {
+        let pid = self.pid();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
+        // Fields after the command name (which may hold spaces) in parentheses.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        (ticks(11) + ticks(12)) / hz
+    }
+
     fn memory(&self) -> (u64, u64) {
         let pid = self.pid();
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
@@ -1004,8 +1028,8 @@ fn main() {
         println!("\n== {n} services x {ENDPOINTS} endpoints");
         let t0 = Instant::now();
         let load_start = loadavg();
-        control_plane(n, &mut report);
-        data_plane(n, &mut report);
+        let nft_load = control_plane(n, &mut report);
+        data_plane(n, nft_load, &mut report);
         println!("  (scale done in {:.1} s)", t0.elapsed().as_secs_f64());
         report.note(format!(
             "{n}: load average (1/5/15 min) at the start of the scale {load_start}, at its end {}",
@@ -1035,7 +1059,8 @@ fn main() {
 }
 
 /// Figures 1–3: the daemon against the API server in one fresh node namespace.
-fn control_plane(n: usize, report: &mut Report) {
+/// Returns how long `nft -f` of the same ruleset took (the baseline of `--once`).
+fn control_plane(n: usize, report: &mut Report) -> Duration {
     let dir = TempDir::new(&format!("cp{n}"));
     let node = Ns::new(&format!("node{n}"));
     let api = Api::start(&node);
@@ -1051,7 +1076,8 @@ fn control_plane(n: usize, report: &mut Report) {
         api.get().url()
     );
 
-    // 1. Cold start.
+    // 1. Cold start, with /healthz asked every 50 ms meanwhile.
+    let health = HealthPoller::start(&node.name);
     let spawn_wall = now_unix();
     let spawn = Instant::now();
     let mut daemon = Daemon::start(&node, &api.get().url(), dir.0.join("daemon.log"));
@@ -1064,6 +1090,19 @@ fn control_plane(n: usize, report: &mut Report) {
             }
         });
     let cold = Duration::from_secs_f64((synced_at - spawn_wall).max(0.0));
+    let during_load = health.stop();
+    let idle_health = HealthPoller::start(&node.name);
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_health = idle_health.stop();
+    if let (Some(busy), Some(idle)) = (during_load.max_ms(), idle_health.max_ms()) {
+        report.add(
+            "/healthz slowest answer during the cold start (ms)",
+            n,
+            format!("{busy:.1} ({} answers)", during_load.ms.len()),
+            format!("idle {idle:.1}"),
+            busy / idle.max(0.001),
+        );
+    }
     let syncs = metric(&text, SYNC_COUNT).unwrap_or(0.0);
     println!(
         "  cold start: first sync done {:.1} ms after spawn (daemon's timestamp; seen by polling /metrics at {:.1} ms; {syncs} sync(s) so far)",
@@ -1361,12 +1400,99 @@ fn control_plane(n: usize, report: &mut Report) {
         "{n}: VmRSS after the 10k cycles / VmRSS after the periodic full sync before them = {:.3} ({full_during} full sync(s) ran during the cycles)",
         rss_after as f64 / rss_full as f64
     ));
+    // 4. Drift: another program flushes our table; time until our rules are back.
+    let t = Instant::now();
+    node.run(&["nft", "flush", "table", "ip", "kube-nft-proxy"]);
+    let repaired = daemon.wait(
+        "the flushed table is repaired",
+        Duration::from_secs(120),
+        |_| {
+            let chain = node.run(&["nft", "list", "chain", "ip", "kube-nft-proxy", "services"]);
+            if chain.contains("dnat") {
+                Ok(t.elapsed())
+            } else {
+                Err("no dnat rule in chain services yet".to_string())
+            }
+        },
+    );
+    report.add(
+        "flushed table repaired (ms)",
+        n,
+        format!("{:.1}", ms(repaired)),
+        "target 1000".to_string(),
+        ms(repaired) / 1000.0,
+    );
+    // 5. CPU while nothing changes, over a window with a periodic reconcile in it.
+    std::thread::sleep(Duration::from_secs(2));
+    let window = Duration::from_secs(35);
+    let (cpu0, t0) = (daemon.cpu_seconds(), Instant::now());
+    std::thread::sleep(window);
+    let idle_pct = 100.0 * (daemon.cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64();
+    report.add(
+        "CPU while nothing changes, 35 s incl. a reconcile (% of a core)",
+        n,
+        format!("{idle_pct:.2}"),
+        "target 1".to_string(),
+        idle_pct,
+    );
     // Drop order: daemon killed, API server stopped (in the namespace), namespace
     // deleted, scratch directory removed.
     drop(daemon);
     drop(api);
     drop(node);
     drop(dir);
+    nft_load
+}
+
+/// Asks `/healthz` every 50 ms from a thread in a namespace, recording how long each
+/// answer took (connection refused before the listener is up is not an answer).
+struct HealthPoller {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<f64>>>,
+}
+
+/// The answers a [`HealthPoller`] got.
+struct HealthAnswers {
+    ms: Vec<f64>,
+}
+
+impl HealthAnswers {
+    fn max_ms(&self) -> Option<f64> {
+        self.ms.iter().copied().reduce(f64::max)
+    }
+}
+
+impl HealthPoller {
+    fn start(ns: &str) -> HealthPoller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = spawn_in(ns, move || {
+            let addr: SocketAddr = HEALTHZ.parse().expect("static address");
+            let mut out = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                if http_get(addr, "/healthz", Duration::from_secs(30)).is_ok() {
+                    out.push(ms(t.elapsed()));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            out
+        });
+        HealthPoller {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> HealthAnswers {
+        self.stop.store(true, Ordering::SeqCst);
+        let ms = self
+            .thread
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default();
+        HealthAnswers { ms }
+    }
 }
 
 /// Writes EndpointSlice changes: each one gives one endpoint of a service a new address
@@ -1685,6 +1811,8 @@ struct Topo {
     echo: Option<Echo>,
     count: usize,
     once: Duration,
+    /// peak RSS of that `--once` (KiB)
+    once_hwm_kib: u64,
     client: Ns,
     node: Ns,
     /// kept for its lifetime (deleted on drop)
@@ -1714,18 +1842,14 @@ impl Topo {
         let file = dir.join(format!("services-{count}.json"));
         write_manifests(&file, cluster, count);
         let t = Instant::now();
-        let out = node
-            .cmd(&[BIN, "--once", "--manifests"])
-            .arg(&file)
+        let mut cmd = node.cmd(&[BIN, "--once", "--manifests"]);
+        cmd.arg(&file)
             .args(["--hostname-override", NODE_NAME])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run kube-nft-proxy --once");
+            .stdin(Stdio::null());
+        let (code, stderr, once_hwm_kib) = run_with_peak_rss(cmd);
         assert!(
-            out.status.success(),
-            "kube-nft-proxy --once with {count} services failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+            code == 0,
+            "kube-nft-proxy --once with {count} services failed (status {code}): {stderr}"
         );
         let once = t.elapsed();
         let _ = std::fs::remove_file(&file);
@@ -1739,6 +1863,7 @@ impl Topo {
             echo: Some(echo),
             count,
             once,
+            once_hwm_kib,
             client,
             node,
             _backend: backend,
@@ -1759,14 +1884,72 @@ impl Drop for Topo {
     }
 }
 
+/// Runs a command (`ip netns exec` execs it, so the child is the program itself) and
+/// returns its exit code, its stderr and its peak RSS in KiB: `VmHWM` of its
+/// `/proc/PID/status`, read every 2 ms until it exits (the high-water mark only grows,
+/// so the last read is the peak up to 2 ms before the end). `ru_maxrss` cannot be used:
+/// a child forked from this large process inherits its high-water mark across exec.
+fn run_with_peak_rss(mut cmd: Command) -> (i32, String, u64) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut hwm = 0u64;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for the child") {
+            break st;
+        }
+        let text = std::fs::read_to_string(&status_path).unwrap_or_default();
+        // Only the program itself counts, not `ip` before its exec.
+        if !text.starts_with("Name:\tip\n") {
+            if let Some(v) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                hwm = hwm.max(v);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    (
+        status.code().unwrap_or(-1),
+        reader.join().unwrap_or_default(),
+        hwm,
+    )
+}
+
 /// Figure 4: client → node → backend, with 10 and with N services programmed, in two
 /// parallel chains measured alternately (A B A B ...) so that a slow phase of the
 /// machine hits both alike.
-fn data_plane(n: usize, report: &mut Report) {
+fn data_plane(n: usize, nft_load: Duration, report: &mut Report) {
     let dir = TempDir::new(&format!("dp{n}"));
     let cluster = Cluster::new(n);
     let small = Topo::new(&format!("s{n}"), &cluster, 10, &dir.0);
     let big = Topo::new(&format!("l{n}"), &cluster, n, &dir.0);
+    report.add(
+        "--once cold, wall incl. reading the manifests (ms)",
+        n,
+        format!("{:.1}", ms(big.once)),
+        format!("nft -f {:.1}", ms(nft_load)),
+        big.once.as_secs_f64() / nft_load.as_secs_f64(),
+    );
+    report.add(
+        "--once cold, peak RSS (MiB)",
+        n,
+        format!("{:.1}", mib(big.once_hwm_kib)),
+        format!("10 svc {:.1}", mib(small.once_hwm_kib)),
+        big.once_hwm_kib as f64 / small.once_hwm_kib.max(1) as f64,
+    );
     let dst = SocketAddr::from((cluster.vips[DP_SERVICE], 80));
     for t in [&small, &big] {
         let _ = t

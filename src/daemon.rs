@@ -335,9 +335,11 @@ pub async fn run_with(
         // /healthz, /metrics, healthCheckNodePort servers and the watchers keep being
         // served by the other worker meanwhile.
         let result = tokio::task::block_in_place(|| {
-            // Partial sync: recompute only the dirty Services and commit the delta.
+            // Partial sync: recompute only the dirty Services and commit the delta (also
+            // when a periodic reconcile is due: it follows, and changes never wait for a
+            // rebuild of the whole cluster).
             let mut outcome: Option<Result<bool, proxier::Error>> = None;
-            if !full && !retry {
+            if !need_full && !retry {
                 if let (Some(m), Ok(mut guard)) = (model.as_mut(), shared.rules.lock()) {
                     if let Some(inc) = guard.as_mut() {
                         let old: BTreeMap<ServicePortName, ServiceEntry> = dirty_services
@@ -395,7 +397,11 @@ pub async fn run_with(
             // (kept exact by the incremental updates) and only reads the kernel back to
             // repair drift; rebuilding the cluster is for start-up, failures and global
             // changes.
-            if outcome.is_none() && !need_full && !retry && dirty_services.is_empty() {
+            let partial_ok = match &outcome {
+                Some(r) => r.is_ok(),
+                None => dirty_services.is_empty(),
+            };
+            if full && !need_full && !retry && partial_ok {
                 if let Ok(mut guard) = shared.rules.lock() {
                     if let Some(inc) = guard.as_mut() {
                         let deferred = inc.take_deferred();
