@@ -411,6 +411,13 @@ pub async fn run_with(
                             if !reconcile_now && proxier.kernel_unchanged()? {
                                 return Ok(true);
                             }
+                            // Another program changed our tables' structure (a flush,
+                            // a deleted chain): one transaction that replaces them is
+                            // faster than reading every element back to diff.
+                            if reconcile_now {
+                                proxier.replace(inc.ruleset())?;
+                                return Ok(true);
+                            }
                             let report = proxier.sync_to(inc.ruleset())?;
                             inc.adopt_kept(&report.kept);
                             Ok(true)

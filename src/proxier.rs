@@ -259,15 +259,21 @@ impl Proxier {
     /// create everything anew, independent of any diff or incremental bookkeeping. For
     /// recovery after a refused transaction; session-affinity records start afresh.
     pub fn rebuild(&mut self, desired: &Ruleset) -> Result<SyncReport, Error> {
+        self.rebuilds += 1;
+        tracing::warn!(
+            "the kernel refused the last transaction; rebuilding our tables in one transaction"
+        );
+        self.replace(desired)
+    }
+
+    /// Replaces our tables with `desired` in one transaction (delete, create), without
+    /// reading them back: for tables another program damaged, where a full load costs
+    /// less than reading every element. Session-affinity records start afresh.
+    pub fn replace(&mut self, desired: &Ruleset) -> Result<SyncReport, Error> {
         let start = Instant::now();
         self.last = None;
         let ops = self.rebuild_ops(desired)?;
         self.expected_gen = self.kernel()?.generation().ok();
-        self.rebuilds += 1;
-        tracing::warn!(
-            ops = ops.len(),
-            "the kernel refused the last transaction; rebuilding our tables in one transaction"
-        );
         self.commit(&ops)?;
         Ok(SyncReport {
             full: true,
