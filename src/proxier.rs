@@ -638,7 +638,17 @@ pub fn run_files(cfg: &ProxyConfig) -> Result<(), Error> {
     let mut failed = true;
     loop {
         let fp = fingerprint(&cfg.manifests);
-        let due_full = last_full.elapsed() >= cfg.sync_period;
+        let mut due_full = last_full.elapsed() >= cfg.sync_period;
+        // Nothing changed in the files and nobody else committed to nftables: the
+        // kernel holds what we programmed, and the reconcile has nothing to do.
+        if due_full
+            && !failed
+            && seen.as_ref() == Some(&fp)
+            && p.kernel_unchanged().unwrap_or(false)
+        {
+            last_full = Instant::now();
+            due_full = false;
+        }
         if failed || due_full || seen.as_ref() != Some(&fp) {
             let result = load_state(&cfg.manifests).and_then(|state| {
                 let mut d = desired_full(cfg, &state)?;
