@@ -961,19 +961,14 @@ mod tests {
             };
             let affinity = decl(vec![KeyType::Addr], vec![], Some(u32::MAX));
             let map_el = (
-                vec![
-                    addr.clone(),
-                    Value::Proto(6),
-                    Value::Port(443),
-                    Value::Index(7),
-                ],
+                vec![addr, Value::Proto(6), Value::Port(443), Value::Index(7)],
                 ElementData {
-                    data: vec![addr.clone(), Value::Port(8443)],
+                    data: vec![addr, Value::Port(8443)],
                     comment: Some(comment.clone()),
                 },
             );
             let range_el = (
-                vec![addr.clone(), net.clone()],
+                vec![addr, net],
                 ElementData {
                     data: vec![],
                     comment: Some(comment.clone()),
