@@ -274,7 +274,7 @@ fn run_affinity(n: usize, cfg: &BuildConfig) {
     for t in &rs.tables {
         diff(None, t, &mut ops);
     }
-    let batch = encode(&ops);
+    let batch = encode(&ops).expect("encode");
     let upstream = upstream_affinity_script(&model, TIMEOUT);
     let ours_text = render::ruleset(&rs);
 
@@ -342,7 +342,7 @@ fn run_scale(n: usize, cfg: &BuildConfig) {
         diff(None, t, &mut ops);
     }
     let t0 = Instant::now();
-    let batch = encode(&ops);
+    let batch = encode(&ops).expect("encode");
     let encode_time = t0.elapsed();
     let t0 = Instant::now();
     kernel.commit(&batch, &ops).expect("full load commit");
@@ -417,7 +417,7 @@ fn run_scale(n: usize, cfg: &BuildConfig) {
         let new = build(model, cfg);
         let ops = ops_between(cur, &new);
         let script = render::script(&ops);
-        let batch = encode(&ops);
+        let batch = encode(&ops).expect("encode");
         let t0 = Instant::now();
         kernel.commit(&batch, &ops).expect("update commit");
         let nl = t0.elapsed();

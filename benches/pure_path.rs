@@ -52,7 +52,7 @@ fn ops(old: Option<&Ruleset>, new: &Ruleset) -> Vec<Op> {
 fn full(objs: &[Object], cfg: &BuildConfig) -> usize {
     let state = ClusterState::from_objects(objs.iter().cloned());
     let rs = build(&model_of(&state), cfg);
-    encode(&ops(None, &rs)).bytes.len()
+    encode(&ops(None, &rs)).expect("encode").bytes.len()
 }
 
 /// The daemon's partial-sync path for one changed slice; returns the batch size.
@@ -75,7 +75,7 @@ fn one_slice(
         .update(model, &ports, false)
         .expect("plain endpoint change stays incremental");
     let _ = cfg;
-    encode(&ops.pre).bytes.len() + encode(&ops.ops).bytes.len()
+    encode(&ops.pre).expect("encode").bytes.len() + encode(&ops.ops).expect("encode").bytes.len()
 }
 
 fn bench(c: &mut Criterion) {
@@ -134,7 +134,7 @@ fn summary() {
         let mut o = Vec::new();
         let t_diff = median_of(5, || o = ops(None, &rs));
         let t_enc = median_of(5, || {
-            encode(&o);
+            encode(&o).expect("encode");
         });
         let full_t = t_state + t_model + t_ir + t_diff + t_enc;
         let versions = [

@@ -50,7 +50,8 @@ fn main() {
             kube_nft_proxy::ruleset::diff::diff(None, t, &mut ops);
         }
         ops
-    });
+    })
+    .expect("our own ruleset encodes");
     stage("full-load ops + netlink batch (transient)");
     println!("batch {:.1} MiB", batch.bytes.len() as f64 / 1048576.0);
     drop(batch);

@@ -1,5 +1,7 @@
 //! Kernel constants from `linux/netfilter/nf_tables.h` and friends (stable uapi).
 
+#![forbid(unsafe_code)]
+
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
 
 pub const NFT_MSG_NEWTABLE: u16 = 0;

@@ -1,10 +1,14 @@
 //! The only module that talks to the kernel: encodes a transaction as one nftnl batch,
 //! sends it with one `sendmsg`, and reads our tables back.
-#![allow(unsafe_code)] // FFI to libnftnl and raw socket calls; each block says why it is sound.
+//!
+//! Every call into C (libnftnl, libc) is in [`ffi`], behind owned handles and checked
+//! setters; the other modules are safe Rust (`forbid(unsafe_code)`, and a test in
+//! `ffi.rs` scans the sources).
 
 pub mod consts;
 pub mod encode;
 pub mod expr;
+pub mod ffi;
 pub mod readback;
 pub mod socket;
 
@@ -29,6 +33,15 @@ pub enum Error {
     /// Receiving from the kernel failed (or timed out).
     #[error("receiving from the kernel failed")]
     Recv(#[source] io::Error),
+    /// An operation could not be encoded into a message (nothing was sent).
+    #[error("cannot encode the operation: {op}")]
+    Encode {
+        /// the operation
+        op: String,
+        /// why
+        #[source]
+        source: ffi::EncodeError,
+    },
     /// The kernel refused a message.
     #[error("the kernel refused message {seq} ({}){}{}", io::Error::from_raw_os_error(*errno), text.as_ref().map(|t| format!(": {t}")).unwrap_or_default(), op.as_ref().map(|o| format!(" in operation: {o}")).unwrap_or_default())]
     Rejected {
@@ -58,6 +71,7 @@ pub struct Kernel {
     conn: Conn,
 }
 
+/// An operation as the errors name it.
 fn describe(op: &Op) -> String {
     match op {
         Op::AddTable(f) => format!("add table {}", f.nft()),
@@ -113,7 +127,7 @@ impl Kernel {
         if ops.is_empty() {
             return Ok(());
         }
-        let batch = encode(ops);
+        let batch = encode(ops)?;
         self.commit(&batch, ops)
     }
 
@@ -124,7 +138,7 @@ impl Kernel {
         if ops.is_empty() {
             return Ok(());
         }
-        let batch = encode(ops).without_end();
+        let batch = encode(ops)?.without_end();
         self.commit(&batch, ops)
     }
 

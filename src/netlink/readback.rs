@@ -1,14 +1,14 @@
 //! Reads our tables back from the kernel: which chains and sets exist, and every
 //! element of every set, so that a full sync can diff exactly against the kernel.
 
-use std::collections::BTreeMap;
-use std::ffi::CStr;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+#![forbid(unsafe_code)]
 
-use nftnl_sys as sys;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::consts::*;
 use super::encode::{key_type, parse_rule_digest, set_userdata};
+use super::ffi;
 use super::socket::Conn;
 use super::Error;
 use crate::ruleset::ir::*;
@@ -31,17 +31,7 @@ pub struct RawSet {
 }
 
 /// One element as the kernel holds it.
-#[derive(Clone, Debug)]
-pub struct RawElement {
-    /// key bytes
-    pub key: Vec<u8>,
-    /// key end bytes (interval sets)
-    pub key_end: Vec<u8>,
-    /// data bytes (maps)
-    pub data: Vec<u8>,
-    /// user data (comment)
-    pub userdata: Vec<u8>,
-}
+pub use super::ffi::ElemData as RawElement;
 
 /// Our table of one family as the kernel holds it.
 #[derive(Clone, Debug, Default)]
@@ -72,44 +62,14 @@ fn strz(s: &str) -> Vec<u8> {
     v
 }
 
-unsafe fn get_str(p: *const libc::c_char) -> String {
-    if p.is_null() {
-        return String::new();
-    }
-    // Safety: libnftnl returns NUL-terminated strings it owns.
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
-}
-
-unsafe fn get_data(getter: impl Fn(*mut u32) -> *const libc::c_void) -> Vec<u8> {
-    let mut len = 0u32;
-    let p = getter(&mut len);
-    if p.is_null() {
-        return Vec::new();
-    }
-    // Safety: libnftnl reports the length of the buffer it returns.
-    unsafe { std::slice::from_raw_parts(p as *const u8, len as usize) }.to_vec()
-}
-
 /// The names of every table of `family`.
 pub fn table_names(conn: &mut Conn, family: Family) -> Result<Vec<String>, Error> {
-    let mut out = Vec::new();
-    for m in &conn.dump(NFT_MSG_GETTABLE, family.nfproto(), &[])? {
-        // Safety: m is a complete netlink message; the table object is freed below.
-        unsafe {
-            let t = sys::nftnl_table_alloc();
-            if t.is_null() {
-                continue;
-            }
-            if sys::nftnl_table_nlmsg_parse(m.as_ptr() as *const libc::nlmsghdr, t) >= 0 {
-                out.push(get_str(sys::nftnl_table_get_str(
-                    t,
-                    sys::NFTNL_TABLE_NAME as u16,
-                )));
-            }
-            sys::nftnl_table_free(t);
-        }
-    }
-    Ok(out)
+    Ok(conn
+        .dump(NFT_MSG_GETTABLE, family.nfproto(), &[])?
+        .iter()
+        .filter_map(|m| ffi::Table::parse(m))
+        .map(|t| t.name())
+        .collect())
 }
 
 /// The nftables generation id of the current network namespace: it moves by one with
@@ -163,83 +123,36 @@ fn read_table_with(
     }
     let mut out = RawTable::default();
     for m in conn.dump(NFT_MSG_GETCHAIN, fam, &attr(1, &strz(TABLE_NAME)))? {
-        // Safety: as above.
-        unsafe {
-            let c = sys::nftnl_chain_alloc();
-            if c.is_null() {
-                continue;
+        if let Some(c) = ffi::Chain::parse(&m) {
+            if c.table() == TABLE_NAME {
+                out.chains.push(c.name());
             }
-            if sys::nftnl_chain_nlmsg_parse(m.as_ptr() as *const libc::nlmsghdr, c) >= 0 {
-                let table = get_str(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_TABLE as u16));
-                if table == TABLE_NAME {
-                    out.chains.push(get_str(sys::nftnl_chain_get_str(
-                        c,
-                        sys::NFTNL_CHAIN_NAME as u16,
-                    )));
-                }
-            }
-            sys::nftnl_chain_free(c);
         }
     }
     for m in conn.dump(NFT_MSG_GETRULE, fam, &attr(1, &strz(TABLE_NAME)))? {
-        // Safety: as above.
-        unsafe {
-            let r = sys::nftnl_rule_alloc();
-            if r.is_null() {
-                continue;
+        if let Some(r) = ffi::Rule::parse(&m) {
+            if r.table() == TABLE_NAME {
+                out.rule_digests
+                    .entry(r.chain())
+                    .or_default()
+                    .push(parse_rule_digest(&r.userdata()));
             }
-            if sys::nftnl_rule_nlmsg_parse(m.as_ptr() as *const libc::nlmsghdr, r) >= 0 {
-                let table = get_str(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_TABLE as u16));
-                if table == TABLE_NAME {
-                    let chain = get_str(sys::nftnl_rule_get_str(r, sys::NFTNL_RULE_CHAIN as u16));
-                    let ud = get_data(|l| {
-                        sys::nftnl_rule_get_data(r, sys::NFTNL_RULE_USERDATA as u16, l)
-                    });
-                    out.rule_digests
-                        .entry(chain)
-                        .or_default()
-                        .push(parse_rule_digest(&ud));
-                }
-            }
-            sys::nftnl_rule_free(r);
         }
     }
     for m in conn.dump(NFT_MSG_GETSET, fam, &attr(1, &strz(TABLE_NAME)))? {
-        // Safety: as above.
-        unsafe {
-            let s = sys::nftnl_set_alloc();
-            if s.is_null() {
-                continue;
+        if let Some(s) = ffi::Set::parse(&m) {
+            if s.table() == TABLE_NAME {
+                let (kt, kl) = s.key();
+                let (dt, dl) = s.data_type();
+                out.sets.push(RawSet {
+                    name: s.name(),
+                    key: (kt.unwrap_or(0), kl.unwrap_or(0)),
+                    data: (dt.unwrap_or(0), dl.unwrap_or(0)),
+                    flags: s.flags().unwrap_or(0),
+                    userdata: s.userdata(),
+                    elements: Vec::new(),
+                });
             }
-            if sys::nftnl_set_nlmsg_parse(m.as_ptr() as *const libc::nlmsghdr, s) >= 0 {
-                let table = get_str(sys::nftnl_set_get_str(s, sys::NFTNL_SET_TABLE as u16));
-                if table == TABLE_NAME {
-                    let u32_of = |a: u32| {
-                        if sys::nftnl_set_is_set(s, a as u16) {
-                            sys::nftnl_set_get_u32(s, a as u16)
-                        } else {
-                            0
-                        }
-                    };
-                    out.sets.push(RawSet {
-                        name: get_str(sys::nftnl_set_get_str(s, sys::NFTNL_SET_NAME as u16)),
-                        key: (
-                            u32_of(sys::NFTNL_SET_KEY_TYPE),
-                            u32_of(sys::NFTNL_SET_KEY_LEN),
-                        ),
-                        data: (
-                            u32_of(sys::NFTNL_SET_DATA_TYPE),
-                            u32_of(sys::NFTNL_SET_DATA_LEN),
-                        ),
-                        flags: u32_of(sys::NFTNL_SET_FLAGS),
-                        userdata: get_data(|l| {
-                            sys::nftnl_set_get_data(s, sys::NFTNL_SET_USERDATA as u16, l)
-                        }),
-                        elements: Vec::new(),
-                    });
-                }
-            }
-            sys::nftnl_set_free(s);
         }
     }
     for set in &mut out.sets {
@@ -250,41 +163,8 @@ fn read_table_with(
         let mut req = attr(1, &strz(TABLE_NAME));
         req.extend(attr(2, &strz(&set.name)));
         for m in conn.dump(NFT_MSG_GETSETELEM, fam, &req)? {
-            // Safety: parse into a fresh set; iterate its elements; free everything.
-            unsafe {
-                let s = sys::nftnl_set_alloc();
-                if s.is_null() {
-                    continue;
-                }
-                if sys::nftnl_set_elems_nlmsg_parse(m.as_ptr() as *const libc::nlmsghdr, s) >= 0 {
-                    let it = sys::nftnl_set_elems_iter_create(s);
-                    if !it.is_null() {
-                        let mut e = sys::nftnl_set_elems_iter_cur(it);
-                        while !e.is_null() {
-                            let key = get_data(|l| {
-                                sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY as u16, l)
-                            });
-                            let key_end = get_data(|l| {
-                                sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_KEY_END as u16, l)
-                            });
-                            let data = get_data(|l| {
-                                sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_DATA as u16, l)
-                            });
-                            let ud = get_data(|l| {
-                                sys::nftnl_set_elem_get(e, sys::NFTNL_SET_ELEM_USERDATA as u16, l)
-                            });
-                            set.elements.push(RawElement {
-                                key,
-                                key_end,
-                                data,
-                                userdata: ud,
-                            });
-                            e = sys::nftnl_set_elems_iter_next(it);
-                        }
-                        sys::nftnl_set_elems_iter_destroy(it);
-                    }
-                }
-                sys::nftnl_set_free(s);
+            if let Some(s) = ffi::Set::parse_elems(&m) {
+                set.elements.extend(s.elems());
             }
         }
     }

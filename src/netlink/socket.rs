@@ -1,11 +1,11 @@
 //! The netfilter netlink socket: sending a batch in one `sendmsg`, reading ACKs and
 //! errors, and dump requests.
 
-use std::io;
-use std::os::fd::AsRawFd;
+#![forbid(unsafe_code)]
 
 use super::consts::*;
 use super::encode::Batch;
+use super::ffi::{recv_nonblocking, send_to_kernel, set_recv_timeout, setsockopt_int};
 use super::Error;
 
 /// One netlink socket bound to the netfilter bus.
@@ -13,24 +13,6 @@ pub struct Conn {
     sock: mnl::Socket,
     portid: u32,
     seq: u32,
-}
-
-fn setsockopt_int(fd: i32, level: i32, opt: i32, val: i32) -> io::Result<()> {
-    // Safety: passing a pointer to a local int of the right size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            &val as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 /// A parsed netlink message header plus payload.
@@ -93,26 +75,13 @@ impl Conn {
     /// Opens and binds a socket.
     pub fn open() -> Result<Conn, Error> {
         let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(Error::Open)?;
-        let fd = sock.as_raw_fd();
         // Errors echo only the header, not a possibly huge message; extended ACKs carry
         // the kernel's reason text. Both are optional: old kernels ignore them.
-        let _ = setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1);
-        let _ = setsockopt_int(fd, libc::SOL_NETLINK, NETLINK_EXT_ACK, 1);
-        let tv = libc::timeval {
-            tv_sec: 60,
-            tv_usec: 0,
-        };
-        // Safety: pointer to a local timeval of the right size.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const libc::timeval as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
-        let _ = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20);
+        let _ = setsockopt_int(&sock, libc::SOL_NETLINK, NETLINK_CAP_ACK, 1);
+        let _ = setsockopt_int(&sock, libc::SOL_NETLINK, NETLINK_EXT_ACK, 1);
+        // A kernel that never answers must not hang a sync for ever.
+        let _ = set_recv_timeout(&sock, 60);
+        let _ = setsockopt_int(&sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20);
         let portid = sock.portid();
         Ok(Conn {
             sock,
@@ -132,30 +101,19 @@ impl Conn {
     /// nfnetlink answers a batch while `sendmsg` runs, so after this drain every reply
     /// is to the next request.
     fn drain(&self) {
-        let fd = self.sock.as_raw_fd();
         let mut buf = vec![0u8; 1 << 16];
         // Bounded: a dump left half-read goes on producing pages as they are read, but
         // not for ever; stop after 64 Ki pages in any case.
         for _ in 0..(1 << 16) {
-            // Safety: valid fd; buf outlives the call and its length is passed.
-            let n = unsafe {
-                libc::recv(
-                    fd,
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n > 0 {
-                continue;
-            }
-            if n == 0 {
-                return;
-            }
-            match io::Error::last_os_error().raw_os_error() {
-                // A pending overflow is reported once; what follows may still be queued.
-                Some(libc::ENOBUFS) | Some(libc::EINTR) => continue,
-                _ => return,
+            match recv_nonblocking(&self.sock, &mut buf) {
+                Ok(0) => return,
+                Ok(_) => continue,
+                Err(e) => match e.raw_os_error() {
+                    // A pending overflow is reported once; what follows may still be
+                    // queued.
+                    Some(libc::ENOBUFS) | Some(libc::EINTR) => continue,
+                    _ => return,
+                },
             }
         }
     }
@@ -202,29 +160,11 @@ impl Conn {
         let span = (batch.messages as u32).wrapping_add(2);
         let ours = |seq: u32| seq.wrapping_sub(first_seq) < span;
         let ack_seq = batch.ack_seq.wrapping_add(offset);
-        let fd = self.sock.as_raw_fd();
         let want = i32::try_from(bytes.len() + (1 << 16)).unwrap_or(i32::MAX);
-        setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want)
-            .or_else(|_| setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, want))
+        setsockopt_int(&self.sock, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, want)
+            .or_else(|_| setsockopt_int(&self.sock, libc::SOL_SOCKET, libc::SO_SNDBUF, want))
             .map_err(Error::Send)?;
-        let mut iov = libc::iovec {
-            iov_base: bytes.as_ptr() as *mut libc::c_void,
-            iov_len: bytes.len(),
-        };
-        // Safety: a zeroed sockaddr_nl addressed to the kernel (pid 0).
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        // Safety: msghdr points at locals that outlive the call.
-        let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
-        mh.msg_name = &mut addr as *mut libc::sockaddr_nl as *mut libc::c_void;
-        mh.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as u32;
-        mh.msg_iov = &mut iov;
-        mh.msg_iovlen = 1;
-        // Safety: valid fd and msghdr.
-        let n = unsafe { libc::sendmsg(fd, &mh, 0) };
-        if n < 0 {
-            return Err(Error::Send(io::Error::last_os_error()));
-        }
+        send_to_kernel(&self.sock, &bytes).map_err(Error::Send)?;
         let mut buf = vec![0u8; 1 << 16];
         let mut first_err: Option<Error> = None;
         loop {
