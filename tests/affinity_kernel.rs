@@ -1,12 +1,13 @@
 //! Session affinity in the kernel (root; network namespaces the tests create and
 //! delete):
 //!
-//! - kernel memory: 300 ClientIP Services × 10 endpoints (3,000 affinity sets)
-//!   programmed by the proxy cost at most twice what nft costs for the same Services
-//!   as an upstream-shaped ruleset (a set and a chain per endpoint) plus a fixed
-//!   slack, both measured here, one after the other;
-//! - a full affinity set: a new client whose endpoint's set is full is still
-//!   balanced to an endpoint.
+//! - kernel memory: 300 ClientIP Services × 10 endpoints (3,000 affinity endpoints;
+//!   the proxy records them in one set per Service) programmed by the proxy cost at
+//!   most twice what nft costs for the same Services as an upstream-shaped ruleset (a
+//!   set and a chain per endpoint) plus a fixed slack, both measured here, one after
+//!   the other;
+//! - a full affinity set: a new client whose Service's set is full is still balanced
+//!   to an endpoint.
 //!
 //! Memory readings (`/proc/meminfo`) are global to the machine: each figure is the
 //! change of the median of several readings, the smaller of two rounds, and the bound
@@ -206,7 +207,7 @@ fn mb(kb: i64) -> f64 {
 fn show(what: &str, m: &Mem, took: Duration) -> String {
     format!(
         "{what}: Slab {:+.1} MB, SUnreclaim {:+.1} MB, VmallocUsed {:+.1} MB, \
-         kernel (SUnreclaim+Vmalloc) {:+.1} MB = {:.2} KB per affinity set; load {:.2} s",
+         kernel (SUnreclaim+Vmalloc) {:+.1} MB = {:.2} KB per affinity endpoint; load {:.2} s",
         mb(m.slab),
         mb(m.unreclaimable),
         mb(m.vmalloc),
@@ -289,18 +290,20 @@ fn affinity_sets_cost_what_nft_costs() {
     let ((n, _), (o, _)) = best.expect("one round");
     let bound = bound_kb(&n);
 
-    // What was measured is what was meant: 3,000 dynamic timeout sets, each bound
-    // by `update @set` and so capped by the kernel at 65535 clients.
+    // What was measured is what was meant: a dynamic timeout set per Service, each
+    // bound by `update @set` and so capped by the kernel at 65535 clients, and a
+    // recording rule for each of the 3,000 endpoints.
     let dynamic = listing.matches("flags dynamic,timeout").count();
-    assert_eq!(
-        dynamic,
-        SERVICES * ENDPOINTS,
-        "affinity sets programmed\n{report}"
-    );
+    assert_eq!(dynamic, SERVICES, "affinity sets programmed\n{report}");
     assert_eq!(
         listing.matches("size 65535").count(),
-        SERVICES * ENDPOINTS,
+        SERVICES,
         "every affinity set is capped at the kernel's 65535 (bound by `update @set`)"
+    );
+    assert_eq!(
+        listing.matches("@affinity-").count(),
+        SERVICES * ENDPOINTS * 3,
+        "per endpoint: a lookup and an update (recorded client), an update (pick)"
     );
     assert!(
         n.kernel() > 0,
@@ -316,8 +319,8 @@ fn affinity_sets_cost_what_nft_costs() {
     drop(namespaces);
 }
 
-/// When an endpoint's affinity set is full (the kernel caps it at 65535 clients; here
-/// a size of 1 is declared to reach the cap with a few clients), a new client is not
+/// When a Service's affinity set is full (the kernel caps it at 65535 clients; here a
+/// size of 1 is declared to reach the cap with a few clients), a new client is not
 /// recorded but still reaches an endpoint: every datagram from 12 new clients to a
 /// 3-endpoint affinity Service is answered by one of its endpoints.
 #[test]
@@ -452,8 +455,8 @@ fn affinity_text_and_netlink_list_the_same() {
         let a = ns_text.list_table(family);
         let b = ns_nl.list_table(family);
         assert_eq!(a, b, "{family}: nft -f of --dry-run vs --once");
-        // tcp and udp ports × 2 endpoints
-        assert_eq!(a.matches("flags dynamic,timeout").count(), 4, "{a}");
-        assert_eq!(a.matches("size 65535").count(), 4, "{a}");
+        // one set per service port: tcp and udp
+        assert_eq!(a.matches("flags dynamic,timeout").count(), 2, "{a}");
+        assert_eq!(a.matches("size 65535").count(), 2, "{a}");
     }
 }
