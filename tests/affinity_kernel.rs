@@ -460,3 +460,140 @@ fn affinity_text_and_netlink_list_the_same() {
         assert_eq!(a.matches("size 65535").count(), 2, "{a}");
     }
 }
+
+/// How a step's objects reach the kernel in [`an_endpoint_that_comes_back_has_no_clients`].
+enum Programmer {
+    /// one `--once` per step
+    Once,
+    /// one files-mode daemon for all steps (the manifest file is rewritten)
+    Daemon(std::process::Child),
+}
+
+impl Drop for Programmer {
+    fn drop(&mut self) {
+        if let Programmer::Daemon(c) = self {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Records of a removed endpoint die with it, as upstream's per-endpoint set does: a
+/// client recorded for endpoint A, then (A gone) for B, stays with B when A comes back,
+/// although A's rules come first in the chain. Through `--once` and through a
+/// files-mode daemon (whose later syncs only clean the sets of the chains they change).
+#[test]
+fn an_endpoint_that_comes_back_has_no_clients() {
+    if !require_privileged() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for daemon in [false, true] {
+        endpoint_comes_back(daemon);
+    }
+}
+
+fn endpoint_comes_back(daemon: bool) {
+    const SVC: &str = "10.96.0.10";
+    const A: &str = "10.128.0.1";
+    const B: &str = "10.128.0.2";
+    const CLIENT: &str = "10.1.0.1";
+    let dir = TempDir::new("affinity-back");
+    let ns = NetNs::new("affback");
+    for a in [A, B, CLIENT] {
+        ns.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]);
+    }
+    ns.ip(&["route", "add", "10.96.0.0/12", "dev", "lo"]);
+    let servers = Servers::start(&ns, &[A, B], common::manifests::TARGET_PORT);
+    let manifests = |eps: &[&str]| {
+        list(vec![
+            node_obj(&["192.168.0.2"], None),
+            service_obj(
+                "back",
+                "ClusterIP",
+                &[SVC],
+                vec![svc_port("udp", "UDP", 80, None)],
+                json!({"sessionAffinity": "ClientIP",
+                       "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}),
+            ),
+            slice_obj("back", "back-1", ready_remote(eps)),
+        ])
+    };
+    let path = dir.write("cluster.json", &manifests(&[A]));
+    let args = [
+        "--hostname-override",
+        NODE_NAME,
+        "--cluster-cidr",
+        "10.128.0.0/9",
+    ];
+    let mut programmer = Programmer::Once;
+    let program = |eps: &[&str], programmer: &mut Programmer| {
+        // One rename: the daemon never reads half a file.
+        let tmp = dir.write("cluster.json.new", &manifests(eps));
+        std::fs::rename(&tmp, &path).expect("rename manifest");
+        let done = |t: &str| {
+            eps.iter()
+                .all(|e| t.contains(&format!("dnat ip to {e}:")))
+                && [A, B]
+                    .iter()
+                    .filter(|e| !eps.contains(e))
+                    .all(|e| !t.contains(&format!("dnat ip to {e}:")))
+        };
+        match programmer {
+            Programmer::Once => {
+                let mut a = vec!["--once", "--manifests", path.as_str()];
+                a.extend_from_slice(&args);
+                ns.proxy(&a);
+            }
+            Programmer::Daemon(_) => {
+                let start = Instant::now();
+                while !done(&ns.list_table("ip")) {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(10),
+                        "the daemon did not program {eps:?}:\n{}",
+                        ns.list_table("ip")
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        let t = ns.list_table("ip");
+        assert!(done(&t), "{eps:?} not programmed:\n{t}");
+    };
+    if daemon {
+        let mut a = vec![common::BIN, "--manifests", path.as_str()];
+        a.extend_from_slice(&args);
+        a.extend_from_slice(&["--sync-period", "300s"]);
+        let child = ns
+            .command(&a)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the daemon");
+        programmer = Programmer::Daemon(child);
+    }
+    let ask = |n: usize| {
+        common::join(ns.spawn(move || {
+            (0..n)
+                .map(|_| match udp_ask_from(sockaddr(CLIENT, 0), sockaddr(SVC, 80)) {
+                    Ok(a) => a.backend,
+                    Err(e) => format!("no answer: {e}"),
+                })
+                .collect::<Vec<String>>()
+        }))
+    };
+    let mode = if daemon { "daemon" } else { "--once" };
+    program(&[A], &mut programmer);
+    assert_eq!(ask(1), [A], "{mode}: the only endpoint");
+    program(&[B], &mut programmer);
+    assert_eq!(ask(1), [B], "{mode}: the only endpoint once A is gone");
+    program(&[A, B], &mut programmer);
+    let answers = ask(5);
+    let listing = ns.run(&["nft", "list", "ruleset"]);
+    drop(programmer);
+    drop(servers);
+    assert!(
+        answers.iter().all(|a| a == B),
+        "{mode}: a client recorded for B went back to A when A returned: {answers:?}\n{listing}"
+    );
+}

@@ -446,6 +446,25 @@ pub(crate) fn affinity_set_name(base: &str) -> String {
     format!("{AFFINITY_PREFIX}{base}")
 }
 
+/// The endpoint tags that some rule of `table` reads from or records into `set`.
+pub fn affinity_tags_read(table: &Table, set: &str) -> BTreeSet<u32> {
+    let mut tags = BTreeSet::new();
+    for r in table.chains.iter().flat_map(|c| &c.rules) {
+        for s in &r.0 {
+            let (Stmt::Lookup { fields, set: x, .. } | Stmt::Update { fields, set: x }) = s else {
+                continue;
+            };
+            if x == set {
+                tags.extend(fields.iter().filter_map(|f| match f {
+                    Field::Tag(t) => Some(*t),
+                    _ => None,
+                }));
+            }
+        }
+    }
+    tags
+}
+
 /// The affinity set that an affinity chain records into (its `/local` twin shares it).
 pub fn affinity_set_of_chain(chain: &str) -> Option<&str> {
     chain
@@ -800,13 +819,42 @@ pub(crate) fn hairpin_key(ip: IpAddr) -> Key {
     vec![Value::Addr(ip), Value::Addr(ip)]
 }
 
-/// Session-affinity parts: dispatch rules, chains and per-endpoint sets.
+/// Session-affinity parts: dispatch rules, chains and per-service-port sets.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct AffinityParts {
     /// dispatch rules by frontend (in key order, whatever order the frontends came in)
     pub(crate) rules: BTreeMap<Key, Vec<Rule>>,
     pub(crate) chains: Vec<Chain>,
     pub(crate) sets: BTreeMap<String, Set>,
+}
+
+impl AffinityParts {
+    /// Whether there is nothing (no affinity frontend).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rules.is_empty() && self.chains.is_empty() && self.sets.is_empty()
+    }
+
+    /// Adds the parts of one service port (the parts of different ports never share a
+    /// frontend, a chain or a set: their names carry the port's identity).
+    pub(crate) fn add(&mut self, port: &AffinityParts) {
+        self.rules
+            .extend(port.rules.iter().map(|(k, r)| (k.clone(), r.clone())));
+        self.chains.extend(port.chains.iter().cloned());
+        self.sets
+            .extend(port.sets.iter().map(|(n, s)| (n.clone(), s.clone())));
+    }
+
+    /// Takes out the parts of one service port that [`AffinityParts::add`] put in.
+    pub(crate) fn remove(&mut self, port: &AffinityParts) {
+        for k in port.rules.keys() {
+            self.rules.remove(k);
+        }
+        self.chains
+            .retain(|c| !port.chains.iter().any(|p| p.name == c.name));
+        for n in port.sets.keys() {
+            self.sets.remove(n);
+        }
+    }
 }
 
 /// Adds the affinity parts of one frontend's plan (nothing for other plans): its rules
