@@ -309,6 +309,10 @@ impl Proxier {
                 .set_keys(family, set, &decl.key)?
                 .into_iter()
                 .filter(|k| matches!(k.last(), Some(Value::Index(t)) if !live.contains(t)))
+                // A dump can list an element twice; a delete of the same key twice in
+                // one transaction is refused.
+                .collect::<BTreeSet<Key>>()
+                .into_iter()
                 .collect();
             if stale.is_empty() {
                 return Ok(());

@@ -533,11 +533,11 @@ fn endpoint_comes_back(daemon: bool) {
         std::fs::rename(&tmp, &path).expect("rename manifest");
         let done = |t: &str| {
             eps.iter()
-                .all(|e| t.contains(&format!("dnat ip to {e}:")))
+                .all(|e| t.contains(&format!("dnat to {e}:")))
                 && [A, B]
                     .iter()
                     .filter(|e| !eps.contains(e))
-                    .all(|e| !t.contains(&format!("dnat ip to {e}:")))
+                    .all(|e| !t.contains(&format!("dnat to {e}:")))
         };
         match programmer {
             Programmer::Once => {
@@ -547,11 +547,18 @@ fn endpoint_comes_back(daemon: bool) {
             }
             Programmer::Daemon(_) => {
                 let start = Instant::now();
-                while !done(&ns.list_table("ip")) {
+                // The daemon may not have created the table yet.
+                let listing = || {
+                    ns.command(&["nft", "list", "table", "ip", "kube-nft-proxy"])
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_default()
+                };
+                while !done(&listing()) {
                     assert!(
                         start.elapsed() < Duration::from_secs(10),
                         "the daemon did not program {eps:?}:\n{}",
-                        ns.list_table("ip")
+                        listing()
                     );
                     std::thread::sleep(Duration::from_millis(50));
                 }
