@@ -532,8 +532,7 @@ fn endpoint_comes_back(daemon: bool) {
         let tmp = dir.write("cluster.json.new", &manifests(eps));
         std::fs::rename(&tmp, &path).expect("rename manifest");
         let done = |t: &str| {
-            eps.iter()
-                .all(|e| t.contains(&format!("dnat to {e}:")))
+            eps.iter().all(|e| t.contains(&format!("dnat to {e}:")))
                 && [A, B]
                     .iter()
                     .filter(|e| !eps.contains(e))
@@ -582,10 +581,12 @@ fn endpoint_comes_back(daemon: bool) {
     let ask = |n: usize| {
         common::join(ns.spawn(move || {
             (0..n)
-                .map(|_| match udp_ask_from(sockaddr(CLIENT, 0), sockaddr(SVC, 80)) {
-                    Ok(a) => a.backend,
-                    Err(e) => format!("no answer: {e}"),
-                })
+                .map(
+                    |_| match udp_ask_from(sockaddr(CLIENT, 0), sockaddr(SVC, 80)) {
+                        Ok(a) => a.backend,
+                        Err(e) => format!("no answer: {e}"),
+                    },
+                )
                 .collect::<Vec<String>>()
         }))
     };

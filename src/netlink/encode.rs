@@ -932,7 +932,10 @@ mod tests {
                     modulus: u32::MAX,
                     value: 3,
                 },
-                Stmt::UpdateSaddr(name.clone()),
+                Stmt::Update {
+                    fields: vec![Field::Saddr, Field::Tag(u32::MAX)],
+                    set: name.clone(),
+                },
                 Stmt::Dnat(addr, 8080),
                 Stmt::Masquerade,
                 Stmt::Reject,
