@@ -4,13 +4,19 @@
 //! For each scale (default 1k, 10k, 30k services × 10 endpoints; override with
 //! `KNP_BENCH_SCALES=10000`): a full load, then single updates on top of it — one
 //! endpoint changed, one service added, one service deleted, 100 endpoint changes in one
-//! sync. Each figure is printed with its ratio to the nft baseline.
+//! sync. Each figure is printed with its ratio to the nft baseline; the full load also
+//! with the kernel memory it adds (`/proc/meminfo` SUnreclaim + VmallocUsed, read once
+//! the figures stop moving) against `nft -f` of the same text.
 //!
 //! Then session affinity (`KNP_BENCH_AFFINITY=300`, the number of ClientIP Services
 //! of 10 endpoints; `0` skips it): the full load through netlink against the same
 //! Services as an upstream-shaped ruleset (a chain and a dynamic timeout set per
 //! endpoint) through `nft -f`, and the kernel memory each load adds (`/proc/meminfo`
-//! SUnreclaim + VmallocUsed, and Slab), as ratios. Also `nft -f` of our own text.
+//! SUnreclaim + VmallocUsed, and Slab), as ratios. Also `nft -f` of our own text; the
+//! new-connection cost of a Service without affinity with those Services beside it
+//! against the same Service alone (real TCP connects through the ClusterIP); and, at the
+//! largest scale with that many of its Services given ClientIP affinity, an affinity
+//! Service's endpoint replaced and one added.
 //!
 //!     sudo cargo bench --bench kernel_commit
 
@@ -32,6 +38,15 @@ const REPEAT: usize = 15;
 
 struct Ns(String);
 
+/// Moves the calling thread into the namespace `name`.
+fn enter_ns(name: &str) {
+    let f = std::fs::File::open(format!("/var/run/netns/{name}")).expect("open netns");
+    use std::os::fd::AsRawFd;
+    // Safety: a valid namespace fd; only this thread's namespace changes.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(r, 0, "setns failed: {}", std::io::Error::last_os_error());
+}
+
 impl Ns {
     fn new(tag: &str) -> Ns {
         let name = format!("knp-bench-{tag}-{}", std::process::id());
@@ -48,11 +63,7 @@ impl Ns {
 
     /// Moves the calling thread into this namespace.
     fn enter(&self) {
-        let f = std::fs::File::open(format!("/var/run/netns/{}", self.0)).expect("open netns");
-        use std::os::fd::AsRawFd;
-        // Safety: a valid namespace fd; only this thread's namespace changes.
-        let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(r, 0, "setns failed: {}", std::io::Error::last_os_error());
+        enter_ns(&self.0);
     }
 
     /// Runs `nft -f -` with `script` in this namespace; returns the wall time.
@@ -133,7 +144,7 @@ fn main() {
         ..Default::default()
     };
     println!("kernel_commit: {ENDPOINTS} endpoints per service; medians of {REPEAT}; ratio = netlink commit / nft -f of the same change (lower is better)");
-    for n in scales {
+    for &n in &scales {
         run_scale(n, &cfg);
     }
     let affinity: usize = std::env::var("KNP_BENCH_AFFINITY")
@@ -142,6 +153,9 @@ fn main() {
         .unwrap_or(300);
     if affinity > 0 {
         run_affinity(affinity, &cfg);
+        if let Some(&n) = scales.iter().max() {
+            run_affinity_at_scale(n, affinity.min(n), &cfg);
+        }
     }
 }
 
@@ -199,10 +213,30 @@ impl Mem {
         }
     }
 
-    /// Change from `before` to now, after a second for deferred work to settle.
+    /// A reading once the kernel's memory has stopped moving: tearing down a large
+    /// namespace (the scale runs before this) frees memory for seconds afterwards
+    /// (RCU, deferred work), which would otherwise show as a negative cost. Waits until
+    /// three readings 300 ms apart agree within 1 MB, at most 60 s.
+    fn settled() -> Mem {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = Mem::reading();
+        let mut calm = 0;
+        while calm < 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = Mem::reading();
+            let moved = (now.kernel() - last.kernel())
+                .abs()
+                .max((now.slab - last.slab).abs());
+            calm = if moved < 1024 { calm + 1 } else { 0 };
+            last = now;
+        }
+        last
+    }
+
+    /// Change from `before` to now, once deferred work has settled.
     fn since(before: Mem) -> Mem {
         std::thread::sleep(Duration::from_secs(1));
-        let after = Mem::reading();
+        let after = Mem::settled();
         Mem {
             slab: after.slab - before.slab,
             unreclaimable: after.unreclaimable - before.unreclaimable,
@@ -284,19 +318,19 @@ fn run_affinity(n: usize, cfg: &BuildConfig) {
     let ns_nl = Ns::new("aff-nl");
     let ns_text = Ns::new("aff-text");
 
-    let before = Mem::reading();
+    let before = Mem::settled();
     let up_time = ns_up.nft(&upstream);
     let up_mem = Mem::since(before);
 
     ns_nl.enter();
     let mut kernel = Kernel::open().expect("netlink socket");
-    let before = Mem::reading();
+    let before = Mem::settled();
     let t0 = Instant::now();
     kernel.commit(&batch, &ops).expect("affinity load commit");
     let nl_time = t0.elapsed();
     let nl_mem = Mem::since(before);
 
-    let before = Mem::reading();
+    let before = Mem::settled();
     let text_time = ns_text.nft(&ours_text);
     let text_mem = Mem::since(before);
 
@@ -308,7 +342,7 @@ fn run_affinity(n: usize, cfg: &BuildConfig) {
     );
     let line = |what: &str, t: Duration, m: &Mem| {
         println!(
-            "{what:<28} load {:>8.1} ms (ratio {:.3}) | kernel memory {:>7.1} MB = {:>6.2} KB/set (ratio {:.2}) | Slab {:+.1} MB",
+            "{what:<28} load {:>8.1} ms (ratio {:.3}) | kernel memory {:>7.1} MB = {:>6.2} KB per affinity endpoint (ratio {:.2}) | Slab {:+.1} MB",
             ms(t),
             t.as_secs_f64() / up_time.as_secs_f64(),
             mb(m.kernel()),
@@ -322,6 +356,13 @@ fn run_affinity(n: usize, cfg: &BuildConfig) {
     line("ours, nft -f of our text", text_time, &text_mem);
     println!("(ratios against the upstream shape through nft -f; lower is better)");
     drop((ns_up, ns_nl, ns_text));
+    let conn_ratio = affinity_data_plane(n, cfg);
+    println!(
+        "issue 14 targets: load {:.3} of upstream (<= 0.5), kernel memory {:.2}x upstream (<= 2), new connection without affinity {:.3}x (<= 1.05)",
+        nl_time.as_secs_f64() / up_time.as_secs_f64(),
+        nl_mem.kernel() as f64 / up_mem.kernel().max(1) as f64,
+        conn_ratio
+    );
 }
 
 fn run_scale(n: usize, cfg: &BuildConfig) {
@@ -344,11 +385,15 @@ fn run_scale(n: usize, cfg: &BuildConfig) {
     let t0 = Instant::now();
     let batch = encode(&ops).expect("encode");
     let encode_time = t0.elapsed();
+    let text = render::ruleset(&cur);
+    let before = Mem::settled();
     let t0 = Instant::now();
     kernel.commit(&batch, &ops).expect("full load commit");
     let commit_full = t0.elapsed();
-    let text = render::ruleset(&cur);
+    let nl_mem = Mem::since(before);
+    let before = Mem::settled();
     let nft_full = ns_nft.nft(&text);
+    let nft_mem = Mem::since(before);
     println!(
         "\n== {n} services x {ENDPOINTS} endpoints: {elements} set elements, build {:.1} ms, batch {:.1} MiB in {} messages, encode {:.1} ms",
         ms(build_time),
@@ -361,6 +406,16 @@ fn run_scale(n: usize, cfg: &BuildConfig) {
         ms(commit_full),
         ms(nft_full),
         commit_full.as_secs_f64() / nft_full.as_secs_f64()
+    );
+    let kb_per = |m: &Mem, count: usize| m.kernel() as f64 / count as f64;
+    println!(
+        "kernel memory    netlink load {:>7.1} MB = {:.2} KB per Service ({:.3} KB per endpoint) | nft -f {:>7.1} MB = {:.2} KB per Service | ratio {:.2}",
+        nl_mem.kernel() as f64 / 1024.0,
+        kb_per(&nl_mem, n),
+        kb_per(&nl_mem, n * ENDPOINTS),
+        nft_mem.kernel() as f64 / 1024.0,
+        kb_per(&nft_mem, n),
+        nl_mem.kernel() as f64 / nft_mem.kernel().max(1) as f64
     );
     if n <= 2000 {
         let list = |ns: &Ns| {
@@ -472,6 +527,230 @@ fn run_scale(n: usize, cfg: &BuildConfig) {
             ms(nf),
             nl.as_secs_f64() / nf.as_secs_f64(),
             u.ops
+        );
+    }
+}
+
+/// New-connection cost of a Service without affinity, with and without `n` ClientIP
+/// Services beside it: two namespaces, each with its own rules, a listener on the
+/// Service's endpoint addresses and a client that connects to the ClusterIP through the
+/// nat output hook (closing with RST, so no TIME_WAIT piles up). The two are measured
+/// alternately, round by round, so a slow phase of the machine hits both alike.
+/// Returns the median over rounds of the ratio with / alone.
+fn affinity_data_plane(n: usize, cfg: &BuildConfig) -> f64 {
+    const ROUNDS: usize = 20;
+    const ROUND: Duration = Duration::from_millis(300);
+    const PLAIN: usize = 10;
+    let plain = synthetic::model(PLAIN, ENDPOINTS);
+    let mut with = synthetic::model(PLAIN + n, ENDPOINTS);
+    for e in with.services.values_mut() {
+        if e.port.name.name != "svc0" {
+            e.port.affinity_timeout = Some(10800);
+        }
+    }
+    let target = synthetic::entry(0, ENDPOINTS);
+    let vip = target.port.cluster_ips[0];
+    let nss: Vec<Ns> = [("dp-plain", &plain), ("dp-affinity", &with)]
+        .into_iter()
+        .map(|(tag, model)| {
+            let ns = Ns::new(tag);
+            let run = |args: &[&str]| {
+                let ok = Command::new("ip")
+                    .args(["netns", "exec", &ns.0])
+                    .args(args)
+                    .status()
+                    .map(|s| s.success());
+                assert!(matches!(ok, Ok(true)), "{args:?} failed in {}", ns.0);
+            };
+            run(&["ip", "link", "set", "lo", "up"]);
+            for e in &target.endpoints {
+                run(&["ip", "addr", "add", &format!("{}/32", e.ip), "dev", "lo"]);
+            }
+            run(&["ip", "route", "add", "10.96.0.0/12", "dev", "lo"]);
+            let rs = build(model, cfg);
+            let mut ops = Vec::new();
+            for t in &rs.tables {
+                diff(None, t, &mut ops);
+            }
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    ns.enter();
+                    let mut k = Kernel::open().expect("netlink socket");
+                    k.apply(&ops).expect("data-plane load");
+                });
+            });
+            ns
+        })
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listeners: Vec<_> = nss
+        .iter()
+        .map(|ns| {
+            let (name, stop) = (ns.0.clone(), stop.clone());
+            let (tx, rx) = std::sync::mpsc::channel();
+            let h = std::thread::spawn(move || {
+                enter_ns(&name);
+                let l = std::net::TcpListener::bind(("0.0.0.0", 8080)).expect("listen");
+                l.set_nonblocking(true).expect("nonblocking");
+                let _ = tx.send(());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok(_) => {}
+                        Err(_) => std::thread::sleep(Duration::from_micros(50)),
+                    }
+                }
+            });
+            let _ = rx.recv();
+            h
+        })
+        .collect();
+    let dst = std::net::SocketAddr::new(vip, 80);
+    let mut lat: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut ratios = Vec::new();
+    let p50 = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for round in 0..=ROUNDS {
+        // Alternate which namespace goes first, and compare within a round: a slow
+        // phase of the machine then hits both series alike.
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut medians = [0.0; 2];
+        for k in order {
+            let ns = &nss[k];
+            let name = ns.0.clone();
+            let got = std::thread::spawn(move || {
+                enter_ns(&name);
+                let mut v = Vec::new();
+                let start = Instant::now();
+                while start.elapsed() < ROUND {
+                    let t0 = Instant::now();
+                    let s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(1))
+                        .expect("connect to the ClusterIP");
+                    v.push(t0.elapsed().as_secs_f64() * 1e6);
+                    rst_close(s);
+                }
+                v
+            })
+            .join()
+            .expect("client thread");
+            // Round 0 warms caches and conntrack up.
+            if round > 0 {
+                let mut got = got;
+                medians[k] = p50(&mut got);
+                lat[k].extend(got);
+            }
+        }
+        if round > 0 {
+            ratios.push(medians[1] / medians[0]);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in listeners {
+        let _ = h.join();
+    }
+    let (a, b) = (p50(&mut lat[0]), p50(&mut lat[1]));
+    let ratio = p50(&mut ratios);
+    println!(
+        "new connection to a Service without affinity: {a:.1} µs alone ({} connections), {b:.1} µs with {n} ClientIP Services ({}); ratio {ratio:.3} (median over {ROUNDS} rounds of the ratio of the round's medians)",
+        lat[0].len(),
+        lat[1].len(),
+    );
+    ratio
+}
+
+/// Closes with RST (SO_LINGER 0): the client's ports never wait in TIME_WAIT.
+fn rst_close(s: std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // Safety: a valid socket and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Commit cost of single changes of a ClientIP Service at scale: `n` Services of which
+/// `affinity` have ClientIP affinity; an affinity Service's endpoint replaced (same
+/// count) and one added (its chain grows), each undone after, next to `nft -f` of the
+/// same change.
+fn run_affinity_at_scale(n: usize, affinity: usize, cfg: &BuildConfig) {
+    let ns_nl = Ns::new("affscale-nl");
+    let ns_nft = Ns::new("affscale-nft");
+    let mut model: ProxyModel = synthetic::model(n, ENDPOINTS);
+    let keys: Vec<_> = (0..affinity)
+        .map(|i| {
+            synthetic::entry(i * (n / affinity.max(1)).max(1) % n, ENDPOINTS)
+                .port
+                .name
+        })
+        .collect();
+    for k in &keys {
+        if let Some(e) = model.services.get_mut(k) {
+            e.port.affinity_timeout = Some(10800);
+        }
+    }
+    let mut cur = build(&model, cfg);
+    let mut ops = Vec::new();
+    for t in &cur.tables {
+        diff(None, t, &mut ops);
+    }
+    let mut times: [(Vec<Duration>, Vec<Duration>, usize); 2] = Default::default();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            ns_nl.enter();
+            let mut kernel = Kernel::open().expect("netlink socket");
+            kernel.apply(&ops).expect("full load");
+            ns_nft.nft(&render::ruleset(&cur));
+            for r in 0..REPEAT {
+                let k = &keys[r * 13 % keys.len()];
+                for (which, slot) in times.iter_mut().enumerate() {
+                    let saved = model.services[k].endpoints.clone();
+                    let e = model.services.get_mut(k).expect("service");
+                    if which == 0 {
+                        e.endpoints[0].ip = synthetic::endpoint(n + 1000 + r, 0).ip;
+                    } else {
+                        e.endpoints.push(synthetic::endpoint(n + 2000 + r, 0));
+                    }
+                    for step in 0..2 {
+                        if step == 1 {
+                            model.services.get_mut(k).expect("service").endpoints = saved.clone();
+                        }
+                        let new = build(&model, cfg);
+                        let ops = ops_between(&cur, &new);
+                        let batch = encode(&ops).expect("encode");
+                        let t0 = Instant::now();
+                        kernel.commit(&batch, &ops).expect("affinity update commit");
+                        slot.0.push(t0.elapsed());
+                        slot.1.push(ns_nft.nft(&render::script(&ops)));
+                        slot.2 = ops.len();
+                        cur = new;
+                    }
+                }
+            }
+        });
+    });
+    println!(
+        "\n== {n} services x {ENDPOINTS} endpoints, {affinity} of them with ClientIP affinity"
+    );
+    for (name, (nl, nf, ops)) in ["affinity endpoint replaced", "affinity endpoint added"]
+        .iter()
+        .zip(times)
+    {
+        let (nl, nf) = (median(nl), median(nf));
+        println!(
+            "{name:<28} netlink commit {:>9.3} ms | nft -f {:>9.2} ms | ratio {:.4}  ({ops} ops)",
+            ms(nl),
+            ms(nf),
+            nl.as_secs_f64() / nf.as_secs_f64(),
         );
     }
 }

@@ -360,6 +360,7 @@ pub async fn run_with(
                                     .and_then(|_| proxier.commit(&ops.ops))
                                     .map(|_| false);
                                 if r.is_ok() {
+                                    proxier.forget_removed_endpoints(inc.ruleset(), &ops.ops);
                                     side.problems(&problems.0, true);
                                     for name in &changed {
                                         match m.services.get(name) {
@@ -386,7 +387,7 @@ pub async fn run_with(
                                 outcome = Some(r);
                             }
                             None => {
-                                // Needs a full build (affinity, a contested frontend, ...).
+                                // Needs a full build (a contested frontend, ...).
                                 drop(guard);
                             }
                         }

@@ -18,7 +18,7 @@ use crate::model::{ClusterState, Problem, ProxyModel, ServiceName};
 use crate::netlink::{self, Kernel};
 use crate::quarantine::Quarantine;
 use crate::ruleset::diff::{self, Known, Op};
-use crate::ruleset::ir::{Family, Ruleset, TABLE_NAME};
+use crate::ruleset::ir::{Family, Key, Ruleset, Value, TABLE_NAME};
 use crate::ruleset::{build, render, BuildConfig};
 use crate::source::manifests;
 
@@ -167,6 +167,9 @@ pub struct Proxier {
     expected_gen: Option<u32>,
     /// The last generation id whose structure [`Proxier::structure_drifted`] checked.
     checked_gen: Option<u32>,
+    /// Every affinity set has been checked for records of removed endpoints once (a
+    /// proxy that stopped between a commit and its clean-up left them behind).
+    affinity_checked: bool,
 }
 
 impl Proxier {
@@ -245,6 +248,89 @@ impl Proxier {
         })
     }
 
+    /// Deletes the session-affinity records of endpoints that no rule reads any more.
+    ///
+    /// An affinity set records `client . endpoint tag` (`build::affinity_chain`). When an
+    /// endpoint goes, the transaction that removes it removes its rules, so nothing sends
+    /// a client there or records one for it; its records are left, unread, until their
+    /// timeout. Upstream deletes the endpoint's whole set instead, so an endpoint that
+    /// comes back starts without clients; to keep that, this deletes them right after the
+    /// commit. Since no rule can add such a record any more, one pass finds them all; a
+    /// record that expires between our read and our delete makes the kernel refuse the
+    /// delete (ENOENT), and the pass is repeated.
+    ///
+    /// `ops` is the committed transaction: the sets of the affinity chains it flushed or
+    /// deleted are checked (on the first call, every affinity set of `desired`). Never
+    /// fails the sync: a failure is logged, and the records expire with their timeout.
+    pub fn forget_removed_endpoints(&mut self, desired: &Ruleset, ops: &[Op]) {
+        let mut sets: std::collections::BTreeSet<(Family, String)> = Default::default();
+        if self.affinity_checked {
+            for op in ops {
+                if let Op::FlushChain(f, c) | Op::DelChain(f, c) = op {
+                    if let Some(set) = build::affinity_set_of_chain(c) {
+                        sets.insert((*f, set.to_string()));
+                    }
+                }
+            }
+        } else {
+            for t in &desired.tables {
+                for s in t.sets.iter().filter(|s| s.decl.timeout.is_some()) {
+                    sets.insert((t.family, s.decl.name.clone()));
+                }
+            }
+        }
+        let mut all_done = true;
+        for (family, set) in sets {
+            if let Err(e) = self.forget_in(desired, family, &set) {
+                all_done = false;
+                tracing::warn!(
+                    set = %set,
+                    error = %error_chain(&e),
+                    "could not delete the affinity records of removed endpoints; they expire with their timeout"
+                );
+            }
+        }
+        self.affinity_checked |= all_done;
+    }
+
+    fn forget_in(&mut self, desired: &Ruleset, family: Family, set: &str) -> Result<(), Error> {
+        let Some(table) = desired.table(family) else {
+            return Ok(());
+        };
+        let Some(decl) = table.set(set).map(|s| s.decl.clone()) else {
+            // The set itself went, and its records with it.
+            return Ok(());
+        };
+        let live = build::affinity_tags_read(table, set);
+        let mut attempt = 0;
+        loop {
+            let kernel = self.kernel()?;
+            let stale: Vec<Key> = kernel
+                .set_keys(family, set, &decl.key)?
+                .into_iter()
+                .filter(|k| matches!(k.last(), Some(Value::Index(t)) if !live.contains(t)))
+                // A dump can list an element twice; a delete of the same key twice in
+                // one transaction is refused.
+                .collect::<BTreeSet<Key>>()
+                .into_iter()
+                .collect();
+            if stale.is_empty() {
+                return Ok(());
+            }
+            // Not `commit`: a refusal here (a record expired meanwhile) is no reason to
+            // rebuild; the generation we expect still moves with what we commit.
+            let r = kernel.apply(&[Op::DelElements(family, decl.clone(), stale)]);
+            self.expected_gen = match r {
+                Ok(()) => self.expected_gen.map(|g| g.wrapping_add(1)),
+                Err(_) => None,
+            };
+            match r {
+                Err(e) if e.errno() == Some(libc::ENOENT) && attempt < 3 => attempt += 1,
+                r => return Ok(r?),
+            }
+        }
+    }
+
     /// How many times a refused transaction was followed by a rebuild.
     pub fn rebuilds(&self) -> u64 {
         self.rebuilds
@@ -275,6 +361,8 @@ impl Proxier {
         let ops = self.rebuild_ops(desired)?;
         self.expected_gen = self.kernel()?.generation().ok();
         self.commit(&ops)?;
+        // Every affinity set is new: no record of any endpoint is left.
+        self.affinity_checked = true;
         Ok(SyncReport {
             full: true,
             ops: ops.len(),
@@ -473,6 +561,7 @@ impl Proxier {
         let touched_rules = plan.ops.iter().chain(&plan.pre).any(diff::touches_rules);
         self.commit(&plan.pre)?;
         self.commit(&plan.ops)?;
+        self.forget_removed_endpoints(desired, &plan.ops);
         Ok(SyncReport {
             full: true,
             ops: plan.ops.len(),
@@ -545,6 +634,7 @@ impl Proxier {
         }
         self.commit(&plan.pre)?;
         self.commit(&plan.ops)?;
+        self.forget_removed_endpoints(desired, &plan.ops);
         Ok(SyncReport {
             full: plan.read_back,
             ops: plan.ops.len(),

@@ -1,12 +1,13 @@
 //! Session affinity in the kernel (root; network namespaces the tests create and
 //! delete):
 //!
-//! - kernel memory: 300 ClientIP Services × 10 endpoints (3,000 affinity sets)
-//!   programmed by the proxy cost at most twice what nft costs for the same Services
-//!   as an upstream-shaped ruleset (a set and a chain per endpoint) plus a fixed
-//!   slack, both measured here, one after the other;
-//! - a full affinity set: a new client whose endpoint's set is full is still
-//!   balanced to an endpoint.
+//! - kernel memory: 300 ClientIP Services × 10 endpoints (3,000 affinity endpoints;
+//!   the proxy records them in one set per Service) programmed by the proxy cost at
+//!   most twice what nft costs for the same Services as an upstream-shaped ruleset (a
+//!   set and a chain per endpoint) plus a fixed slack, both measured here, one after
+//!   the other;
+//! - a full affinity set: a new client whose Service's set is full is still balanced
+//!   to an endpoint.
 //!
 //! Memory readings (`/proc/meminfo`) are global to the machine: each figure is the
 //! change of the median of several readings, the smaller of two rounds, and the bound
@@ -206,7 +207,7 @@ fn mb(kb: i64) -> f64 {
 fn show(what: &str, m: &Mem, took: Duration) -> String {
     format!(
         "{what}: Slab {:+.1} MB, SUnreclaim {:+.1} MB, VmallocUsed {:+.1} MB, \
-         kernel (SUnreclaim+Vmalloc) {:+.1} MB = {:.2} KB per affinity set; load {:.2} s",
+         kernel (SUnreclaim+Vmalloc) {:+.1} MB = {:.2} KB per affinity endpoint; load {:.2} s",
         mb(m.slab),
         mb(m.unreclaimable),
         mb(m.vmalloc),
@@ -289,18 +290,20 @@ fn affinity_sets_cost_what_nft_costs() {
     let ((n, _), (o, _)) = best.expect("one round");
     let bound = bound_kb(&n);
 
-    // What was measured is what was meant: 3,000 dynamic timeout sets, each bound
-    // by `update @set` and so capped by the kernel at 65535 clients.
+    // What was measured is what was meant: a dynamic timeout set per Service, each
+    // bound by `update @set` and so capped by the kernel at 65535 clients, and a
+    // recording rule for each of the 3,000 endpoints.
     let dynamic = listing.matches("flags dynamic,timeout").count();
-    assert_eq!(
-        dynamic,
-        SERVICES * ENDPOINTS,
-        "affinity sets programmed\n{report}"
-    );
+    assert_eq!(dynamic, SERVICES, "affinity sets programmed\n{report}");
     assert_eq!(
         listing.matches("size 65535").count(),
-        SERVICES * ENDPOINTS,
+        SERVICES,
         "every affinity set is capped at the kernel's 65535 (bound by `update @set`)"
+    );
+    assert_eq!(
+        listing.matches("@affinity-").count(),
+        SERVICES * ENDPOINTS * 3,
+        "per endpoint: a lookup and an update (recorded client), an update (pick)"
     );
     assert!(
         n.kernel() > 0,
@@ -316,8 +319,8 @@ fn affinity_sets_cost_what_nft_costs() {
     drop(namespaces);
 }
 
-/// When an endpoint's affinity set is full (the kernel caps it at 65535 clients; here
-/// a size of 1 is declared to reach the cap with a few clients), a new client is not
+/// When a Service's affinity set is full (the kernel caps it at 65535 clients; here a
+/// size of 1 is declared to reach the cap with a few clients), a new client is not
 /// recorded but still reaches an endpoint: every datagram from 12 new clients to a
 /// 3-endpoint affinity Service is answered by one of its endpoints.
 #[test]
@@ -452,8 +455,153 @@ fn affinity_text_and_netlink_list_the_same() {
         let a = ns_text.list_table(family);
         let b = ns_nl.list_table(family);
         assert_eq!(a, b, "{family}: nft -f of --dry-run vs --once");
-        // tcp and udp ports × 2 endpoints
-        assert_eq!(a.matches("flags dynamic,timeout").count(), 4, "{a}");
-        assert_eq!(a.matches("size 65535").count(), 4, "{a}");
+        // one set per service port: tcp and udp
+        assert_eq!(a.matches("flags dynamic,timeout").count(), 2, "{a}");
+        assert_eq!(a.matches("size 65535").count(), 2, "{a}");
     }
+}
+
+/// How a step's objects reach the kernel in [`an_endpoint_that_comes_back_has_no_clients`].
+enum Programmer {
+    /// one `--once` per step
+    Once,
+    /// one files-mode daemon for all steps (the manifest file is rewritten)
+    Daemon(std::process::Child),
+}
+
+impl Drop for Programmer {
+    fn drop(&mut self) {
+        if let Programmer::Daemon(c) = self {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Records of a removed endpoint die with it, as upstream's per-endpoint set does: a
+/// client recorded for endpoint A, then (A gone) for B, stays with B when A comes back,
+/// although A's rules come first in the chain. Through `--once` and through a
+/// files-mode daemon (whose later syncs only clean the sets of the chains they change).
+#[test]
+fn an_endpoint_that_comes_back_has_no_clients() {
+    if !require_privileged() {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for daemon in [false, true] {
+        endpoint_comes_back(daemon);
+    }
+}
+
+fn endpoint_comes_back(daemon: bool) {
+    const SVC: &str = "10.96.0.10";
+    const A: &str = "10.128.0.1";
+    const B: &str = "10.128.0.2";
+    const CLIENT: &str = "10.1.0.1";
+    let dir = TempDir::new("affinity-back");
+    let ns = NetNs::new("affback");
+    for a in [A, B, CLIENT] {
+        ns.ip(&["addr", "add", &format!("{a}/32"), "dev", "lo"]);
+    }
+    ns.ip(&["route", "add", "10.96.0.0/12", "dev", "lo"]);
+    let servers = Servers::start(&ns, &[A, B], common::manifests::TARGET_PORT);
+    let manifests = |eps: &[&str]| {
+        list(vec![
+            node_obj(&["192.168.0.2"], None),
+            service_obj(
+                "back",
+                "ClusterIP",
+                &[SVC],
+                vec![svc_port("udp", "UDP", 80, None)],
+                json!({"sessionAffinity": "ClientIP",
+                       "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}),
+            ),
+            slice_obj("back", "back-1", ready_remote(eps)),
+        ])
+    };
+    let path = dir.write("cluster.json", &manifests(&[A]));
+    let args = [
+        "--hostname-override",
+        NODE_NAME,
+        "--cluster-cidr",
+        "10.128.0.0/9",
+    ];
+    let mut programmer = Programmer::Once;
+    let program = |eps: &[&str], programmer: &mut Programmer| {
+        // One rename: the daemon never reads half a file.
+        let tmp = dir.write("cluster.json.new", &manifests(eps));
+        std::fs::rename(&tmp, &path).expect("rename manifest");
+        let done = |t: &str| {
+            eps.iter().all(|e| t.contains(&format!("dnat to {e}:")))
+                && [A, B]
+                    .iter()
+                    .filter(|e| !eps.contains(e))
+                    .all(|e| !t.contains(&format!("dnat to {e}:")))
+        };
+        match programmer {
+            Programmer::Once => {
+                let mut a = vec!["--once", "--manifests", path.as_str()];
+                a.extend_from_slice(&args);
+                ns.proxy(&a);
+            }
+            Programmer::Daemon(_) => {
+                let start = Instant::now();
+                // The daemon may not have created the table yet.
+                let listing = || {
+                    ns.command(&["nft", "list", "table", "ip", "kube-nft-proxy"])
+                        .output()
+                        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                        .unwrap_or_default()
+                };
+                while !done(&listing()) {
+                    assert!(
+                        start.elapsed() < Duration::from_secs(10),
+                        "the daemon did not program {eps:?}:\n{}",
+                        listing()
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        let t = ns.list_table("ip");
+        assert!(done(&t), "{eps:?} not programmed:\n{t}");
+    };
+    if daemon {
+        let mut a = vec![common::BIN, "--manifests", path.as_str()];
+        a.extend_from_slice(&args);
+        a.extend_from_slice(&["--sync-period", "300s"]);
+        let child = ns
+            .command(&a)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the daemon");
+        programmer = Programmer::Daemon(child);
+    }
+    let ask = |n: usize| {
+        common::join(ns.spawn(move || {
+            (0..n)
+                .map(
+                    |_| match udp_ask_from(sockaddr(CLIENT, 0), sockaddr(SVC, 80)) {
+                        Ok(a) => a.backend,
+                        Err(e) => format!("no answer: {e}"),
+                    },
+                )
+                .collect::<Vec<String>>()
+        }))
+    };
+    let mode = if daemon { "daemon" } else { "--once" };
+    program(&[A], &mut programmer);
+    assert_eq!(ask(1), [A], "{mode}: the only endpoint");
+    program(&[B], &mut programmer);
+    assert_eq!(ask(1), [B], "{mode}: the only endpoint once A is gone");
+    program(&[A, B], &mut programmer);
+    let answers = ask(5);
+    let listing = ns.run(&["nft", "list", "ruleset"]);
+    drop(programmer);
+    drop(servers);
+    assert!(
+        answers.iter().all(|a| a == B),
+        "{mode}: a client recorded for B went back to A when A returned: {answers:?}\n{listing}"
+    );
 }

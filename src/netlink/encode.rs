@@ -129,9 +129,11 @@ pub fn set_flags(d: &SetDecl) -> u32 {
 /// declarations (`typeof …`) and elements readably. Captured from nft's own messages.
 pub fn set_userdata(decl: &SetDecl, family: Family) -> Vec<u8> {
     if render::uses_typeof(decl) {
-        let hex = match family {
-            Family::V4 => TYPEOF_LB_MAP_V4,
-            Family::V6 => TYPEOF_LB_MAP_V6,
+        let hex = match (family, decl.timeout.is_some()) {
+            (Family::V4, false) => TYPEOF_LB_MAP_V4,
+            (Family::V6, false) => TYPEOF_LB_MAP_V6,
+            (Family::V4, true) => TYPEOF_AFFINITY_V4,
+            (Family::V6, true) => TYPEOF_AFFINITY_V6,
         };
         return hex_bytes(hex);
     }
@@ -146,6 +148,10 @@ pub fn set_userdata(decl: &SetDecl, family: Family) -> Vec<u8> {
 
 const TYPEOF_LB_MAP_V4: &str = "000400000000010400000000036000040d00000001580014000407000000010c00040c00000001040c000000010e00040900000001060004100000000214000407000000010c00040b000000010402000000031a0004170000000112000401000000010401000000020400000000043400040d000000012c0014000407000000010c00040c00000001040c0000000114000407000000010c00040b000000010402000000060400000000";
 const TYPEOF_LB_MAP_V6: &str = "000400000000010400000000036000040d00000001580014000407000000010c00040d000000010409000000010e00040900000001060004100000000214000407000000010c00040b000000010402000000031a0004170000000112000401000000010401000000020400000000043400040d000000012c0014000407000000010c00040d0000000104090000000114000407000000010c00040b000000010402000000060400000000";
+
+/// `typeof ip saddr . numgen random mod 1` (session affinity: `client . endpoint tag`).
+const TYPEOF_AFFINITY_V4: &str = "000400000000033a00040d00000001320014000407000000010c00040c00000001040b000000011a0004170000000112000401000000010401000000020400000000";
+const TYPEOF_AFFINITY_V6: &str = "000400000000033a00040d00000001320014000407000000010c00040d000000010408000000011a0004170000000112000401000000010401000000020400000000";
 
 fn hex_bytes(s: &str) -> Vec<u8> {
     (0..s.len() / 2)
@@ -926,7 +932,10 @@ mod tests {
                     modulus: u32::MAX,
                     value: 3,
                 },
-                Stmt::UpdateSaddr(name.clone()),
+                Stmt::Update {
+                    fields: vec![Field::Saddr, Field::Tag(u32::MAX)],
+                    set: name.clone(),
+                },
                 Stmt::Dnat(addr, 8080),
                 Stmt::Masquerade,
                 Stmt::Reject,

@@ -130,16 +130,24 @@ impl RawRule {
                 4
             }
             Field::Numgen(m) => {
-                self.add(
-                    Expr::new(ExprKind::Numgen)?
-                        .u32(sys::NFTNL_EXPR_NG_DREG, reg)?
-                        .u32(sys::NFTNL_EXPR_NG_MODULUS, m)?
-                        .u32(sys::NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM)?
-                        .u32(sys::NFTNL_EXPR_NG_OFFSET, 0)?,
-                )?;
+                self.numgen(reg, m, 0)?;
+                4
+            }
+            Field::Tag(t) => {
+                self.numgen(reg, 1, t)?;
                 4
             }
         })
+    }
+
+    fn numgen(&mut self, reg: u32, modulus: u32, offset: u32) -> Result<(), EncodeError> {
+        self.add(
+            Expr::new(ExprKind::Numgen)?
+                .u32(sys::NFTNL_EXPR_NG_DREG, reg)?
+                .u32(sys::NFTNL_EXPR_NG_MODULUS, modulus)?
+                .u32(sys::NFTNL_EXPR_NG_TYPE, NFT_NG_RANDOM)?
+                .u32(sys::NFTNL_EXPR_NG_OFFSET, offset)?,
+        )
     }
 
     /// Loads a concatenation the way nft does: the first component into `reg 1`, each
@@ -326,8 +334,8 @@ impl RawRule {
                 self.load(Field::Numgen(*modulus), family, NFT_REG_1)?;
                 self.cmp(NFT_REG_1, NFT_CMP_EQ, &value.to_ne_bytes())
             }
-            Stmt::UpdateSaddr(set) => {
-                self.load(Field::Saddr, family, NFT_REG_1)?;
+            Stmt::Update { fields, set } => {
+                self.load_concat(fields, family, false)?;
                 self.add(
                     Expr::new(ExprKind::Dynset)?
                         .u32(sys::NFTNL_EXPR_DYNSET_SREG_KEY, NFT_REG_1)?

@@ -122,6 +122,17 @@ impl Kernel {
         readback::generation(&mut self.conn)
     }
 
+    /// The keys of every element of one set of our table, decoded as `types`.
+    pub fn set_keys(
+        &mut self,
+        family: Family,
+        set: &str,
+        types: &[crate::ruleset::ir::KeyType],
+    ) -> Result<Vec<crate::ruleset::ir::Key>, Error> {
+        let raw = readback::set_elements(&mut self.conn, family, set)?;
+        Ok(readback::decode_keys(types, family, &raw))
+    }
+
     /// Commits the operations as one transaction. Nothing is applied on error.
     pub fn apply(&mut self, ops: &[Op]) -> Result<(), Error> {
         if ops.is_empty() {

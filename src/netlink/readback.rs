@@ -160,15 +160,30 @@ fn read_table_with(
             // Dynamic (affinity) sets are filled by the packet path; never diffed.
             continue;
         }
-        let mut req = attr(1, &strz(TABLE_NAME));
-        req.extend(attr(2, &strz(&set.name)));
-        for m in conn.dump(NFT_MSG_GETSETELEM, fam, &req)? {
-            if let Some(s) = ffi::Set::parse_elems(&m) {
-                set.elements.extend(s.elems());
-            }
-        }
+        set.elements = set_elements(conn, family, &set.name)?;
     }
     Ok(Some(out))
+}
+
+/// Every element of one set of our table.
+pub fn set_elements(conn: &mut Conn, family: Family, set: &str) -> Result<Vec<RawElement>, Error> {
+    let mut req = attr(1, &strz(TABLE_NAME));
+    req.extend(attr(2, &strz(set)));
+    let mut out = Vec::new();
+    for m in conn.dump(NFT_MSG_GETSETELEM, family.nfproto(), &req)? {
+        if let Some(s) = ffi::Set::parse_elems(&m) {
+            out.extend(s.elems());
+        }
+    }
+    Ok(out)
+}
+
+/// The keys of a set's raw elements decoded as `types` (undecodable ones left out).
+pub fn decode_keys(types: &[KeyType], family: Family, elements: &[RawElement]) -> Vec<Key> {
+    elements
+        .iter()
+        .filter_map(|e| decode_tuple(types, family, &e.key, &e.key_end))
+        .collect()
 }
 
 fn addr_at(family: Family, b: &[u8]) -> IpAddr {

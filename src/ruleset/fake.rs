@@ -96,8 +96,8 @@ pub enum SetUse<'a> {
     LookupRange(&'a [Field]),
     /// `dnat … map @set` with this key
     Map(&'a [Field]),
-    /// `update @set { saddr }`
-    Update,
+    /// `update @set { … }` with this key
+    Update(&'a [Field]),
 }
 
 /// Every set and chain a rule refers to, in order.
@@ -110,7 +110,7 @@ pub fn references(rule: &Rule) -> Vec<Reference<'_>> {
                 Some(Reference::Set(set, SetUse::LookupRange(fields)))
             }
             Stmt::DnatMap { fields, map } => Some(Reference::Set(map, SetUse::Map(fields))),
-            Stmt::UpdateSaddr(set) => Some(Reference::Set(set, SetUse::Update)),
+            Stmt::Update { fields, set } => Some(Reference::Set(set, SetUse::Update(fields))),
             Stmt::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) => Some(Reference::Chain(c)),
             _ => None,
         })
@@ -136,7 +136,7 @@ fn field_fits(f: &Field, t: KeyType) -> bool {
             | (Field::Saddr | Field::Daddr, KeyType::Net)
             | (Field::L4Proto, KeyType::Proto)
             | (Field::ThDport, KeyType::Port)
-            | (Field::Numgen(_), KeyType::Index)
+            | (Field::Numgen(_) | Field::Tag(_), KeyType::Index)
     )
 }
 
@@ -239,14 +239,14 @@ fn check_rule(t: &Table, chain: &str, rule: &Rule) -> Result<(), (i32, String)> 
                         }
                         f
                     }
-                    SetUse::Update => {
+                    SetUse::Update(f) => {
                         if d.timeout.is_none() {
                             return refuse(
                                 libc::EOPNOTSUPP,
                                 format!("update of {s}, a set without timeouts"),
                             );
                         }
-                        &[Field::Saddr][..]
+                        f
                     }
                 };
                 if fields.len() != d.key.len()

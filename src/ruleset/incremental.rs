@@ -7,9 +7,14 @@
 //! emits exactly the element operations that follow — plus a new count-class set and a
 //! refilled `services` chain in the rare case the set of endpoint counts changes.
 //!
+//! A session-affinity port also brings its chains, set and dispatch rules; when one of
+//! those changes, the chains and sets are brought in line by a diff of the table's
+//! structure without elements (an endpoint change of an affinity Service replaces the
+//! rules of its chain and keeps its set, so its clients stay recorded).
+//!
 //! Anything unusual falls back to a full build ([`Incremental::update`] returns `None`):
-//! session affinity (chains per service), a frontend claimed by two services (the full
-//! build's first-claim rule), node or ServiceCIDR changes. `tests/transitions.rs` checks
+//! a frontend claimed by two services (the full build's first-claim rule), node or
+//! ServiceCIDR changes. `tests/transitions.rs` checks
 //! that random sequences of incremental updates yield the same table as a full build,
 //! and that a kernel (a model of its referential rules, and the real one in
 //! `tests/netns_transitions.rs`) accepts every transaction on the way.
@@ -30,7 +35,8 @@ struct PortContrib {
     frontends: Vec<Key>,
     elements: Vec<Contribution>,
     hairpins: Vec<IpAddr>,
-    affinity: bool,
+    /// its session-affinity chains, set and dispatch rules (empty without affinity)
+    affinity: AffinityParts,
 }
 
 #[derive(Clone, Debug)]
@@ -71,9 +77,8 @@ fn port_contrib(
     let plans = build::service_plans(entry, &model.node, cfg, family);
     let mut c = PortContrib::default();
     build::cluster_ip_elements(entry, family, &mut c.elements);
-    for (k, p) in &plans {
+    for (k, _) in &plans {
         c.frontends.push(k.clone());
-        c.affinity |= p.affinity.is_some();
     }
     (c, plans)
 }
@@ -102,8 +107,9 @@ impl Incremental {
                     st.owner.insert(k.clone(), name.clone());
                     claimed.push(k.clone());
                     build::plan_elements(k, p, &mut c.elements, &mut c.hairpins);
-                    build::affinity_parts(k, p, cfg, &mut st.affinity);
+                    build::affinity_parts(k, p, cfg, &mut c.affinity);
                 }
+                st.affinity.add(&c.affinity);
                 c.frontends = claimed;
                 for (set, k, _) in &c.elements {
                     *st.refs.entry((set.clone(), k.clone())).or_default() += 1;
@@ -198,16 +204,10 @@ impl Incremental {
             let mut out = Vec::new();
             let mut claimed: BTreeSet<Key> = BTreeSet::new();
             for name in dirty {
-                if st.by_port.get(name).is_some_and(|c| c.affinity) {
-                    return None;
-                }
                 let Some(entry) = model.services.get(name) else {
                     continue;
                 };
                 let (mut c, plans) = port_contrib(entry, model, &self.cfg, *family);
-                if c.affinity {
-                    return None;
-                }
                 for (k, p) in &plans {
                     let owned_by_other = st
                         .owner
@@ -217,6 +217,7 @@ impl Incremental {
                         return None;
                     }
                     build::plan_elements(k, p, &mut c.elements, &mut c.hairpins);
+                    build::affinity_parts(k, p, &self.cfg, &mut c.affinity);
                 }
                 out.push((name.clone(), c));
             }
@@ -254,6 +255,20 @@ impl Incremental {
     ) {
         let st = &mut self.fams[fi];
         let table = &mut self.ruleset.tables[fi];
+        // Session-affinity parts of the dirty ports, before and after; the chains and
+        // sets they make are brought in line after everything else (see the end).
+        let mut affinity = st.affinity.clone();
+        let mut affinity_touched = false;
+        for name in dirty {
+            if let Some(old) = st.by_port.get(name).filter(|c| !c.affinity.is_empty()) {
+                affinity.remove(&old.affinity);
+                affinity_touched = true;
+            }
+        }
+        for (_, c) in new.iter().filter(|(_, c)| !c.affinity.is_empty()) {
+            affinity.add(&c.affinity);
+            affinity_touched = true;
+        }
         // Retract old contributions.
         let mut before: BTreeMap<(String, Key), Option<ElementData>> = BTreeMap::new();
         let mut hp_touched: BTreeSet<IpAddr> = BTreeSet::new();
@@ -518,6 +533,50 @@ impl Incremental {
                 ops.push(Op::DelSet(family, s));
             }
         }
+        if affinity_touched {
+            self.fams[fi].affinity = affinity;
+            let chains = chains_for(&classes, &shortcut, &self.fams[fi]);
+            self.apply_affinity(fi, chains, ops);
+        }
+    }
+
+    /// Brings the chains and the affinity sets of table `fi` to `chains` and the
+    /// family's affinity parts: the operations of a diff of the two tables without
+    /// their elements (the elements are done; affinity sets have none we manage), so
+    /// creation comes before use and deletion after the last use, as in a full diff.
+    fn apply_affinity(&mut self, fi: usize, chains: Vec<Chain>, ops: &mut Vec<Op>) {
+        let table = &mut self.ruleset.tables[fi];
+        let shell = |sets: &mut dyn Iterator<Item = &Set>, chains: &[Chain]| Table {
+            family: table.family,
+            sets: sets
+                .map(|s| Set {
+                    decl: s.decl.clone(),
+                    elements: BTreeMap::new(),
+                })
+                .collect(),
+            chains: chains.to_vec(),
+        };
+        let old = shell(&mut table.sets.iter(), &table.chains);
+        let affinity = &self.fams[fi].affinity;
+        let new = shell(
+            &mut table
+                .sets
+                .iter()
+                .filter(|s| s.decl.timeout.is_none())
+                .chain(affinity.sets.values()),
+            &chains,
+        );
+        super::diff::diff(
+            Some(super::diff::Known {
+                table: &old,
+                rules_known: true,
+            }),
+            &new,
+            ops,
+        );
+        table.sets.retain(|s| s.decl.timeout.is_none());
+        table.sets.extend(affinity.sets.values().cloned());
+        table.chains = chains;
     }
 
     /// The ServiceCIDRs as they appear in the table's cluster-ips-check chain.

@@ -168,6 +168,11 @@ pub enum Field {
     ThDport,
     /// `numgen random mod N`
     Numgen(u32),
+    /// `numgen random mod 1 offset T`: always `T`. A constant inside a concatenation
+    /// that nft 1.0.6 can type (it refuses a bare number or address there, `Can't parse
+    /// symbolic invalid expressions`); session affinity uses it to name an endpoint in a
+    /// `client . endpoint` key (see `build::affinity_chain`).
+    Tag(u32),
 }
 
 /// Verdicts.
@@ -252,8 +257,13 @@ pub enum Stmt {
         /// V
         value: u32,
     },
-    /// `update @set { ip saddr }` (refreshes the element's timeout)
-    UpdateSaddr(String),
+    /// `update @set { KEY }`: adds the key, or refreshes its timeout
+    Update {
+        /// concatenated key
+        fields: Vec<Field>,
+        /// set name
+        set: String,
+    },
     /// `dnat ip to ADDR:PORT` (needs an `L4Proto` before it)
     Dnat(IpAddr, u16),
     /// `masquerade fully-random`

@@ -11,6 +11,7 @@ fn field(f: Field, family: Family) -> String {
         Field::L4Proto => "meta l4proto".into(),
         Field::ThDport => "th dport".into(),
         Field::Numgen(n) => format!("numgen random mod {n}"),
+        Field::Tag(t) => format!("numgen random mod 1 offset {t}"),
     }
 }
 
@@ -51,10 +52,13 @@ pub fn uses_typeof(decl: &SetDecl) -> bool {
 /// The `type`/`typeof` line of a set declaration.
 pub fn type_line(decl: &SetDecl, family: Family) -> String {
     if uses_typeof(decl) {
+        // A dynamic set records clients (`ip saddr . …`); the other typeof sets are
+        // keyed by frontends (`ip daddr . …`).
+        let daddr = decl.timeout.is_none();
         let k = decl
             .key
             .iter()
-            .map(|t| typeof_expr(*t, family, true))
+            .map(|t| typeof_expr(*t, family, daddr))
             .collect::<Vec<_>>()
             .join(" . ");
         let d = decl
@@ -186,7 +190,9 @@ pub fn stmt(s: &Stmt, family: Family) -> String {
         Stmt::L4Proto(p) => format!("meta l4proto {}", proto_name(*p)),
         Stmt::Dport(p) => format!("th dport {p}"),
         Stmt::NumgenEq { modulus, value } => format!("numgen random mod {modulus} {value}"),
-        Stmt::UpdateSaddr(set) => format!("update @{set} {{ {} saddr }}", family.nft()),
+        Stmt::Update { fields: fs, set } => {
+            format!("update @{set} {{ {} }}", fields(fs, family))
+        }
         Stmt::Dnat(std::net::IpAddr::V6(a), p) => format!("dnat ip6 to [{a}]:{p}"),
         Stmt::Dnat(a, p) => format!("dnat {} to {a}:{p}", family.nft()),
         Stmt::Masquerade => "masquerade fully-random".into(),
