@@ -1182,7 +1182,7 @@ fn pick_chains(p: usize, classes: &Classes, pick: &str, exact: &str, map: &str) 
 }
 
 /// The count of a class set's name (`frontends-3` → 3).
-pub(crate) fn class_of(set: &str, prefix: &str) -> Option<usize> {
+pub fn class_of(set: &str, prefix: &str) -> Option<usize> {
     set.strip_prefix(prefix)?.parse().ok()
 }
 
