@@ -525,7 +525,7 @@ fn run_classes(n: usize, cfg: &BuildConfig) {
     for t in &desired.tables {
         diff(None, t, &mut ops);
     }
-    let batch = encode(&ops);
+    let batch = encode(&ops).expect("encode");
     let t0 = Instant::now();
     kernel.commit(&batch, &ops).expect("full load commit");
     let full = t0.elapsed();
@@ -577,7 +577,7 @@ fn run_classes(n: usize, cfg: &BuildConfig) {
             updates[which].name
         );
         let script = render::script(&ops);
-        let batch = encode(&ops);
+        let batch = encode(&ops).expect("encode");
         let t0 = Instant::now();
         kernel.commit(&batch, &ops).expect("update commit");
         let nl = t0.elapsed();
