@@ -11,18 +11,31 @@
 //! * a **frontend** is `address . protocol . port`: a ClusterIP, an external IP, a
 //!   load-balancer IP or a node-port address, each with the port it answers on;
 //! * `endpoints` maps `frontend . index` to `endpoint-address . port`;
-//! * frontends are grouped by endpoint count N into sets `frontends-N`, and one rule per
-//!   N does `dnat to frontend . numgen random mod N map @endpoints`. A change in count
-//!   moves the frontend from one set to another; no rule changes;
+//! * frontends are grouped by endpoint count into power-of-two **classes**: a frontend
+//!   with N endpoints is in `pick-P` for the smallest power of two P ≥ N. One rule per
+//!   class in `services` sends its frontends to chain `pick-P`, which draws `dnat to
+//!   frontend . numgen random mod P map @endpoints` up to [`ATTEMPTS`] times (an index
+//!   ≥ N has no element, the lookup misses and the next rule draws again), then falls
+//!   back to an exact rule per count N (`frontends-N`, `mod N`). A change in count moves
+//!   the frontend between sets; no rule changes;
 //! * masquerading, reject/drop for frontends without endpoints and hairpin pairs are
 //!   set memberships too.
 //!
 //! So adding or removing an endpoint or a service is an element-only transaction with no
 //! `jump`/`goto` data, which the kernel commits without validating the table. A new
-//! endpoint count class adds one set and one rule, once.
+//! class adds one set, one rule and one chain, once; a new exact count one rule.
 //!
-//! Packet cost does not grow with the number of services: every lookup is a hash lookup;
-//! the number of rules grows only with the number of distinct endpoint counts.
+//! Packet cost does not grow with the number of services (every lookup is a hash
+//! lookup), and grows only with the logarithm of the largest endpoint count: with
+//! Services of 1 to 301 endpoints a new connection tests at most 10 class sets, where
+//! one rule per distinct count (this module's shape before issue 13) made it test up to
+//! 301. Why classes and retries rather than the alternatives the issue lists: a verdict
+//! map `frontend : goto class-N` makes every element add validate the jump graph
+//! (2–2.5 ms at 30k); `map @a vmap @b` is not loadable text for nft 1.0.6; the packet
+//! and conntrack marks belong to others. Drawing `mod P` and retrying on a miss keeps
+//! the pick exactly uniform (each hit is uniform among the N indexes), and a hit comes
+//! with probability N/P > 1/2 per draw, so the exact rules are reached by fewer than 1
+//! in 256 new connections. `benches/dataplane.rs` measures the shapes side by side.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
