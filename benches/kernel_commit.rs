@@ -8,6 +8,14 @@
 //! with the kernel memory it adds (`/proc/meminfo` SUnreclaim + VmallocUsed, read once
 //! the figures stop moving) against `nft -f` of the same text.
 //!
+//! Then a cluster with 301 distinct endpoint counts (`KNP_BENCH_CLASSES=30000`, its
+//! number of Services; `0` skips it): Services 0..301 have 1..=301 endpoints, the rest
+//! 1 to 10 each, so frontends fill every power-of-two class up to `pick-512` and 292
+//! exact-count sets. Single changes on top of it: an endpoint added so that a Service
+//! moves to the next class (4 → 5 endpoints: `pick-4` → `pick-8`), that endpoint
+//! removed again (back to `pick-4`; its `pick-8` membership stays until the next
+//! change), a Service added and deleted. Same baseline.
+//!
 //! Then session affinity (`KNP_BENCH_AFFINITY=300`, the number of ClientIP Services
 //! of 10 endpoints; `0` skips it): the full load through netlink against the same
 //! Services as an upstream-shaped ruleset (a chain and a dynamic timeout set per
@@ -28,8 +36,9 @@ use std::time::{Duration, Instant};
 
 use kube_nft_proxy::model::ProxyModel;
 use kube_nft_proxy::netlink::{encode, Kernel};
-use kube_nft_proxy::ruleset::diff::{diff, Known, Op};
-use kube_nft_proxy::ruleset::ir::Ruleset;
+use kube_nft_proxy::ruleset::build::{self as builder, names};
+use kube_nft_proxy::ruleset::diff::{diff, diff_keeping, touches_rules, Known, Op};
+use kube_nft_proxy::ruleset::ir::{Family, Ruleset};
 use kube_nft_proxy::ruleset::{build, render, BuildConfig};
 use kube_nft_proxy::synthetic;
 
@@ -146,6 +155,13 @@ fn main() {
     println!("kernel_commit: {ENDPOINTS} endpoints per service; medians of {REPEAT}; ratio = netlink commit / nft -f of the same change (lower is better)");
     for &n in &scales {
         run_scale(n, &cfg);
+    }
+    let classes: usize = std::env::var("KNP_BENCH_CLASSES")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(30000);
+    if classes > 0 {
+        run_classes(classes, &cfg);
     }
     let affinity: usize = std::env::var("KNP_BENCH_AFFINITY")
         .ok()
@@ -751,6 +767,150 @@ fn run_affinity_at_scale(n: usize, affinity: usize, cfg: &BuildConfig) {
             ms(nl),
             ms(nf),
             nl.as_secs_f64() / nf.as_secs_f64(),
+        );
+    }
+}
+
+/// The endpoint count of Service `i` in [`run_classes`]' cluster.
+fn class_count(i: usize) -> usize {
+    if i < 301 {
+        i + 1
+    } else {
+        1 + i % 10
+    }
+}
+
+fn run_classes(n: usize, cfg: &BuildConfig) {
+    assert!(n > 400, "KNP_BENCH_CLASSES must exceed 400 services");
+    let ns_nl = Ns::new("cl-nl");
+    let ns_nft = Ns::new("cl-nft");
+    ns_nl.enter();
+    let mut kernel = Kernel::open().expect("netlink socket");
+    let mut model = synthetic::model(0, 0);
+    for i in 0..n {
+        let e = synthetic::entry(i, class_count(i));
+        model.services.insert(e.port.name.clone(), e);
+    }
+    let desired = build(&model, cfg);
+    let t = desired.table(Family::V4).expect("an IPv4 table");
+    let count = |prefix: &str| {
+        t.sets
+            .iter()
+            .filter(|s| builder::class_of(&s.decl.name, prefix).is_some())
+            .count()
+    };
+    let (picks, exact) = (count(names::PICK_PREFIX), count(names::FRONTENDS_PREFIX));
+    let mut ops = Vec::new();
+    for t in &desired.tables {
+        diff(None, t, &mut ops);
+    }
+    let batch = encode(&ops).expect("encode");
+    let t0 = Instant::now();
+    kernel.commit(&batch, &ops).expect("full load commit");
+    let full = t0.elapsed();
+    let nft_full = ns_nft.nft(&render::ruleset(&desired));
+    let elements: usize = desired.tables.iter().map(|t| t.element_count()).sum();
+    println!(
+        "\n== {n} services with 301 distinct endpoint counts ({picks} pick-P classes, {exact} exact-count sets, {elements} set elements)"
+    );
+    println!(
+        "full load        netlink commit {:>9.2} ms | nft -f {:>9.2} ms | ratio {:.3}",
+        ms(full),
+        ms(nft_full),
+        full.as_secs_f64() / nft_full.as_secs_f64()
+    );
+    // What the kernel holds: the desired table plus what a diff kept for one sync.
+    let mut held = desired;
+    let mut updates: Vec<Update> = [
+        "endpoint added, class 4 -> 8",
+        "endpoint removed, class 8 -> 4",
+        "service added",
+        "service deleted",
+    ]
+    .into_iter()
+    .map(|name| Update {
+        name,
+        netlink: vec![],
+        nft: vec![],
+        ops: 0,
+    })
+    .collect();
+    let mut apply = |which: usize, model: &ProxyModel, held: &mut Ruleset, kernel: &mut Kernel| {
+        let new = build(model, cfg);
+        let (mut ops, mut kept) = (Vec::new(), Vec::new());
+        for t in &new.tables {
+            let o = held.table(t.family).expect("same families");
+            diff_keeping(
+                Some(Known {
+                    table: o,
+                    rules_known: true,
+                }),
+                t,
+                &mut ops,
+                &mut kept,
+            );
+        }
+        assert!(
+            !ops.iter().any(touches_rules),
+            "{}: a single change touched rules",
+            updates[which].name
+        );
+        let script = render::script(&ops);
+        let batch = encode(&ops).expect("encode");
+        let t0 = Instant::now();
+        kernel.commit(&batch, &ops).expect("update commit");
+        let nl = t0.elapsed();
+        let nf = ns_nft.nft(&script);
+        let u = &mut updates[which];
+        u.netlink.push(nl);
+        u.nft.push(nf);
+        u.ops = ops.len();
+        *held = new;
+        for (family, set, key, value) in kept {
+            let s = held
+                .tables
+                .iter_mut()
+                .filter(|t| t.family == family)
+                .flat_map(|t| t.sets.iter_mut())
+                .find(|s| s.decl.name == set);
+            if let Some(s) = s {
+                s.elements.insert(key, value);
+            }
+        }
+    };
+    for r in 0..REPEAT {
+        // A Service of 4 endpoints (class 4) gets a fifth (class 8, exact count 5).
+        let i = 303 + 10 * r;
+        let k = synthetic::entry(i, class_count(i)).port.name;
+        assert_eq!(model.services[&k].endpoints.len(), 4);
+        let extra = synthetic::endpoint(n + r, 0);
+        model
+            .services
+            .get_mut(&k)
+            .expect("service")
+            .endpoints
+            .push(extra);
+        apply(0, &model, &mut held, &mut kernel);
+        model.services.get_mut(&k).expect("service").endpoints.pop();
+        apply(1, &model, &mut held, &mut kernel);
+        // A Service added (7 endpoints), then deleted.
+        let e = synthetic::entry(n + r, 7);
+        let key = e.port.name.clone();
+        model.services.insert(key.clone(), e);
+        apply(2, &model, &mut held, &mut kernel);
+        model.services.remove(&key);
+        apply(3, &model, &mut held, &mut kernel);
+    }
+    for u in updates {
+        let nl = median(u.netlink);
+        let nf = median(u.nft);
+        println!(
+            "{:<30} netlink commit {:>9.3} ms | nft -f {:>9.2} ms | ratio {:.4}  ({} ops)",
+            u.name,
+            ms(nl),
+            ms(nf),
+            nl.as_secs_f64() / nf.as_secs_f64(),
+            u.ops
         );
     }
 }

@@ -49,14 +49,14 @@ pub struct SyncReport {
     pub service_ports: usize,
     /// time spent, end to end
     pub duration: Duration,
-    /// endpoint-map elements the kernel keeps beyond the desired ruleset until the next
-    /// sync (a shrunk frontend's dropped indexes)
+    /// class-set elements the kernel keeps beyond the desired ruleset until the next
+    /// sync (a frontend that moved to a smaller class stays in the old one)
     pub kept: Vec<diff::Kept>,
 }
 
 /// The transactions of one sync.
 pub struct Plan {
-    /// the preparatory transaction (new count classes; may be empty)
+    /// the preparatory transaction (new count classes, gained shortcuts; may be empty)
     pub pre: Vec<Op>,
     /// the main transaction
     pub ops: Vec<Op>,

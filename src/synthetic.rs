@@ -229,11 +229,14 @@ pub fn random_entry(rng: &mut Rng, i: usize) -> ServiceEntry {
             }
         }
     }
-    let n_eps = rng.below(6);
+    // Mostly a few endpoints; one Service in four up to 39, so that histories cross
+    // several power-of-two classes and their exact counts.
+    let wide = rng.one_in(4);
+    let n_eps = rng.below(if wide { 40 } else { 6 });
     let endpoints = (0..n_eps)
         .map(|_| {
             let v6_ = families[rng.below(families.len())];
-            let host = rng.below(12);
+            let host = rng.below(if wide { 200 } else { 12 });
             let ip = if v6_ {
                 format!("fd00:128::{:x}", host + 1)
                     .parse()

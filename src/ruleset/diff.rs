@@ -6,7 +6,7 @@
 //! back. When the rules of the old side are not known (read back), every chain is
 //! flushed and refilled in the same transaction; elements are always diffed exactly.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::ir::*;
 
@@ -60,8 +60,8 @@ pub fn unknown_rules() -> Vec<Rule> {
 /// The jump target of [`unknown_rules`]: not a name nft or we would create.
 pub const UNKNOWN_RULES: &str = "?unknown rules";
 
-/// An endpoint-map element a diff keeps in the kernel for one more sync although the
-/// desired table lacks it (see [`padding`]): family, map, key and the value it holds.
+/// A class-set element a diff keeps in the kernel for one more sync although the
+/// desired table lacks it (see [`kept_on_shrink`]): family, set, key and its data.
 pub type Kept = (Family, String, Key, ElementData);
 
 /// Emits the operations that turn `old` (None: no table in the kernel) into `new`.
@@ -165,21 +165,10 @@ pub fn diff_keeping(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>, kept
         match old_s {
             None => add.extend(s.elements.iter().map(|(k, e)| (k.clone(), e.clone()))),
             Some(o) => {
-                let lb_map = is_lb_map(&s.decl.name);
                 for (k, e) in &o.elements {
                     match s.elements.get(k) {
-                        None if lb_map && old_rule_reaches(old_t, &s.decl.name, k) => {
-                            match padding(&s.elements, k) {
-                                // The frontend lives on with fewer endpoints: see `padding`.
-                                Some(p) => {
-                                    if p != *e {
-                                        del.push(k.clone());
-                                        add.push((k.clone(), p.clone()));
-                                    }
-                                    kept.push((f, s.decl.name.clone(), k.clone(), p));
-                                }
-                                None => del.push(k.clone()),
-                            }
+                        None if kept_on_shrink(old_t, new, &s.decl.name, k) => {
+                            kept.push((f, s.decl.name.clone(), k.clone(), e.clone()));
                         }
                         None => del.push(k.clone()),
                         Some(ne) if ne != e => {
@@ -211,70 +200,41 @@ pub fn diff_keeping(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>, kept
     }
 }
 
-/// Whether a rule of the old table can pick index `key` of this map (its frontend is
-/// in a count class larger than the index). Padding left by an earlier shrink is not
-/// reachable any more and is deleted.
-pub(crate) fn old_rule_reaches(old: &Table, map: &str, key: &Key) -> bool {
-    use crate::ruleset::build::names;
-    let prefix = if map == names::ENDPOINTS {
-        names::FRONTENDS_PREFIX
-    } else {
-        names::SHORTCUT_PREFIX
-    };
-    let (Some(Value::Index(i)), Some(front)) = (key.last(), key.get(..key.len().saturating_sub(1)))
+/// Whether the diff keeps frontend `key` in class set `set` (a `pick-P`) one sync
+/// longer: the frontend moves from there to a smaller power-of-two class of the same
+/// dispatch in this transaction, and `set` lives on. The `services` chain tests the
+/// classes in ascending order and the kernel flips all sets at one instant, so a packet
+/// can test the smaller class before the flip (not there yet) and this one after it
+/// (gone): kept, it still finds the frontend, and after the commit the smaller class
+/// comes first. The next sync deletes it (by then the frontend was in the smaller
+/// class before the transaction, so it is not kept again).
+pub fn kept_on_shrink(old: &Table, new: &Table, set: &str, key: &Key) -> bool {
+    use crate::ruleset::build::{class_of, names};
+    let Some((prefix, p)) = [names::SHORTCUT_PICK_PREFIX, names::PICK_PREFIX]
+        .into_iter()
+        .find_map(|pre| class_of(set, pre).map(|p| (pre, p)))
     else {
         return false;
     };
-    let front = front.to_vec();
-    old.sets.iter().any(|s| {
-        crate::ruleset::build::class_of(&s.decl.name, prefix).is_some_and(|n| n > *i as usize)
-            && s.elements.contains_key(&front)
-    })
-}
-
-/// Whether a set is one of the `frontend . index → endpoint` maps.
-pub fn is_lb_map(name: &str) -> bool {
-    name == crate::ruleset::build::names::ENDPOINTS
-        || name == crate::ruleset::build::names::SHORTCUT_ENDPOINTS
-}
-
-/// When a frontend's endpoint count drops from N to M in a transaction, a packet that
-/// entered the old `numgen random mod N` rule just before the commit can look up an
-/// index ≥ M after it (set lookups see the new generation). Instead of deleting such an
-/// element we point it at endpoint `index mod M`; the next sync, when no rule uses the
-/// old modulus any more, deletes it. Returns that value, or None when the frontend has
-/// no endpoints left (a real delete).
-pub fn padding(
-    new: &std::collections::BTreeMap<Key, ElementData>,
-    key: &Key,
-) -> Option<ElementData> {
-    let (Some(Value::Index(i)), Some(front)) = (key.last(), key.get(..key.len().saturating_sub(1)))
-    else {
-        return None;
+    let smaller = |t: &Table| {
+        t.sets.iter().any(|s| {
+            class_of(&s.decl.name, prefix).is_some_and(|q| q < p) && s.elements.contains_key(key)
+        })
     };
-    let probe = |j: u32| {
-        let mut k = front.to_vec();
-        k.push(Value::Index(j));
-        k
-    };
-    let mut m = 0;
-    while new.contains_key(&probe(m)) {
-        m += 1;
-    }
-    if m == 0 {
-        return None;
-    }
-    new.get(&probe(i % m)).cloned()
+    new.set(set).is_some() && smaller(new) && !smaller(old)
 }
 
 /// Like [`diff`], in two transactions when a new endpoint-count class appears (a
-/// `frontends-N` or `shortcut-N` set): `pre` only adds — every set and chain of `new`
-/// that `old` lacks, and, appended to the chains `old` has, the rules of `new` that
-/// read them — so the old rules stay in place and every frontend stays readable while
-/// `out` then moves the elements into the new classes and replaces the rules. The
-/// kernel flips to the new set generation before it swaps rule blobs, so a packet can
-/// meet old rules with new sets for an instant: every frontend must then still sit in
-/// a set that some rule in place reads.
+/// `pick-P`, `frontends-N`, `shortcut-pick-P` or `shortcut-N` set) or a frontend gains
+/// an eTP=Local shortcut: `pre` only adds — every set and chain of `new` that `old`
+/// lacks, appended to the chains `old` has the rules of `new` that read them, and the
+/// shortcuts of [`early_shortcuts`] — so the old rules stay in place and every frontend
+/// stays readable while `out` then moves the elements into the new classes and
+/// replaces the rules. A packet walks the rules of the generation it started in, while
+/// each set lookup sees the generation current at that instant (the kernel reads the
+/// generation once per hook traversal for the rules, at every lookup for elements):
+/// a packet can meet old rules with new sets, and every frontend must then still sit
+/// in a set that some rule in place reads.
 ///
 /// What `pre` creates is derived from what the rules refer to, and `out` comes from
 /// [`diff`], which creates before use and deletes after the last use: no transaction
@@ -309,24 +269,34 @@ pub fn diff_staged(
     kept
 }
 
-/// Whether a set is a count class (`frontends-N`, `shortcut-N`).
+/// Whether a set is a count class (`pick-P`, `frontends-N`, `shortcut-pick-P`,
+/// `shortcut-N`).
 pub fn is_class_set(name: &str) -> bool {
     use crate::ruleset::build::{class_of, names};
-    class_of(name, names::FRONTENDS_PREFIX).is_some()
-        || class_of(name, names::SHORTCUT_PREFIX).is_some()
+    [
+        names::PICK_PREFIX,
+        names::FRONTENDS_PREFIX,
+        names::SHORTCUT_PICK_PREFIX,
+        names::SHORTCUT_PREFIX,
+    ]
+    .iter()
+    .any(|p| class_of(name, p).is_some())
 }
 
-/// The table between `old` and `new` when `new` has count classes that `old` lacks
-/// (None otherwise), and the operations in `pre` that make it from `old`: `old` plus
-/// every set of `new` that `old` lacks (empty), every chain of `new` that `old` lacks
-/// (with its rules), and appended to each chain of both the rules of `new` that refer to
-/// something `old` lacks. Nothing is removed, so the rules of `old` keep working.
+/// The table between `old` and `new` when `new` has count classes that `old` lacks or
+/// frontends that gain an eTP=Local shortcut (None otherwise), and the operations in
+/// `pre` that make it from `old`: `old` plus every set of `new` that `old` lacks
+/// (empty), every chain of `new` that `old` lacks (with its rules), appended to each
+/// chain of both the rules of `new` that refer to something `old` lacks, and the
+/// shortcuts of [`early_shortcuts`]. Nothing is removed, so the rules of `old` keep
+/// working.
 pub fn stage(old: &Table, new: &Table, pre: &mut Vec<Op>) -> Option<Table> {
     let appears = new
         .sets
         .iter()
         .any(|s| is_class_set(&s.decl.name) && old.set(&s.decl.name).is_none());
-    if !appears {
+    let early = early_shortcuts(old, new);
+    if !appears && early.is_empty() {
         return None;
     }
     let f = new.family;
@@ -373,7 +343,86 @@ pub fn stage(old: &Table, new: &Table, pre: &mut Vec<Op>) -> Option<Table> {
             }
         }
     }
+    for (set, items) in early {
+        if let Some(s) = stage.sets.iter_mut().find(|s| s.decl.name == set) {
+            pre.push(Op::AddElements(f, s.decl.clone(), items.clone()));
+            s.elements.extend(items);
+        }
+    }
     Some(stage)
+}
+
+/// The elements of `new` that go in before the rest: the eTP=Local shortcut of each
+/// frontend that has none in `old` (its shortcut class memberships, its
+/// `shortcut-endpoints` entries and the hairpin pairs of those endpoints), by set.
+///
+/// The shortcut rules come before the other classes in `services`. A frontend that
+/// gains a shortcut and loses its last local endpoint in one transaction could
+/// otherwise meet the flip between the two: the shortcut tested before it (not there
+/// yet), its old class after it, whose endpoints are gone. With the shortcut in place
+/// first, pod and node traffic already takes it, and traffic from elsewhere still has
+/// its old class until the main transaction: each source sees either the old or the
+/// new behaviour.
+pub fn early_shortcuts(old: &Table, new: &Table) -> BTreeMap<String, Vec<(Key, ElementData)>> {
+    use crate::ruleset::build::{class_of, hairpin_key, names};
+    let shortcut_pick = |name: &str| class_of(name, names::SHORTCUT_PICK_PREFIX).is_some();
+    let has_shortcut = |t: &Table, f: &Key| {
+        t.sets
+            .iter()
+            .any(|s| shortcut_pick(&s.decl.name) && s.elements.contains_key(f))
+    };
+    let gaining: BTreeSet<&Key> = new
+        .sets
+        .iter()
+        .filter(|s| shortcut_pick(&s.decl.name))
+        .flat_map(|s| s.elements.keys())
+        .filter(|f| !has_shortcut(old, f))
+        .collect();
+    let mut out: BTreeMap<String, Vec<(Key, ElementData)>> = BTreeMap::new();
+    if gaining.is_empty() {
+        return out;
+    }
+    let held = |set: &str, k: &Key| old.set(set).is_some_and(|s| s.elements.contains_key(k));
+    let mut ips = BTreeSet::new();
+    for s in &new.sets {
+        let name = s.decl.name.as_str();
+        let frontend_of = |k: &Key| -> Key {
+            if name == names::SHORTCUT_ENDPOINTS {
+                k[..k.len().saturating_sub(1)].to_vec()
+            } else {
+                k.clone()
+            }
+        };
+        if !(shortcut_pick(name)
+            || class_of(name, names::SHORTCUT_PREFIX).is_some()
+            || name == names::SHORTCUT_ENDPOINTS)
+        {
+            continue;
+        }
+        for (k, e) in &s.elements {
+            if gaining.contains(&frontend_of(k)) && !held(name, k) {
+                if let Some(Value::Addr(ip)) = e.data.first() {
+                    ips.insert(*ip);
+                }
+                out.entry(name.to_string())
+                    .or_default()
+                    .push((k.clone(), e.clone()));
+            }
+        }
+    }
+    for ip in ips {
+        let k = hairpin_key(ip);
+        if !held(names::HAIRPIN, &k)
+            && new
+                .set(names::HAIRPIN)
+                .is_some_and(|s| s.elements.contains_key(&k))
+        {
+            out.entry(names::HAIRPIN.to_string())
+                .or_default()
+                .push((k, ElementData::default()));
+        }
+    }
+    out
 }
 
 fn chain_shell(c: &Chain) -> Chain {
@@ -497,47 +546,84 @@ mod tests {
         assert!(!ops.iter().any(touches_rules), "{ops:?}");
     }
 
-    #[test]
-    fn shrinking_keeps_dropped_indexes_reachable_for_one_sync() {
-        let cfg = BuildConfig::default();
-        let three = build_table(&model(3), &cfg, Family::V4);
-        let two = build_table(&model(2), &cfg, Family::V4);
-        let mut ops = Vec::new();
-        diff(
+    /// Two services: `svc` with `n` endpoints and `other` with 4 (so `pick-4` lives on).
+    fn two_services(n: usize) -> ProxyModel {
+        let mut m = model(n);
+        let mut other = model(4);
+        let (name, mut e) = other.services.pop_first().unwrap();
+        let name = crate::model::ServicePortName {
+            name: "other".into(),
+            ..name
+        };
+        e.port.name = name.clone();
+        e.port.cluster_ips = vec!["172.30.0.2".parse().unwrap()];
+        m.services.insert(name, e);
+        m
+    }
+
+    fn ops(old: &Table, new: &Table) -> (Vec<Op>, Vec<Kept>) {
+        let (mut ops, mut kept) = (Vec::new(), Vec::new());
+        diff_keeping(
             Some(Known {
-                table: &three,
+                table: old,
                 rules_known: true,
             }),
-            &two,
+            new,
             &mut ops,
+            &mut kept,
         );
-        let idx2 = |k: &Key| k.last() == Some(&Value::Index(2));
-        // Index 2 is re-pointed at a live endpoint, not deleted.
-        assert!(ops.iter().any(|o| matches!(o, Op::AddElements(_, d, els) if d.name == "endpoints" && els.iter().any(|(k, _)| idx2(k)))), "{ops:?}");
-        // The next sync (from a kernel that holds the padding) deletes it.
-        let mut padded = two.clone();
-        for s in &mut padded.sets {
-            if s.decl.name == "endpoints" {
-                let (k, e) = three
-                    .set("endpoints")
-                    .unwrap()
-                    .elements
-                    .iter()
-                    .find(|(k, _)| idx2(k))
-                    .unwrap();
-                s.elements.insert(k.clone(), e.clone());
+        (ops, kept)
+    }
+
+    #[test]
+    fn a_frontend_moving_to_a_smaller_class_stays_in_the_old_one_for_one_sync() {
+        let cfg = BuildConfig::default();
+        let svc: Key = vec![
+            Value::Addr("172.30.0.1".parse().unwrap()),
+            Value::Proto(6),
+            Value::Port(80),
+        ];
+        let in_set =
+            |t: &Table, set: &str| t.set(set).is_some_and(|s| s.elements.contains_key(&svc));
+        let three = build_table(&two_services(3), &cfg, Family::V4);
+        let two = build_table(&two_services(2), &cfg, Family::V4);
+        assert!(in_set(&three, "pick-4") && in_set(&two, "pick-2") && !in_set(&two, "pick-4"));
+        let (o, kept) = ops(&three, &two);
+        let deletes = |o: &[Op], set: &str| {
+            o.iter().any(|x| matches!(x, Op::DelElements(_, d, keys) if d.name == set && keys.contains(&svc)))
+        };
+        assert!(!deletes(&o, "pick-4"), "{o:?}");
+        assert!(
+            o.iter()
+                .any(|x| matches!(x, Op::DelSet(_, n) if n == "frontends-3")),
+            "{o:?}"
+        );
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert_eq!((kept[0].1.as_str(), &kept[0].2), ("pick-4", &svc));
+        // No padding: index 2 goes at once (a draw that misses draws again).
+        assert!(o.iter().any(|x| matches!(x, Op::DelElements(_, d, keys) if d.name == "endpoints" && keys.iter().any(|k| k.last() == Some(&Value::Index(2))))), "{o:?}");
+        // The next sync (from a kernel that holds both memberships) deletes the old one.
+        let mut held = two.clone();
+        for s in &mut held.sets {
+            if s.decl.name == "pick-4" {
+                s.elements.insert(svc.clone(), kept[0].3.clone());
             }
         }
-        let mut ops = Vec::new();
-        diff(
-            Some(Known {
-                table: &padded,
-                rules_known: true,
-            }),
-            &two,
-            &mut ops,
+        let (o, kept) = ops(&held, &two);
+        assert!(kept.is_empty() && deletes(&o, "pick-4"), "{o:?} {kept:?}");
+        // A class that empties is deleted with the move: its elements stay visible to
+        // the rules that still read it until the commit.
+        let (o, kept) = ops(
+            &build_table(&model(3), &cfg, Family::V4),
+            &build_table(&model(2), &cfg, Family::V4),
         );
-        assert!(ops.iter().any(|o| matches!(o, Op::DelElements(_, d, keys) if d.name == "endpoints" && keys.iter().any(idx2))), "{ops:?}");
+        assert!(kept.is_empty(), "{kept:?}");
+        assert!(o
+            .iter()
+            .any(|x| matches!(x, Op::DelSet(_, n) if n == "pick-4")));
+        // Growing needs nothing kept: the old, smaller class is tested first.
+        let (_, kept) = ops(&two, &three);
+        assert!(kept.is_empty(), "{kept:?}");
     }
 
     #[test]
@@ -565,10 +651,11 @@ mod tests {
             created.is_some() && created < first_use,
             "the class set exists before a rule reads it: {pre:?}"
         );
-        let reads = |set: &str| {
-            pre.iter().any(|o| matches!(o, Op::AddRule(_, c, r) if c == "services" && r.0.iter().any(|s| matches!(s, Stmt::Lookup { set: x, .. } if x == set))))
+        let reads = |chain: &str, set: &str| {
+            pre.iter().any(|o| matches!(o, Op::AddRule(_, c, r) if c == chain && r.0.iter().any(|s| matches!(s, Stmt::Lookup { set: x, .. } if x == set))))
         };
-        assert!(reads("frontends-3"), "{pre:?}");
+        assert!(reads("services", "pick-4"), "{pre:?}");
+        assert!(reads("pick-4-exact", "frontends-3"), "{pre:?}");
         // The old class's rule stays in place: the stage removes nothing.
         assert!(
             !pre.iter()
@@ -583,7 +670,7 @@ mod tests {
             .any(|o| matches!(o, Op::AddElements(_, d, _) if d.name == "frontends-3")));
         assert!(ops
             .iter()
-            .any(|o| matches!(o, Op::DelSet(_, n) if n == "frontends-2")));
+            .any(|o| matches!(o, Op::DelSet(_, n) if n == "pick-2")));
         // No new class (here: no change at all): one transaction.
         let (mut pre, mut ops) = (Vec::new(), Vec::new());
         diff_staged(

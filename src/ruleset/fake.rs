@@ -471,3 +471,184 @@ impl FakeKernel {
         Ok(())
     }
 }
+
+/// The source of a new connection, as the nat rules test it.
+#[derive(Clone, Copy, Debug)]
+pub struct Source {
+    /// its address
+    pub addr: IpAddr,
+    /// whether `fib saddr type local` holds (the node itself)
+    pub local: bool,
+}
+
+/// Where the new connections to one frontend go, by probability (see [`nat_walk`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Walk {
+    /// DNAT through `map` at `index` (to the element's value then)
+    pub picks: BTreeMap<(String, u32, Vec<Value>), f64>,
+    /// left the `services` chain without DNAT
+    pub missed: f64,
+    /// sent to the session-affinity dispatch (not modelled further)
+    pub affinity: f64,
+    /// set lookups on the way (with the cut of [`nat_walk`]: how many a cut can split)
+    pub lookups: usize,
+}
+
+impl Walk {
+    /// The probability of DNAT.
+    pub fn dnat(&self) -> f64 {
+        self.picks.values().sum()
+    }
+}
+
+/// A step of [`nat_walk`] that the model does not know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unmodelled(pub String);
+
+/// How the kernel's nat hook treats the first packet of a connection from `src` to
+/// `frontend` (`address . protocol . port`): walks the `services` chain of `rules`,
+/// reading set `s` through `sets(i, s)` at the `i`-th set lookup of the walk. So with
+/// `sets` answering from the table before a commit for `i < cut` and after it for the
+/// rest, this is a packet that met the commit's generation flip between two lookups
+/// (the kernel flips every set at one instant, before it swaps rule blobs, so the
+/// rules are the old ones). `numgen random mod N` is enumerated: the result is exact,
+/// up to floating point.
+pub fn nat_walk<'a>(
+    rules: &Table,
+    sets: &dyn Fn(usize, &str) -> Option<&'a Set>,
+    frontend: &Key,
+    src: Source,
+) -> Result<Walk, Unmodelled> {
+    let mut w = Walk::default();
+    let rest = walk_chain(
+        rules,
+        sets,
+        frontend,
+        src,
+        crate::ruleset::build::names::SERVICES,
+        1.0,
+        &mut w,
+        0,
+    )?;
+    w.missed += rest;
+    Ok(w)
+}
+
+/// Walks one chain with probability `mass`; returns the mass that falls off its end or
+/// returns (back to the rule after the jump that called it).
+#[allow(clippy::too_many_arguments)]
+fn walk_chain<'a>(
+    rules: &Table,
+    sets: &dyn Fn(usize, &str) -> Option<&'a Set>,
+    frontend: &Key,
+    src: Source,
+    chain: &str,
+    mut mass: f64,
+    w: &mut Walk,
+    depth: usize,
+) -> Result<f64, Unmodelled> {
+    use crate::ruleset::build::names::AFFINITY_DISPATCH;
+    if chain == AFFINITY_DISPATCH {
+        w.affinity += mass;
+        return Ok(0.0);
+    }
+    if depth > 16 {
+        return Err(Unmodelled(format!(
+            "chains nested deeper than 16 at {chain}"
+        )));
+    }
+    let Some(c) = rules.chain(chain) else {
+        return Err(Unmodelled(format!("no chain {chain}")));
+    };
+    let field = |f: &Field| -> Result<Value, Unmodelled> {
+        Ok(match (f, frontend.as_slice()) {
+            (Field::Daddr, [a, ..]) => *a,
+            (Field::L4Proto, [_, p, ..]) => *p,
+            (Field::ThDport, [_, _, p, ..]) => *p,
+            (Field::Saddr, _) => Value::Addr(src.addr),
+            _ => return Err(Unmodelled(format!("field {f:?} in a lookup"))),
+        })
+    };
+    'rules: for r in &c.rules {
+        if mass == 0.0 {
+            break;
+        }
+        for s in &r.0 {
+            match s {
+                Stmt::Lookup {
+                    fields,
+                    set,
+                    negate,
+                } => {
+                    let key = fields.iter().map(field).collect::<Result<Key, _>>()?;
+                    let found = sets(w.lookups, set).is_some_and(|s| s.elements.contains_key(&key));
+                    w.lookups += 1;
+                    if found == *negate {
+                        continue 'rules;
+                    }
+                }
+                Stmt::Cidr {
+                    field: f,
+                    net,
+                    negate,
+                } => {
+                    let Value::Addr(a) = field(f)? else {
+                        return Err(Unmodelled("a CIDR match on a non-address".into()));
+                    };
+                    if net.contains(&a) == *negate {
+                        continue 'rules;
+                    }
+                }
+                Stmt::FibLocal {
+                    saddr: true,
+                    negate,
+                } => {
+                    if src.local == *negate {
+                        continue 'rules;
+                    }
+                }
+                Stmt::MarkSetOr(_) | Stmt::MarkSetXor(_) => {}
+                Stmt::DnatMap { fields, map } => {
+                    let (Some(Field::Numgen(m)), Some(front)) =
+                        (fields.last(), fields.get(..fields.len() - 1))
+                    else {
+                        return Err(Unmodelled(format!("dnat map key {fields:?}")));
+                    };
+                    let key = front.iter().map(field).collect::<Result<Key, _>>()?;
+                    let set = sets(w.lookups, map);
+                    w.lookups += 1;
+                    let at = |i: u32| {
+                        let mut k = key.clone();
+                        k.push(Value::Index(i));
+                        k
+                    };
+                    let mut misses = *m;
+                    let hits = set
+                        .into_iter()
+                        .flat_map(|s| s.elements.range(at(0)..at(*m)));
+                    for (k, e) in hits {
+                        if let Some(Value::Index(i)) = k.last() {
+                            misses -= 1;
+                            *w.picks
+                                .entry((map.clone(), *i, e.data.clone()))
+                                .or_default() += mass / f64::from(*m);
+                        }
+                    }
+                    // A miss ends the rule (NFT_BREAK); the next one is tried.
+                    mass = mass * f64::from(misses) / f64::from(*m);
+                    continue 'rules;
+                }
+                Stmt::Verdict(Verdict::Goto(t)) => {
+                    return walk_chain(rules, sets, frontend, src, t, mass, w, depth + 1);
+                }
+                Stmt::Verdict(Verdict::Jump(t)) => {
+                    mass = walk_chain(rules, sets, frontend, src, t, mass, w, depth + 1)?;
+                    continue 'rules;
+                }
+                Stmt::Verdict(Verdict::Return) => return Ok(mass),
+                other => return Err(Unmodelled(format!("{other:?} in {chain}"))),
+            }
+        }
+    }
+    Ok(mass)
+}

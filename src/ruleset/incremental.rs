@@ -4,8 +4,9 @@
 //! contributed to it (its set elements and hairpin addresses, with reference counts for
 //! elements that several ports share, such as a ClusterIP). A partial sync recomputes
 //! only the dirty service ports, retracts their old contributions, adds the new ones and
-//! emits exactly the element operations that follow — plus a new count-class set and a
-//! refilled `services` chain in the rare case the set of endpoint counts changes.
+//! emits exactly the element operations that follow — plus new count-class sets, their
+//! chains and refilled dispatch chains in the rare case the set of endpoint counts
+//! changes.
 //!
 //! A session-affinity port also brings its chains, set and dispatch rules; when one of
 //! those changes, the chains and sets are brought in line by a diff of the table's
@@ -22,10 +23,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use super::build::names::{
-    FRONTENDS_PREFIX as FRONTENDS_PREFIX_STR, SHORTCUT_PREFIX as SHORTCUT_PREFIX_STR,
-};
-use super::build::{self, AffinityParts, BuildConfig, Contribution, Plan};
+use super::build::{self, AffinityParts, BuildConfig, Contribution, Dispatch, Plan};
 use super::diff::Op;
 use super::ir::*;
 use crate::model::{ProxyModel, ServicePortName};
@@ -63,8 +61,8 @@ pub struct Incremental {
     cfg: BuildConfig,
     ruleset: Ruleset,
     fams: Vec<FamState>,
-    /// endpoint-map elements kept one sync longer after a count shrank (family index,
-    /// map, key); see [`super::diff::padding`]
+    /// class-set elements kept one sync longer after a frontend moved to a smaller class
+    /// (family index, set, key); see [`super::diff::kept_on_shrink`]
     deferred: Vec<(usize, String, Key)>,
 }
 
@@ -139,7 +137,8 @@ impl Incremental {
         }
     }
 
-    /// Deletes the padding left by the previous update (no rule can reach it now).
+    /// Deletes the class memberships the previous update kept (see
+    /// [`super::diff::kept_on_shrink`]); the frontend is in its smaller class by now.
     pub fn take_deferred(&mut self) -> Vec<Op> {
         let mut dels: BTreeMap<(usize, String), Vec<Key>> = BTreeMap::new();
         for (fi, set, key) in std::mem::take(&mut self.deferred) {
@@ -164,9 +163,9 @@ impl Incremental {
     }
 
     /// Takes in the elements a full sync's diff kept in the kernel beyond the desired
-    /// ruleset (see [`super::diff::padding`]), so that this state is again exactly what
-    /// the kernel holds: the next update deletes them, or re-points them when a frontend
-    /// grows back into those indexes.
+    /// ruleset (see [`super::diff::kept_on_shrink`]), so that this state is again exactly
+    /// what the kernel holds: the next update deletes them (or keeps them when the
+    /// frontend grows back into that class).
     pub fn adopt_kept(&mut self, kept: &[super::diff::Kept]) {
         for (family, map, key, value) in kept {
             let Some(fi) = self.ruleset.tables.iter().position(|t| t.family == *family) else {
@@ -370,82 +369,55 @@ impl Incremental {
                     .push(k);
             }
         }
-        // A frontend whose endpoint count shrank keeps its dropped indexes for one more
-        // sync, pointed at live endpoints (see `diff::padding`).
-        for map in [build::names::ENDPOINTS, build::names::SHORTCUT_ENDPOINTS] {
-            let Some(keys) = dels.get_mut(map) else {
+        // A frontend that moves to a smaller power-of-two class stays in its old one for
+        // one more sync (see `diff::kept_on_shrink`), if that class lives on.
+        let alive = |set: &str| {
+            st.refs
+                .range((set.to_string(), Vec::new())..)
+                .next()
+                .is_some_and(|((s, _), _)| s == set)
+        };
+        let member = |set: &String, key: &Key, before: bool| {
+            if before {
+                table.set(set).is_some_and(|s| s.elements.contains_key(key))
+            } else {
+                st.refs.contains_key(&(set.clone(), key.clone()))
+            }
+        };
+        for (set, keys) in dels.iter_mut() {
+            let Some((prefix, p)) = [
+                build::names::SHORTCUT_PICK_PREFIX,
+                build::names::PICK_PREFIX,
+            ]
+            .into_iter()
+            .find_map(|pre| build::class_of(set, pre).map(|p| (pre, p))) else {
                 continue;
             };
-            let mut padded = Vec::new();
-            keys.retain(|k| {
-                let readded = adds
-                    .get(map)
-                    .is_some_and(|a| a.iter().any(|(ak, _)| ak == k));
-                if readded || !super::diff::old_rule_reaches(table, map, k) {
-                    return true;
-                }
-                let Some(front) = k.get(..k.len().saturating_sub(1)) else {
-                    return true;
-                };
-                let key_at = |j: u32| {
-                    let mut x = front.to_vec();
-                    x.push(Value::Index(j));
-                    x
-                };
-                let mut m = 0;
-                while st.refs.contains_key(&(map.to_string(), key_at(m))) {
-                    m += 1;
-                }
-                let Some(Value::Index(i)) = k.last() else {
-                    return true;
-                };
-                if m == 0 {
-                    return true;
-                }
-                let target = key_at(i % m);
-                let value = after
-                    .get(&(map.to_string(), target.clone()))
-                    .cloned()
-                    .or_else(|| {
-                        table
-                            .set(map)
-                            .and_then(|s| s.elements.get(&target))
-                            .cloned()
-                    });
-                match value {
-                    Some(v) => {
-                        padded.push((k.clone(), v));
-                        false
-                    }
-                    None => true,
-                }
-            });
-            for (k, v) in padded {
-                let old = table.set(map).and_then(|s| s.elements.get(&k)).cloned();
-                if old.as_ref() != Some(&v) {
-                    keys.push(k.clone());
-                    adds.entry(map.to_string())
-                        .or_default()
-                        .push((k.clone(), v));
-                }
-                self.deferred.push((fi, map.to_string(), k));
+            if !alive(set) {
+                continue;
             }
+            let smaller: Vec<String> = (0..p.trailing_zeros())
+                .map(|b| format!("{prefix}{}", 1usize << b))
+                .collect();
+            keys.retain(|k| {
+                let moved = smaller.iter().any(|s| member(s, k, false))
+                    && !smaller.iter().any(|s| member(s, k, true));
+                if moved {
+                    self.deferred.push((fi, set.clone(), k.clone()));
+                }
+                !moved
+            });
         }
+        // A frontend that gains an eTP=Local shortcut gets it in the preparatory
+        // transaction (see `diff::early_shortcuts`).
+        let early = early_shortcuts(table, &adds);
         // Apply to the table, creating count-class sets as needed.
         let mut new_sets = Vec::new();
-        for (set, items) in &adds {
-            if table.set(set).is_none() {
-                let s = if let Some(n) = build::class_of(set, FRONTENDS_PREFIX_STR) {
-                    build::class_set(n)
-                } else if let Some(n) = build::class_of(set, SHORTCUT_PREFIX_STR) {
-                    build::shortcut_set(n)
-                } else {
-                    continue;
-                };
+        for s in build::class_decls(&Dispatch::of_sets(adds.keys().map(String::as_str))) {
+            if table.set(&s.decl.name).is_none() {
                 new_sets.push(s.decl.clone());
                 table.sets.push(s);
             }
-            let _ = items;
         }
         for (set, keys) in &dels {
             if let Some(s) = table.sets.iter_mut().find(|s| &s.decl.name == set) {
@@ -470,42 +442,55 @@ impl Incremental {
             .map(|s| s.decl.name.clone())
             .collect();
         table.sets.retain(|s| !emptied.contains(&s.decl.name));
-        let class_sets =
-            |sets: &mut dyn Iterator<Item = &String>, prefix: &str| -> BTreeSet<usize> {
-                sets.filter_map(|n| build::class_of(n, prefix)).collect()
-            };
-        let names_after: Vec<String> = table.sets.iter().map(|s| s.decl.name.clone()).collect();
-        let classes = class_sets(&mut names_after.iter(), FRONTENDS_PREFIX_STR);
-        let shortcut = class_sets(&mut names_after.iter(), SHORTCUT_PREFIX_STR);
-        let mut union_classes = classes.clone();
-        union_classes.extend(class_sets(&mut emptied.iter(), FRONTENDS_PREFIX_STR));
-        let mut union_shortcut = shortcut.clone();
-        union_shortcut.extend(class_sets(&mut emptied.iter(), SHORTCUT_PREFIX_STR));
+        let after = Dispatch::of_sets(table.sets.iter().map(|s| s.decl.name.as_str()));
+        let union = after.union(&Dispatch::of_sets(emptied.iter().map(String::as_str)));
         let cidrs = self.service_cidrs_of(fi);
-        let chains_for = |c: &BTreeSet<usize>, sc: &BTreeSet<usize>, st: &FamState| {
-            build::chains(family, &self.cfg, &cidrs, c, sc, &st.affinity)
-        };
+        let chains_for =
+            |d: &Dispatch, st: &FamState| build::chains(family, &self.cfg, &cidrs, d, &st.affinity);
+        // A class's chain comes and goes with its set: chains are created before any
+        // rule may go to them, and deleted once no rule does.
         let changed_chains = |from: &[Chain], to: &[Chain], out: &mut Vec<Op>| {
+            let old = |name: &str| from.iter().find(|o| o.name == name);
+            for c in to.iter().filter(|c| old(&c.name).is_none()) {
+                out.push(Op::AddChain(
+                    family,
+                    Chain {
+                        rules: Vec::new(),
+                        ..c.clone()
+                    },
+                ));
+            }
             for c in to {
-                if from.iter().find(|o| o.name == c.name).map(|o| &o.rules) != Some(&c.rules) {
-                    out.push(Op::FlushChain(family, c.name.clone()));
+                let held = old(&c.name);
+                if held.map(|o| &o.rules) != Some(&c.rules) {
+                    if held.is_some() {
+                        out.push(Op::FlushChain(family, c.name.clone()));
+                    }
                     for r in &c.rules {
                         out.push(Op::AddRule(family, c.name.clone(), r.clone()));
                     }
                 }
             }
+            let gone = || from.iter().filter(|o| !to.iter().any(|c| c.name == o.name));
+            for c in gone() {
+                out.push(Op::FlushChain(family, c.name.clone()));
+            }
+            for c in gone() {
+                out.push(Op::DelChain(family, c.name.clone()));
+            }
         };
-        // A new count class gets its set and its rule in an earlier transaction than
-        // the elements that move into it: the kernel flips to the new set generation
-        // before it swaps rule blobs, so a packet can meet old rules with new sets for
-        // an instant; every frontend must then still be in a set some old rule reads.
+        // A new count class gets its set and its rules in an earlier transaction than
+        // the elements that move into it: a packet walks the rules of the generation
+        // it started in while its set lookups see the current one, so it can meet old
+        // rules with new sets; every frontend must then still be in a set some old
+        // rule reads.
         let union_chains = if new_sets.is_empty() {
             None
         } else {
             for d in &new_sets {
                 pre.push(Op::AddSet(family, d.clone()));
             }
-            let u = chains_for(&union_classes, &union_shortcut, &self.fams[fi]);
+            let u = chains_for(&union, &self.fams[fi]);
             changed_chains(&self.ruleset.tables[fi].chains, &u, pre);
             Some(u)
         };
@@ -519,12 +504,19 @@ impl Incremental {
             }
         }
         for (set, items) in adds {
-            if let Some(s) = table.set(&set) {
-                ops.push(Op::AddElements(family, s.decl.clone(), items));
+            let Some(s) = table.set(&set) else { continue };
+            let (first, rest): (Vec<_>, Vec<_>) = items
+                .into_iter()
+                .partition(|(k, _)| early.contains(&(set.clone(), k.clone())));
+            if !first.is_empty() {
+                pre.push(Op::AddElements(family, s.decl.clone(), first));
+            }
+            if !rest.is_empty() {
+                ops.push(Op::AddElements(family, s.decl.clone(), rest));
             }
         }
         if !new_sets.is_empty() || !emptied.is_empty() {
-            let chains = chains_for(&classes, &shortcut, &self.fams[fi]);
+            let chains = chains_for(&after, &self.fams[fi]);
             let table = &mut self.ruleset.tables[fi];
             let from = union_chains.unwrap_or_else(|| table.chains.clone());
             changed_chains(&from, &chains, ops);
@@ -535,7 +527,7 @@ impl Incremental {
         }
         if affinity_touched {
             self.fams[fi].affinity = affinity;
-            let chains = chains_for(&classes, &shortcut, &self.fams[fi]);
+            let chains = chains_for(&after, &self.fams[fi]);
             self.apply_affinity(fi, chains, ops);
         }
     }
@@ -615,4 +607,55 @@ fn wanted_by_other(
                 .iter()
                 .any(|(pk, _)| pk == k)
     })
+}
+
+/// The additions (by set) that a preparatory transaction makes before the rest: the
+/// eTP=Local shortcut of each frontend that `table` (the state before) gives none, as
+/// [`super::diff::early_shortcuts`] does for whole tables.
+fn early_shortcuts(
+    table: &Table,
+    adds: &BTreeMap<String, Vec<(Key, ElementData)>>,
+) -> BTreeSet<(String, Key)> {
+    use build::names::{HAIRPIN, SHORTCUT_ENDPOINTS, SHORTCUT_PICK_PREFIX, SHORTCUT_PREFIX};
+    let pick = |name: &str| build::class_of(name, SHORTCUT_PICK_PREFIX).is_some();
+    let gaining: BTreeSet<&Key> = adds
+        .iter()
+        .filter(|(set, _)| pick(set))
+        .flat_map(|(_, items)| items.iter().map(|(k, _)| k))
+        .filter(|f| {
+            !table
+                .sets
+                .iter()
+                .any(|s| pick(&s.decl.name) && s.elements.contains_key(*f))
+        })
+        .collect();
+    let mut out = BTreeSet::new();
+    if gaining.is_empty() {
+        return out;
+    }
+    let mut hairpins = BTreeSet::new();
+    for (set, items) in adds {
+        let shortcut_class = pick(set) || build::class_of(set, SHORTCUT_PREFIX).is_some();
+        for (k, e) in items {
+            let frontend = if set == SHORTCUT_ENDPOINTS {
+                &k[..k.len().saturating_sub(1)]
+            } else if shortcut_class {
+                &k[..]
+            } else {
+                continue;
+            };
+            if gaining.iter().any(|g| g[..] == *frontend) {
+                if let (true, Some(Value::Addr(ip))) = (set == SHORTCUT_ENDPOINTS, e.data.first()) {
+                    hairpins.insert(build::hairpin_key(*ip));
+                }
+                out.insert((set.clone(), k.clone()));
+            }
+        }
+    }
+    for (k, _) in adds.get(HAIRPIN).into_iter().flatten() {
+        if hairpins.contains(k) {
+            out.insert((HAIRPIN.to_string(), k.clone()));
+        }
+    }
+    out
 }

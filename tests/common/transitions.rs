@@ -1,15 +1,19 @@
 //! Random change sequences of a cluster model, and table comparison, for the tests
 //! that send every generated transaction to a kernel (fake or real).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use kube_nft_proxy::model::{ProxyModel, ServicePortName};
 use kube_nft_proxy::netlink::{to_known, Kernel};
 use kube_nft_proxy::ruleset::build::{build, BuildConfig};
 use kube_nft_proxy::ruleset::diff::{self, is_class_set, Known, Op};
-use kube_nft_proxy::ruleset::fake::FakeKernel;
+use kube_nft_proxy::ruleset::fake::{nat_walk, FakeKernel, Source, Walk};
 use kube_nft_proxy::ruleset::incremental::Incremental;
-use kube_nft_proxy::ruleset::ir::{Chain, ElementData, Family, Key, Ruleset, Stmt, Table};
+use kube_nft_proxy::ruleset::ir::{
+    Chain, ElementData, Family, Key, KeyType, Ruleset, Set, SetDecl, Stmt, Table, Value,
+};
+use kube_nft_proxy::ruleset::render;
 use kube_nft_proxy::synthetic::{random_entry, random_node, Rng};
 
 /// A table with its sets sorted by name and dynamic sets' elements left out (creation
@@ -158,55 +162,28 @@ pub fn differences(a: &Ruleset, b: &Ruleset) -> String {
     out
 }
 
-/// The ruleset without the endpoint-map elements kept one sync after a count shrank
-/// (indexes at or above the frontend's current count; see `diff::padding`).
-pub fn without_padding(r: &Ruleset) -> Ruleset {
-    use kube_nft_proxy::ruleset::ir::Value;
+/// The ruleset without the class memberships kept one sync after a frontend moved to
+/// a smaller power-of-two class (a frontend in two `pick-P` sets of one dispatch keeps
+/// only the smallest; see `diff::kept_on_shrink`).
+pub fn without_kept(r: &Ruleset) -> Ruleset {
     let mut r = r.clone();
     for t in &mut r.tables {
-        let counts: Vec<(String, Vec<Key>)> = t
-            .sets
-            .iter()
-            .filter_map(|s| {
-                let (prefix, map) = if s.decl.name.starts_with("frontends-") {
-                    ("frontends-", "endpoints")
-                } else if s.decl.name.starts_with("shortcut-")
-                    && s.decl.name != "shortcut-endpoints"
-                {
-                    ("shortcut-", "shortcut-endpoints")
-                } else {
-                    return None;
-                };
-                let n: u32 = s.decl.name.strip_prefix(prefix)?.parse().ok()?;
-                Some((
-                    map.to_string(),
-                    s.elements
-                        .keys()
-                        .map(|k| {
-                            let mut k = k.clone();
-                            k.push(Value::Index(n));
-                            k
-                        })
-                        .collect(),
-                ))
-            })
-            .collect();
-        for s in &mut t.sets {
-            if s.decl.name != "endpoints" && s.decl.name != "shortcut-endpoints" {
-                continue;
+        for prefix in ["shortcut-pick-", "pick-"] {
+            let class = |name: &str| name.strip_prefix(prefix)?.parse::<usize>().ok();
+            let mut smallest: BTreeMap<Key, usize> = BTreeMap::new();
+            for s in &t.sets {
+                if let Some(p) = class(&s.decl.name) {
+                    for k in s.elements.keys() {
+                        let e = smallest.entry(k.clone()).or_insert(p);
+                        *e = (*e).min(p);
+                    }
+                }
             }
-            let bounds: Vec<&Key> = counts
-                .iter()
-                .filter(|(m, _)| *m == s.decl.name)
-                .flat_map(|(_, ks)| ks.iter())
-                .collect();
-            s.elements.retain(|k, _| {
-                let front = &k[..k.len() - 1];
-                bounds.iter().any(|b| {
-                    &b[..b.len() - 1] == front
-                        && matches!((k.last(), b.last()), (Some(Value::Index(i)), Some(Value::Index(n))) if i < n)
-                })
-            });
+            for s in &mut t.sets {
+                if let Some(p) = class(&s.decl.name) {
+                    s.elements.retain(|k, _| smallest.get(k) == Some(&p));
+                }
+            }
         }
     }
     r
@@ -228,13 +205,249 @@ fn cfg(rng: &mut Rng) -> BuildConfig {
     }
 }
 
-fn commit(k: &mut FakeKernel, ops: &[Op], what: &str, seed: u64, step: usize) {
+/// Where a history is: for messages, and the configuration the invariants need.
+struct At<'a> {
+    seed: u64,
+    step: usize,
+    cfg: &'a BuildConfig,
+}
+
+fn commit(k: &mut FakeKernel, ops: &[Op], what: &str, at: &At<'_>) {
+    let (seed, step) = (at.seed, at.step);
+    let before = k.clone();
     if let Err(e) = k.apply(ops) {
         let op = ops
             .get(e.index)
             .map(|o| format!("{o:?}"))
             .unwrap_or_default();
         panic!("seed {seed} step {step}: {what} refused: {e}\n  operation: {op:.600}");
+    }
+    let touched = touched(ops);
+    check_exact(k, touched.as_ref(), what, at);
+    check_flip(&before, k, touched.as_ref(), what, at);
+}
+
+/// The frontends whose elements a transaction changes, by family; None when it changes
+/// rules (then every frontend may walk differently).
+fn touched(ops: &[Op]) -> Option<BTreeSet<(Family, Key)>> {
+    let mut out = BTreeSet::new();
+    let frontend = |d: &SetDecl, k: &Key| -> Option<Key> {
+        if d.key == [KeyType::Addr, KeyType::Proto, KeyType::Port] {
+            Some(k.clone())
+        } else if d.name == "endpoints" || d.name == "shortcut-endpoints" {
+            Some(k[..k.len() - 1].to_vec())
+        } else {
+            None
+        }
+    };
+    for op in ops {
+        match op {
+            Op::AddElements(f, d, items) => {
+                out.extend(
+                    items
+                        .iter()
+                        .filter_map(|(k, _)| Some((*f, frontend(d, k)?))),
+                );
+            }
+            Op::DelElements(f, d, keys) => {
+                out.extend(keys.iter().filter_map(|k| Some((*f, frontend(d, k)?))));
+            }
+            Op::AddSet(..) => {}
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Sources of new connections the invariants try in a family: a pod (when the cluster
+/// has pod networks), the node itself, and a client elsewhere.
+fn sources(cfg: &BuildConfig, family: Family) -> Vec<Source> {
+    let mut out = Vec::new();
+    if let Some(net) = cfg
+        .cluster_cidrs
+        .iter()
+        .find(|n| Family::of_net(n) == family)
+    {
+        if let Some(addr) = net.hosts().nth(6) {
+            out.push(Source { addr, local: false });
+        }
+    }
+    let (node, remote): (IpAddr, IpAddr) = match family {
+        Family::V4 => ([192, 168, 0, 2].into(), [203, 0, 113, 9].into()),
+        Family::V6 => (
+            "fd00::2".parse().expect("address"),
+            "2001:db8::9".parse().expect("address"),
+        ),
+    };
+    out.push(Source {
+        addr: node,
+        local: true,
+    });
+    out.push(Source {
+        addr: remote,
+        local: false,
+    });
+    out
+}
+
+/// Every frontend a table names: the keys of its `address . protocol . port` sets and
+/// the frontends of its endpoint maps.
+fn frontends(t: &Table, out: &mut BTreeSet<Key>) {
+    for s in &t.sets {
+        if s.decl.key == [KeyType::Addr, KeyType::Proto, KeyType::Port] {
+            out.extend(s.elements.keys().cloned());
+        } else if s.decl.name == "endpoints" || s.decl.name == "shortcut-endpoints" {
+            out.extend(s.elements.keys().map(|k| k[..k.len() - 1].to_vec()));
+        }
+    }
+}
+
+fn walk<'a>(
+    rules: &Table,
+    sets: &dyn Fn(usize, &str) -> Option<&'a Set>,
+    f: &Key,
+    src: Source,
+) -> Walk {
+    nat_walk(rules, sets, f, src).unwrap_or_else(|e| panic!("the nat walk of {f:?}: {e:?}"))
+}
+
+/// After every commit, the pick is exact: a frontend whose new connections are DNATed
+/// is DNATed always (no probability of leaving without DNAT), through one endpoint map,
+/// to each of its indexes there (0..N, nothing else) with probability 1/N.
+fn check_exact(k: &FakeKernel, only: Option<&BTreeSet<(Family, Key)>>, what: &str, at: &At<'_>) {
+    for f in Family::ALL {
+        let Some(t) = k.table(f) else { continue };
+        let mut fronts = BTreeSet::new();
+        frontends(t, &mut fronts);
+        fronts.retain(|x| only.is_none_or(|o| o.contains(&(f, x.clone()))));
+        for src in sources(at.cfg, f) {
+            for front in &fronts {
+                let w = walk(t, &|_, s| t.set(s), front, src);
+                if w.affinity > 0.0 || w.dnat() == 0.0 {
+                    continue;
+                }
+                let fail = |why: &str| {
+                    panic!(
+                        "seed {} step {}: after {what}, {front:?} from {src:?}: {why}\n  {w:?}",
+                        at.seed, at.step
+                    )
+                };
+                if w.missed > 0.0 {
+                    fail("some new connections leave without DNAT");
+                }
+                let maps: BTreeSet<&String> = w.picks.keys().map(|(m, _, _)| m).collect();
+                let [map] = maps.into_iter().collect::<Vec<_>>()[..] else {
+                    fail("DNAT through two maps");
+                    return;
+                };
+                let held: BTreeSet<u32> = t
+                    .set(map)
+                    .map(|s| {
+                        s.elements
+                            .keys()
+                            .filter(|k| k[..k.len() - 1] == front[..])
+                            .filter_map(|k| match k.last() {
+                                Some(Value::Index(i)) => Some(*i),
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let n = held.len() as u32;
+                if held != (0..n).collect() {
+                    fail(&format!("{map} holds indexes {held:?}, not 0..{n}"));
+                }
+                let picked: BTreeSet<u32> = w.picks.keys().map(|(_, i, _)| *i).collect();
+                if picked != held {
+                    fail(&format!("picks indexes {picked:?} of {held:?}"));
+                }
+                let uniform = 1.0 / f64::from(n);
+                if w.picks
+                    .values()
+                    .any(|p| ((p - uniform) / uniform).abs() > 1e-12)
+                {
+                    fail("the pick is not uniform");
+                }
+            }
+        }
+    }
+}
+
+/// During every commit: a frontend whose new connections are DNATed before and after
+/// it is DNATed by a packet that meets the generation flip between any two of its set
+/// lookups (old rules throughout; a set the commit deletes keeps its elements for the
+/// old rules that still read it).
+fn check_flip(
+    before: &FakeKernel,
+    after: &FakeKernel,
+    only: Option<&BTreeSet<(Family, Key)>>,
+    what: &str,
+    at: &At<'_>,
+) {
+    for f in Family::ALL {
+        let (Some(old), Some(new)) = (before.table(f), after.table(f)) else {
+            continue;
+        };
+        let mut fronts = BTreeSet::new();
+        frontends(old, &mut fronts);
+        // A frontend whose elements the commit leaves alone walks as before it, at any
+        // cut (the rules are the old ones): `check_exact` covered that state.
+        fronts.retain(|x| only.is_none_or(|o| o.contains(&(f, x.clone()))));
+        for src in sources(at.cfg, f) {
+            for front in &fronts {
+                let dnat = |t: &Table| {
+                    let w = walk(t, &|_, s| t.set(s), front, src);
+                    w.affinity == 0.0 && w.dnat() > 0.0
+                };
+                if !dnat(old) || !dnat(new) {
+                    continue;
+                }
+                let mut cut = 0;
+                loop {
+                    let sets = |i: usize, s: &str| {
+                        if i < cut {
+                            old.set(s)
+                        } else {
+                            new.set(s).or_else(|| old.set(s))
+                        }
+                    };
+                    let w = walk(old, &sets, front, src);
+                    if w.missed > 0.0 {
+                        let show = |t: &Table| {
+                            let sets: Vec<&String> = t
+                                .sets
+                                .iter()
+                                .filter(|s| s.elements.contains_key(front))
+                                .map(|s| &s.decl.name)
+                                .collect();
+                            let rules = t.chain("services").map(|c| {
+                                c.rules
+                                    .iter()
+                                    .map(|r| render::rule(r, f))
+                                    .collect::<Vec<_>>()
+                                    .join("\n      ")
+                            });
+                            format!(
+                                "in sets {sets:?}; services:\n      {}",
+                                rules.unwrap_or_default()
+                            )
+                        };
+                        panic!(
+                            "seed {} step {}: during {what}, {front:?} from {src:?} leaves without DNAT with probability {} when the flip comes before lookup {cut}\n  {w:?}\n  before: {}\n  after: {}",
+                            at.seed,
+                            at.step,
+                            w.missed,
+                            show(old),
+                            show(new)
+                        );
+                    }
+                    if cut > w.lookups {
+                        break;
+                    }
+                    cut += 1;
+                }
+            }
+        }
     }
 }
 
@@ -252,15 +465,9 @@ fn as_read_back(held: &Table, desired: &Table) -> Table {
 }
 
 /// Commits to the fake and, when there is one, to the real kernel that mirrors it.
-fn commit_both(
-    k: &mut FakeKernel,
-    real: Option<&mut Kernel>,
-    ops: &[Op],
-    what: &str,
-    seed: u64,
-    step: usize,
-) {
-    commit(k, ops, what, seed, step);
+fn commit_both(k: &mut FakeKernel, real: Option<&mut Kernel>, ops: &[Op], what: &str, at: &At<'_>) {
+    let (seed, step) = (at.seed, at.step);
+    commit(k, ops, what, at);
     if let Some(real) = real {
         if let Err(e) = real.apply(ops) {
             panic!(
@@ -329,9 +536,9 @@ fn once(
     k: &mut FakeKernel,
     mut real: Option<&mut Kernel>,
     desired: &Ruleset,
-    seed: u64,
-    step: usize,
+    at: &At<'_>,
 ) -> Vec<diff::Kept> {
+    let (seed, step) = (at.seed, at.step);
     let mut pre = Vec::new();
     let mut ops = Vec::new();
     let mut kept = Vec::new();
@@ -348,9 +555,9 @@ fn once(
             &mut ops,
         ));
     }
-    commit_both(k, real.as_deref_mut(), &pre, "--once stage", seed, step);
+    commit_both(k, real.as_deref_mut(), &pre, "--once stage", at);
     let readable = readable_classes(k);
-    commit_both(k, real, &ops, "--once main", seed, step);
+    commit_both(k, real, &ops, "--once main", at);
     check_classes_readable(&readable, k, seed, step);
     kept
 }
@@ -418,41 +625,45 @@ pub fn run_history(seed: u64, steps: usize, mirror: &mut Mirror<'_>) {
     }
     let mut inc = Incremental::full(&model, &cfg);
     let mut daemon = FakeKernel::new();
-    let kept = once(
-        &mut daemon,
-        real_daemon.as_deref_mut(),
-        inc.ruleset(),
+    let at = At {
         seed,
-        0,
-    );
+        step: 0,
+        cfg: &cfg,
+    };
+    let kept = once(&mut daemon, real_daemon.as_deref_mut(), inc.ruleset(), &at);
     assert!(kept.is_empty());
     let mut cli = FakeKernel::new();
-    let _ = once(&mut cli, real_cli.as_deref_mut(), inc.ruleset(), seed, 0);
+    let _ = once(&mut cli, real_cli.as_deref_mut(), inc.ruleset(), &at);
     for step in 1..=steps {
+        let at = At {
+            seed,
+            step,
+            cfg: &cfg,
+        };
         let dirty: BTreeSet<ServicePortName> = random_step(&mut rng, &mut model, n + 2);
         let full = build(&model, &cfg);
         // The daemon: an increment, or a full build when the builder declines.
         match inc.update(&model, &dirty, false) {
             Some(u) => {
                 let rd = real_daemon.as_deref_mut();
-                commit_both(&mut daemon, rd, &u.pre, "increment stage", seed, step);
+                commit_both(&mut daemon, rd, &u.pre, "increment stage", &at);
                 let readable = readable_classes(&daemon);
                 let rd = real_daemon.as_deref_mut();
-                commit_both(&mut daemon, rd, &u.ops, "increment", seed, step);
+                commit_both(&mut daemon, rd, &u.ops, "increment", &at);
                 check_classes_readable(&readable, &daemon, seed, step);
                 let deferred = inc.take_deferred();
                 let rd = real_daemon.as_deref_mut();
-                commit_both(&mut daemon, rd, &deferred, "deferred deletes", seed, step);
+                commit_both(&mut daemon, rd, &deferred, "deferred deletes", &at);
             }
             None => {
                 // As the daemon's full sync: the new state adopts what the diff kept.
                 inc = Incremental::full(&model, &cfg);
                 let rd = real_daemon.as_deref_mut();
-                let kept = once(&mut daemon, rd, inc.ruleset(), seed, step);
+                let kept = once(&mut daemon, rd, inc.ruleset(), &at);
                 inc.adopt_kept(&kept);
             }
         }
-        let held = without_padding(&tables(&daemon));
+        let held = without_kept(&tables(&daemon));
         assert!(
             normalized(&held) == normalized(&full),
             "seed {seed} step {step}: the daemon's kernel differs from the full build:\n{}",
@@ -463,17 +674,17 @@ pub fn run_history(seed: u64, steps: usize, mirror: &mut Mirror<'_>) {
         if let Some(real) = real_daemon.as_deref_mut() {
             same_as_real(&daemon, real, seed, step);
         }
-        let _kept = once(&mut cli, real_cli.as_deref_mut(), &full, seed, step);
-        let held = without_padding(&tables(&cli));
+        let _kept = once(&mut cli, real_cli.as_deref_mut(), &full, &at);
+        let held = without_kept(&tables(&cli));
         assert!(
             normalized(&held) == normalized(&full),
             "seed {seed} step {step}: --once's kernel differs from the full build:\n{}",
             differences(&held, &full)
         );
-        let kept = once(&mut cli, real_cli.as_deref_mut(), &full, seed, step);
+        let kept = once(&mut cli, real_cli.as_deref_mut(), &full, &at);
         assert!(
             kept.is_empty(),
-            "seed {seed} step {step}: padding kept twice"
+            "seed {seed} step {step}: a class membership kept twice"
         );
         let held = tables(&cli);
         assert!(
