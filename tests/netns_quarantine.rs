@@ -179,7 +179,7 @@ fn a_failed_atomic_sync_leaves_the_kernel_as_found() {
                 .iter_mut()
                 .filter(|t| t.family == Family::V4)
                 .flat_map(|t| t.sets.iter_mut())
-                .find(|s| s.decl.name == "frontends-2")
+                .find(|s| s.decl.name == "pick-2")
                 .expect("the class of the other Services");
             set.elements.insert(
                 vec![
