@@ -1789,9 +1789,9 @@ fn an_element_deleted_by_hand_is_repaired() {
     let frontend = format!("{{ {WEB_IP} . tcp . 80 }}");
     let set = before
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("set frontends-"))
+        .filter_map(|l| l.trim().strip_prefix("set pick-"))
         .filter_map(|l| l.split_whitespace().next())
-        .map(|n| format!("frontends-{n}"))
+        .map(|n| format!("pick-{n}"))
         .next()
         .unwrap_or_else(|| panic!("no count class in\n{before}"));
     env.topo.node.run(&[
