@@ -36,7 +36,7 @@ fn main() {
     };
     stage("start");
     let state = ClusterState::from_objects(synthetic::objects(n, 10, 0));
-    stage("cluster state (k8s-openapi objects)");
+    stage("cluster state (lean objects)");
     let model = ProxyModel::compute(&state, "bench-node", &mut Problems::default());
     stage("proxy model (service ports + endpoints)");
     let inc = Incremental::full(&model, &BuildConfig::default());

@@ -81,12 +81,8 @@ pub async fn client(cfg: &ProxyConfig) -> Result<Client, Error> {
 /// Parses an RFC 3339 UTC timestamp (`2024-01-02T03:04:05Z`, optional fraction) into
 /// seconds since the epoch.
 pub fn parse_rfc3339(s: &str) -> Option<f64> {
-    s.parse::<k8s_openapi::jiff::Timestamp>()
-        .ok()
-        .map(|t| t.as_second() as f64 + f64::from(t.subsec_nanosecond()) / 1e9)
+    crate::model::objects::parse_timestamp(s).map(|(s, n)| s as f64 + f64::from(n) / 1e9)
 }
-
-const TRIGGER_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 /// The side outputs a sync feeds.
 struct SideOutputs {
@@ -275,7 +271,7 @@ pub async fn run_with(
                 // Take everything already queued: one sync for a burst.
                 while let Some(e) = ev.take() {
                     if let SourceEvent::Apply(Object::EndpointSlice(s)) | SourceEvent::InitApply(Object::EndpointSlice(s)) = &e {
-                        if let Some(t) = s.metadata.annotations.as_ref().and_then(|a| a.get(TRIGGER_ANNOTATION)).and_then(|t| parse_rfc3339(t)) {
+                        if let Some(t) = s.trigger_time() {
                             pending_triggers.push(t);
                         }
                     }

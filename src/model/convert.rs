@@ -7,14 +7,9 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use super::objects::{Addr, AddressType, EndpointSlice, Node, Service, ServiceCidr, ServiceType};
+use super::types::{Endpoint, Protocol, ServicePort, ServicePortName};
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::ServiceCIDR;
-
-use super::types::{
-    Endpoint, Protocol, ServiceName, ServicePort, ServicePortName, TrafficDistribution,
-};
 
 /// Label that names the Service an EndpointSlice belongs to.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -121,17 +116,11 @@ impl NodeInfo {
 
 /// Node object → [`NodeInfo`].
 pub fn node_info(node: &Node, problems: &mut Problems) -> NodeInfo {
-    let name = node.metadata.name.clone().unwrap_or_default();
+    let name = node.metadata.name.clone();
     let object = format!("Node {name}");
     let mut internal = Vec::new();
     let mut other = Vec::new();
-    for a in node
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .into_iter()
-        .flatten()
-    {
+    for a in &node.status.addresses {
         match parse_ip_sloppy(&a.address) {
             Some(ip)
                 if (a.type_ == "InternalIP" || a.type_ == "ExternalIP")
@@ -157,12 +146,7 @@ pub fn node_info(node: &Node, problems: &mut Problems) -> NodeInfo {
         }
     }
     internal.extend(other);
-    let zone = node
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(ZONE_LABEL))
-        .cloned();
+    let zone = node.metadata.zone.as_deref().map(str::to_string);
     NodeInfo {
         name,
         ips: internal,
@@ -172,19 +156,13 @@ pub fn node_info(node: &Node, problems: &mut Problems) -> NodeInfo {
 
 /// ServiceCIDR objects → networks.
 pub fn service_cidrs<'a>(
-    objs: impl Iterator<Item = &'a ServiceCIDR>,
+    objs: impl Iterator<Item = &'a ServiceCidr>,
     problems: &mut Problems,
 ) -> Vec<IpNet> {
     let mut out = Vec::new();
     for o in objs {
-        let object = format!("ServiceCIDR {}", o.metadata.name.as_deref().unwrap_or(""));
-        for c in o
-            .spec
-            .as_ref()
-            .and_then(|s| s.cidrs.as_ref())
-            .into_iter()
-            .flatten()
-        {
+        let object = format!("ServiceCIDR {}", o.metadata.name);
+        for c in &o.spec.cidrs {
             match parse_cidr_sloppy(c) {
                 Some(n) => out.push(n),
                 None => problems.add(&object, format!("cidr {c:?} is not a CIDR; skipped")),
@@ -199,31 +177,24 @@ pub fn service_cidrs<'a>(
 /// Whether the proxy must ignore this Service entirely (headless, ExternalName, no
 /// cluster IP, or owned by another proxy).
 pub fn ignored_service(svc: &Service) -> bool {
-    if svc
-        .metadata
-        .labels
-        .as_ref()
-        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL))
-    {
+    if svc.metadata.other_proxy {
         return true;
     }
-    let Some(spec) = svc.spec.as_ref() else {
-        return true;
-    };
-    if spec.type_.as_deref() == Some("ExternalName") {
+    let spec = &svc.spec;
+    if spec.type_ == ServiceType::ExternalName {
         return true;
     }
     // The API server always fills clusterIP from clusterIPs; a hand-written manifest
     // may give only clusterIPs, which then count.
-    let first = match spec.cluster_ip.as_deref() {
-        None | Some("") => spec
-            .cluster_ips
-            .as_ref()
-            .and_then(|v| v.first())
-            .map(String::as_str),
+    let first = match spec.cluster_ip.as_ref() {
+        None => spec.cluster_ips.first(),
+        Some(ip) if ip.text() == Some("") => spec.cluster_ips.first(),
         ip => ip,
     };
-    matches!(first, None | Some("") | Some("None"))
+    match first {
+        None => true,
+        Some(ip) => matches!(ip.text(), Some("" | "None")),
+    }
 }
 
 fn port_u16(v: i32) -> Option<u16> {
@@ -236,21 +207,17 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
     if ignored_service(svc) {
         return Vec::new();
     }
-    let name = ServiceName {
-        namespace: svc.metadata.namespace.clone().unwrap_or_default(),
-        name: svc.metadata.name.clone().unwrap_or_default(),
-    };
+    let name = svc.key();
     let object = format!("Service {name}");
-    let Some(spec) = svc.spec.as_ref() else {
-        return Vec::new();
-    };
+    let spec = &svc.spec;
     let mut cluster_ips: Vec<IpAddr> = Vec::new();
-    let raw_ips: Vec<&String> = match spec.cluster_ips.as_ref() {
-        Some(v) if !v.is_empty() => v.iter().collect(),
-        _ => spec.cluster_ip.iter().collect(),
+    let raw_ips: &[_] = if spec.cluster_ips.is_empty() {
+        spec.cluster_ip.as_slice()
+    } else {
+        &spec.cluster_ips
     };
     for s in raw_ips {
-        match parse_ip_sloppy(s) {
+        match s.ip() {
             Some(ip) if special_address(&ip).is_some() => problems.add(
                 &object,
                 format!(
@@ -272,13 +239,12 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
         problems.add(&object, "no usable cluster IP; service skipped");
         return Vec::new();
     }
-    let svc_type = spec.type_.as_deref().unwrap_or("ClusterIP");
-    let is_lb = svc_type == "LoadBalancer";
+    let is_lb = spec.type_ == ServiceType::LoadBalancer;
     let mut external_ips = Vec::new();
     // Frontends of a family the Service has no cluster IP of are never programmed
     // (upstream filters them by the Service's families too).
     let family_ok = |ip: &IpAddr| cluster_ips.iter().any(|c| c.is_ipv6() == ip.is_ipv6());
-    let usable = |what: &str, s: &str, ip: &IpAddr, problems: &mut Problems| -> bool {
+    let usable = |what: &str, s: &Addr, ip: &IpAddr, problems: &mut Problems| -> bool {
         if let Some(why) = special_address(ip) {
             problems.add(&object, format!("{what} {s:?} is a {why} address; skipped"));
             false
@@ -292,8 +258,8 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
             true
         }
     };
-    for s in spec.external_ips.iter().flatten() {
-        match parse_ip_sloppy(s) {
+    for s in &spec.external_ips {
+        match s.ip() {
             Some(ip) if !usable("external IP", s, &ip, problems) => {}
             Some(ip) => external_ips.push(ip),
             None => problems.add(&object, format!("external IP {s:?} is not an IP; skipped")),
@@ -301,19 +267,14 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
     }
     let mut load_balancer_ips = Vec::new();
     if is_lb {
-        let ingress = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|l| l.ingress.as_ref());
-        for ing in ingress.into_iter().flatten() {
-            if ing.ip_mode.as_deref() == Some("Proxy") {
+        for ing in &svc.status.load_balancer.ingress {
+            if ing.ip_mode_proxy {
                 continue;
             }
-            let Some(s) = ing.ip.as_deref().filter(|s| !s.is_empty()) else {
+            let Some(s) = ing.ip.as_ref().filter(|s| s.text() != Some("")) else {
                 continue;
             };
-            match parse_ip_sloppy(s) {
+            match s.ip() {
                 Some(ip) if !usable("load balancer IP", s, &ip, problems) => {}
                 Some(ip) => load_balancer_ips.push(ip),
                 None => problems.add(
@@ -325,7 +286,7 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
     }
     let mut source_ranges = Vec::new();
     if is_lb {
-        for s in spec.load_balancer_source_ranges.iter().flatten() {
+        for s in &spec.load_balancer_source_ranges {
             match parse_cidr_sloppy(s.trim()) {
                 Some(n) => source_ranges.push(n),
                 None => problems.add(
@@ -335,15 +296,11 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
             }
         }
     }
-    let node_port_type = svc_type == "NodePort" || is_lb;
-    let external_policy_local = spec.external_traffic_policy.as_deref() == Some("Local");
-    let internal_policy_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-    let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
-        let t = spec
-            .session_affinity_config
-            .as_ref()
-            .and_then(|c| c.client_ip.as_ref())
-            .and_then(|c| c.timeout_seconds);
+    let node_port_type = spec.type_ == ServiceType::NodePort || is_lb;
+    let external_policy_local = spec.external_traffic_policy.0;
+    let internal_policy_local = spec.internal_traffic_policy.0;
+    let affinity_timeout = if spec.session_affinity.0 {
+        let t = spec.session_affinity_config.client_ip.timeout_seconds;
         Some(match t {
             Some(t) if (1..=MAX_AFFINITY_TIMEOUT).contains(&t) => t as u32,
             Some(t) => {
@@ -355,11 +312,7 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
     } else {
         None
     };
-    let traffic_distribution = match spec.traffic_distribution.as_deref() {
-        Some("PreferClose") | Some("PreferSameZone") => Some(TrafficDistribution::PreferSameZone),
-        Some("PreferSameNode") => Some(TrafficDistribution::PreferSameNode),
-        _ => None,
-    };
+    let traffic_distribution = spec.traffic_distribution;
     let health_check_node_port = if is_lb && external_policy_local {
         spec.health_check_node_port.and_then(port_u16)
     } else {
@@ -367,15 +320,11 @@ pub fn service_ports(svc: &Service, problems: &mut Problems) -> Vec<ServicePort>
     };
 
     let mut out = Vec::new();
-    let created = svc
-        .metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| (t.0.as_second(), t.0.subsec_nanosecond()));
+    let created = svc.metadata.creation_timestamp;
     let mut seen: Vec<(String, Protocol, u16)> = Vec::new();
-    let ports = spec.ports.as_deref().unwrap_or_default();
+    let ports = &spec.ports;
     for p in ports {
-        let port_name = p.name.clone().unwrap_or_default();
+        let port_name = p.name.as_deref().unwrap_or_default().to_string();
         if port_name.is_empty() && ports.len() > 1 {
             problems.add(
                 &object,
@@ -465,16 +414,15 @@ pub fn slice_endpoints<'a>(
     for slice in slices {
         let object = format!(
             "EndpointSlice {}/{}",
-            slice.metadata.namespace.as_deref().unwrap_or(""),
-            slice.metadata.name.as_deref().unwrap_or("")
+            slice.metadata.namespace, slice.metadata.name
         );
-        let want_v6 = match slice.address_type.as_str() {
-            "IPv4" => false,
-            "IPv6" => true,
-            _ => continue, // FQDN and unknown types are not ours to program
+        let want_v6 = match slice.address_type {
+            AddressType::Ipv4 => false,
+            AddressType::Ipv6 => true,
+            AddressType::Other => continue, // FQDN and unknown types are not ours to program
         };
-        for sp in slice.ports.iter().flatten() {
-            let pname = sp.name.clone().unwrap_or_default();
+        for sp in &slice.ports {
+            let pname = sp.name.as_deref().unwrap_or_default().to_string();
             let Some(proto) = Protocol::parse(sp.protocol.as_deref()) else {
                 problems.add(
                     &object,
@@ -498,10 +446,10 @@ pub fn slice_endpoints<'a>(
             let list = out.entry((pname.clone(), proto)).or_default();
             for ep in &slice.endpoints {
                 // Upstream uses only the first address of an endpoint.
-                let Some(addr) = ep.addresses.first() else {
+                let Some(addr) = ep.address.as_ref() else {
                     continue;
                 };
-                let Some(ip) = parse_ip_sloppy(addr) else {
+                let Some(ip) = addr.ip() else {
                     problems.add(
                         &object,
                         format!("endpoint address {addr:?} is not an IP; skipped"),
@@ -520,16 +468,16 @@ pub fn slice_endpoints<'a>(
                         &object,
                         format!(
                             "endpoint address {addr:?} does not match addressType {}; skipped",
-                            slice.address_type
+                            slice.address_type.name()
                         ),
                     );
                     continue;
                 }
-                let c = ep.conditions.as_ref();
-                let ready = c.and_then(|c| c.ready).unwrap_or(true);
-                let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-                let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-                let hints = ep.hints.as_ref();
+                let c = &ep.conditions;
+                let ready = c.ready.unwrap_or(true);
+                let serving = c.serving.unwrap_or(ready);
+                let terminating = c.terminating.unwrap_or(false);
+                let hints = ep.hints.as_deref();
                 let new = Endpoint {
                     ip,
                     port,
@@ -539,12 +487,10 @@ pub fn slice_endpoints<'a>(
                     is_local: ep.node_name.as_deref() == Some(node_name) && !node_name.is_empty(),
                     has_node: ep.node_name.as_deref().is_some_and(|n| !n.is_empty()),
                     zone_hints: hints
-                        .and_then(|h| h.for_zones.as_ref())
-                        .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                        .map(|h| h.for_zones.iter().map(|z| z.to_string()).collect())
                         .unwrap_or_default(),
                     node_hints: hints
-                        .and_then(|h| h.for_nodes.as_ref())
-                        .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                        .map(|h| h.for_nodes.iter().map(|n| n.to_string()).collect())
                         .unwrap_or_default(),
                 };
                 match list

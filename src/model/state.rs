@@ -4,11 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::ServiceCIDR;
 
-use super::convert::{self, NodeInfo, Problems, SERVICE_NAME_LABEL};
+use super::convert::{self, NodeInfo, Problems};
+use super::objects::{EndpointSlice, Node, Service, ServiceCidr, SliceKey};
 use super::types::{Endpoint, Protocol, ServiceName, ServicePort, ServicePortName};
 
 /// One object the proxy watches.
@@ -21,38 +19,29 @@ pub enum Object {
     /// v1 Node
     Node(Box<Node>),
     /// networking.k8s.io/v1 ServiceCIDR
-    ServiceCidr(Box<ServiceCIDR>),
+    ServiceCidr(Box<ServiceCidr>),
 }
 
 /// Every object the sources delivered, by namespace and name.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterState {
-    /// Services by namespace/name
-    pub services: BTreeMap<ServiceName, Service>,
-    /// EndpointSlices by namespace/name
-    pub slices: BTreeMap<(String, String), EndpointSlice>,
+    /// Services by namespace/name (boxed as they arrive: a map's nodes hold room for
+    /// eleven values, which for values this size is mostly slack)
+    pub services: BTreeMap<ServiceName, Box<Service>>,
+    /// EndpointSlices by namespace/name (boxed, as Services are)
+    pub slices: BTreeMap<SliceKey, Box<EndpointSlice>>,
     /// Nodes by name (only ours matters)
     pub nodes: BTreeMap<String, Node>,
     /// ServiceCIDRs by name
-    pub service_cidrs: BTreeMap<String, ServiceCIDR>,
-    /// EndpointSlice keys by the Service they belong to (their service-name label)
-    slice_index: BTreeMap<ServiceName, BTreeSet<(String, String)>>,
+    pub service_cidrs: BTreeMap<String, ServiceCidr>,
+    /// EndpointSlice keys by the Service they belong to (their service-name label),
+    /// sorted; most Services have one slice, so a `Vec` rather than a set
+    slice_index: BTreeMap<ServiceName, Vec<SliceKey>>,
 }
 
 /// The Service an EndpointSlice belongs to (its `kubernetes.io/service-name` label).
 pub fn slice_service(slice: &EndpointSlice) -> Option<ServiceName> {
-    let svc = slice.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some(ServiceName {
-        namespace: slice.metadata.namespace.clone().unwrap_or_default(),
-        name: svc.clone(),
-    })
-}
-
-fn ns_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> (String, String) {
-    (
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-    )
+    slice.service()
 }
 
 impl ClusterState {
@@ -65,11 +54,13 @@ impl ClusterState {
         s
     }
 
-    fn unindex_slice(&mut self, key: &(String, String)) {
-        if let Some(old) = self.slices.get(key).and_then(slice_service) {
-            if let Some(set) = self.slice_index.get_mut(&old) {
-                set.remove(key);
-                if set.is_empty() {
+    fn unindex_slice(&mut self, key: &SliceKey) {
+        if let Some(old) = self.slices.get(key).and_then(|s| s.service()) {
+            if let Some(keys) = self.slice_index.get_mut(&old) {
+                if let Ok(i) = keys.binary_search(key) {
+                    keys.remove(i);
+                }
+                if keys.is_empty() {
                     self.slice_index.remove(&old);
                 }
             }
@@ -82,17 +73,14 @@ impl ClusterState {
             .get(svc)
             .into_iter()
             .flatten()
-            .filter_map(|k| self.slices.get(k))
+            .filter_map(|k| self.slices.get(k).map(|s| &**s))
             .collect()
     }
 
     /// The Service a stored object belongs to, if it is a Service or an EndpointSlice.
     pub fn service_of(&self, obj: &Object) -> Option<ServiceName> {
         match obj {
-            Object::Service(s) => {
-                let (namespace, name) = ns_name(&s.metadata);
-                Some(ServiceName { namespace, name })
-            }
+            Object::Service(s) => Some(s.key()),
             Object::EndpointSlice(s) => slice_service(s),
             _ => None,
         }
@@ -102,10 +90,7 @@ impl ClusterState {
     /// update replaces it).
     pub fn stored_slice_service(&self, obj: &Object) -> Option<ServiceName> {
         match obj {
-            Object::EndpointSlice(s) => self
-                .slices
-                .get(&ns_name(&s.metadata))
-                .and_then(slice_service),
+            Object::EndpointSlice(s) => self.slices.get(&s.key()).and_then(|s| s.service()),
             _ => None,
         }
     }
@@ -150,51 +135,27 @@ impl ClusterState {
 
     /// Adds or replaces an object; returns whether it differs from what was there.
     pub fn upsert_changed(&mut self, obj: Object) -> bool {
-        let before = self.get(&obj);
-        let same = before.as_ref().is_some_and(|b| objects_equal(b, &obj));
+        let same = match &obj {
+            Object::Service(s) => self.services.get(&s.key()) == Some(s),
+            Object::EndpointSlice(s) => self.slices.get(&s.key()) == Some(s),
+            Object::Node(n) => self.nodes.get(&n.metadata.name) == Some(&**n),
+            Object::ServiceCidr(c) => self.service_cidrs.get(&c.metadata.name) == Some(&**c),
+        };
         self.upsert(obj);
         !same
-    }
-
-    fn get(&self, obj: &Object) -> Option<Object> {
-        match obj {
-            Object::Service(s) => {
-                let (namespace, name) = ns_name(&s.metadata);
-                self.services
-                    .get(&ServiceName { namespace, name })
-                    .map(|v| Object::Service(Box::new(v.clone())))
-            }
-            Object::EndpointSlice(s) => self
-                .slices
-                .get(&ns_name(&s.metadata))
-                .map(|v| Object::EndpointSlice(Box::new(v.clone()))),
-            Object::Node(n) => self
-                .nodes
-                .get(&ns_name(&n.metadata).1)
-                .map(|v| Object::Node(Box::new(v.clone()))),
-            Object::ServiceCidr(c) => self
-                .service_cidrs
-                .get(&ns_name(&c.metadata).1)
-                .map(|v| Object::ServiceCidr(Box::new(v.clone()))),
-        }
     }
 
     /// Removes an object by key; returns whether it was there.
     pub fn remove(&mut self, obj: &Object) -> bool {
         match obj {
-            Object::Service(s) => {
-                let (namespace, name) = ns_name(&s.metadata);
-                self.services
-                    .remove(&ServiceName { namespace, name })
-                    .is_some()
-            }
+            Object::Service(s) => self.services.remove(&s.key()).is_some(),
             Object::EndpointSlice(s) => {
-                let key = ns_name(&s.metadata);
+                let key = s.key();
                 self.unindex_slice(&key);
                 self.slices.remove(&key).is_some()
             }
-            Object::Node(n) => self.nodes.remove(&ns_name(&n.metadata).1).is_some(),
-            Object::ServiceCidr(c) => self.service_cidrs.remove(&ns_name(&c.metadata).1).is_some(),
+            Object::Node(n) => self.nodes.remove(&n.metadata.name).is_some(),
+            Object::ServiceCidr(c) => self.service_cidrs.remove(&c.metadata.name).is_some(),
         }
     }
 
@@ -202,34 +163,26 @@ impl ClusterState {
     pub fn upsert(&mut self, obj: Object) {
         match obj {
             Object::Service(s) => {
-                let (namespace, name) = ns_name(&s.metadata);
-                self.services.insert(ServiceName { namespace, name }, *s);
+                self.services.insert(s.key(), s);
             }
             Object::EndpointSlice(s) => {
-                let key = ns_name(&s.metadata);
+                let key = s.key();
                 self.unindex_slice(&key);
                 if let Some(svc) = slice_service(&s) {
-                    self.slice_index.entry(svc).or_default().insert(key.clone());
+                    let keys = self.slice_index.entry(svc).or_default();
+                    if let Err(i) = keys.binary_search(&key) {
+                        keys.insert(i, key.clone());
+                    }
                 }
-                self.slices.insert(key, *s);
+                self.slices.insert(key, s);
             }
             Object::Node(n) => {
-                self.nodes.insert(ns_name(&n.metadata).1, *n);
+                self.nodes.insert(n.metadata.name.clone(), *n);
             }
             Object::ServiceCidr(c) => {
-                self.service_cidrs.insert(ns_name(&c.metadata).1, *c);
+                self.service_cidrs.insert(c.metadata.name.clone(), *c);
             }
         }
-    }
-}
-
-fn objects_equal(a: &Object, b: &Object) -> bool {
-    match (a, b) {
-        (Object::Service(x), Object::Service(y)) => x == y,
-        (Object::EndpointSlice(x), Object::EndpointSlice(y)) => x == y,
-        (Object::Node(x), Object::Node(y)) => x == y,
-        (Object::ServiceCidr(x), Object::ServiceCidr(y)) => x == y,
-        _ => false,
     }
 }
 

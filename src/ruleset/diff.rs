@@ -448,7 +448,7 @@ mod tests {
     use crate::ruleset::build::{build_table, BuildConfig};
 
     fn model(n_eps: usize) -> ProxyModel {
-        let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(serde_json::json!({
+        let svc: crate::model::Service = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "svc", "namespace": "ns"},
             "spec": {"clusterIP": "172.30.0.1", "ports": [{"name": "p", "port": 80, "protocol": "TCP"}]}
         }))
@@ -456,7 +456,7 @@ mod tests {
         let eps: Vec<_> = (0..n_eps)
             .map(|i| serde_json::json!({"addresses": [format!("10.0.0.{}", i + 1)]}))
             .collect();
-        let slice: k8s_openapi::api::discovery::v1::EndpointSlice =
+        let slice: crate::model::EndpointSlice =
             serde_json::from_value(serde_json::json!({
                 "metadata": {"name": "svc-1", "namespace": "ns", "labels": {"kubernetes.io/service-name": "svc"}},
                 "addressType": "IPv4",

@@ -8,19 +8,20 @@
 //! "ready" only once every watcher has delivered its first complete list: a half-known
 //! cluster must never be programmed.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::ServiceCIDR;
+use kube::core::{DynamicResourceScope, ObjectMeta};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
+use serde::{Deserialize, Deserializer};
 use tokio::sync::mpsc;
 
 use crate::model::convert::{HEADLESS_LABEL, SERVICE_PROXY_NAME_LABEL};
-use crate::model::{ClusterState, Object, ServiceName};
+use crate::model::objects::ApiKind;
+use crate::model::{ClusterState, EndpointSlice, Node, Object, Service, ServiceCidr, ServiceName};
 
 /// The kinds we watch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -177,16 +178,65 @@ impl Sources {
     }
 }
 
-fn forward<K>(
+/// A lean object as the watcher sees it: kube-runtime reads `metadata.resourceVersion`
+/// through [`kube::Resource::meta`] to resume a watch, so this carries an
+/// [`ObjectMeta`] with only that field; the object passed on keeps none of it.
+#[derive(Clone, Debug)]
+pub struct Watched<T> {
+    meta: ObjectMeta,
+    /// the object
+    pub object: T,
+}
+
+impl<'de, T: ApiKind> Deserialize<'de> for Watched<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut object: T = crate::model::objects::from_object(d)?;
+        let meta = ObjectMeta {
+            resource_version: object.take_resource_version().map(String::from),
+            ..ObjectMeta::default()
+        };
+        Ok(Watched { meta, object })
+    }
+}
+
+impl<T: ApiKind> kube::Resource for Watched<T> {
+    type DynamicType = ();
+    type Scope = DynamicResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed(T::KIND)
+    }
+
+    fn group(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed(T::GROUP)
+    }
+
+    fn version(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed(T::VERSION)
+    }
+
+    fn plural(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed(T::PLURAL)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.meta
+    }
+}
+
+fn forward<T: ApiKind>(
     kind: Kind,
-    api: Api<K>,
+    client: Client,
     cfg: watcher::Config,
-    wrap: fn(K) -> Object,
+    wrap: fn(Box<T>) -> Object,
     tx: mpsc::UnboundedSender<SourceEvent>,
-) -> tokio::task::JoinHandle<()>
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
-{
+) -> tokio::task::JoinHandle<()> {
+    let api = Api::<Watched<T>>::all(client);
+    let wrap = move |w: Watched<T>| wrap(Box::new(w.object));
     tokio::spawn(async move {
         let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
         while let Some(ev) = stream.next().await {
@@ -213,34 +263,28 @@ pub fn watch_all(client: Client, node: &str) -> mpsc::UnboundedReceiver<SourceEv
         .labels(&format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}"));
     let slice_cfg = watcher::Config::default().labels(&format!("!{SERVICE_PROXY_NAME_LABEL}"));
     let node_cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
-    forward(
+    forward::<Service>(
         Kind::Service,
-        Api::<Service>::all(client.clone()),
+        client.clone(),
         svc_cfg,
-        |o| Object::Service(Box::new(o)),
+        Object::Service,
         tx.clone(),
     );
-    forward(
+    forward::<EndpointSlice>(
         Kind::EndpointSlice,
-        Api::<EndpointSlice>::all(client.clone()),
+        client.clone(),
         slice_cfg,
-        |o| Object::EndpointSlice(Box::new(o)),
+        Object::EndpointSlice,
         tx.clone(),
     );
-    forward(
+    forward::<ServiceCidr>(
         Kind::ServiceCidr,
-        Api::<ServiceCIDR>::all(client.clone()),
+        client.clone(),
         watcher::Config::default(),
-        |o| Object::ServiceCidr(Box::new(o)),
+        Object::ServiceCidr,
         tx.clone(),
     );
-    forward(
-        Kind::Node,
-        Api::<Node>::all(client),
-        node_cfg,
-        |o| Object::Node(Box::new(o)),
-        tx,
-    );
+    forward::<Node>(Kind::Node, client, node_cfg, Object::Node, tx);
     rx
 }
 

@@ -15,6 +15,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 
 use serde_json::Value;
 
+use crate::model::objects::ApiKind;
 use crate::model::{Object, Problem};
 
 /// Deepest nesting of a document we parse. Kubernetes objects, `managedFields`
@@ -489,6 +490,14 @@ pub fn parse_into(text: &str, origin: &str, out: &mut Loaded) {
     }
 }
 
+/// One object of a kind the proxy reads. A file's `resourceVersion` is dropped: it is
+/// not the proxy's business, and keeping it would count a re-export as a change.
+fn lean<T: ApiKind>(v: Value) -> Result<Box<T>, serde_json::Error> {
+    let mut o: T = crate::model::objects::from_object(v)?;
+    o.take_resource_version();
+    Ok(Box::new(o))
+}
+
 fn add_value(v: Value, origin: &str, out: &mut Loaded) {
     if let Value::Array(items) = v {
         for i in items {
@@ -524,14 +533,10 @@ fn add_value(v: Value, origin: &str, out: &mut Loaded) {
             .unwrap_or("")
     );
     let parsed = match (api.as_str(), kind.as_str()) {
-        ("v1", "Service") => serde_json::from_value(v).map(|o| Some(Object::Service(Box::new(o)))),
-        ("discovery.k8s.io/v1", "EndpointSlice") => {
-            serde_json::from_value(v).map(|o| Some(Object::EndpointSlice(Box::new(o))))
-        }
-        ("v1", "Node") => serde_json::from_value(v).map(|o| Some(Object::Node(Box::new(o)))),
-        ("networking.k8s.io/v1", "ServiceCIDR") => {
-            serde_json::from_value(v).map(|o| Some(Object::ServiceCidr(Box::new(o))))
-        }
+        ("v1", "Service") => lean(v).map(|o| Some(Object::Service(o))),
+        ("discovery.k8s.io/v1", "EndpointSlice") => lean(v).map(|o| Some(Object::EndpointSlice(o))),
+        ("v1", "Node") => lean(v).map(|o| Some(Object::Node(o))),
+        ("networking.k8s.io/v1", "ServiceCIDR") => lean(v).map(|o| Some(Object::ServiceCidr(o))),
         _ => {
             tracing::debug!(object = %name, origin, "ignoring object of a kind the proxy does not watch");
             Ok(None)
@@ -582,7 +587,7 @@ mod hardening_tests {
         out.objects
             .iter()
             .map(|o| match o {
-                Object::Service(s) => s.metadata.name.clone().unwrap_or_default(),
+                Object::Service(s) => s.metadata.name.to_string(),
                 _ => String::new(),
             })
             .collect()
