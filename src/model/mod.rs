@@ -2,6 +2,8 @@
 
 pub mod convert;
 pub mod objects;
+#[cfg(test)]
+mod reference;
 pub mod state;
 pub mod types;
 
