@@ -498,7 +498,7 @@ fn lean<T: ApiKind>(v: Value) -> Result<Box<T>, serde_json::Error> {
     Ok(Box::new(o))
 }
 
-fn add_value(v: Value, origin: &str, out: &mut Loaded) {
+fn add_value(mut v: Value, origin: &str, out: &mut Loaded) {
     if let Value::Array(items) = v {
         for i in items {
             add_value(i, origin, out);
@@ -511,7 +511,8 @@ fn add_value(v: Value, origin: &str, out: &mut Loaded) {
         .unwrap_or("")
         .to_string();
     if kind == "List" || (kind.ends_with("List") && v.get("items").is_some()) {
-        if let Some(Value::Array(items)) = v.get("items").cloned() {
+        // Taken, not cloned: a List is usually the whole file.
+        if let Some(Value::Array(items)) = v.get_mut("items").map(Value::take) {
             for i in items {
                 add_value(i, origin, out);
             }
