@@ -449,9 +449,23 @@ fn yaml_error(e: &serde_yaml_ng::Error, doc_line: usize) -> String {
 pub fn parse_into(text: &str, origin: &str, out: &mut Loaded) {
     let trimmed = text.trim_start();
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        // serde_json refuses nesting past 128 levels in linear time.
-        match serde_json::from_str::<Value>(text) {
-            Ok(v) => add_value(v, origin, out),
+        // serde_json refuses nesting past 128 levels in linear time. The file's
+        // objects are kept only once all of it parsed (a syntax error skips the file).
+        let mut staged = Loaded::default();
+        let mut de = serde_json::Deserializer::from_str(text);
+        let parsed = serde::de::DeserializeSeed::deserialize(
+            Streamed {
+                origin,
+                out: &mut staged,
+            },
+            &mut de,
+        )
+        .and_then(|()| de.end());
+        match parsed {
+            Ok(()) => {
+                out.objects.append(&mut staged.objects);
+                out.problems.append(&mut staged.problems);
+            }
             Err(e) => out.problems.push(Problem {
                 object: origin.to_string(),
                 reason: format!("not valid JSON: {e}; file skipped"),
@@ -487,6 +501,158 @@ pub fn parse_into(text: &str, origin: &str, out: &mut Loaded) {
                 }
             }
         }
+    }
+}
+
+/// A JSON file read without building a tree of all of it: the elements of a top-level
+/// array and the `items` of a List are each parsed into a [`Value`] of their own and
+/// converted one at a time, exactly as [`add_value`] treats them in a whole tree.
+struct Streamed<'a> {
+    origin: &'a str,
+    out: &'a mut Loaded,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Streamed<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Streamed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    // A scalar is not an object: nothing to add (as in `add_value`).
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Streamed { origin, out } = self;
+        while seq
+            .next_element_seed(Streamed {
+                origin,
+                out: &mut *out,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Streamed { origin, out } = self;
+        let mut fields = serde_json::Map::new();
+        // `items`, when it is a list: its objects, converted as they were read (kept
+        // only if this turns out to be a List; the last `items` key wins, as in a tree)
+        let mut items: Option<Loaded> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "items" {
+                let mut staged = Loaded::default();
+                match map.next_value_seed(Items {
+                    origin,
+                    out: &mut staged,
+                })? {
+                    Some(v) => {
+                        fields.insert(key, v);
+                        items = None;
+                    }
+                    None => {
+                        fields.remove(&key);
+                        items = Some(staged);
+                    }
+                }
+            } else {
+                let v: Value = map.next_value()?;
+                fields.insert(key, v);
+            }
+        }
+        let kind = fields.get("kind").and_then(Value::as_str).unwrap_or("");
+        let has_items = items.is_some() || fields.contains_key("items");
+        if kind == "List" || (kind.ends_with("List") && has_items) {
+            if let Some(mut staged) = items {
+                out.objects.append(&mut staged.objects);
+                out.problems.append(&mut staged.problems);
+            }
+        } else {
+            // Not a List: its `items` list (dropped) is no field of the kinds the
+            // proxy reads, so the object converts as it would with it.
+            add_value(Value::Object(fields), origin, out);
+        }
+        Ok(())
+    }
+}
+
+/// The value of an `items` key: a list is converted element by element (`None`
+/// returned); anything else is returned as it is.
+struct Items<'a> {
+    origin: &'a str,
+    out: &'a mut Loaded,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Items<'_> {
+    type Value = Option<Value>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Items<'_> {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Some(Value::from(v)))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(Value::from(v)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(Value::from(v)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Some(Value::from(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(Value::from(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Some(Value::Null))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        use serde::Deserialize;
+        Value::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while let Some(v) = seq.next_element::<Value>()? {
+            add_value(v, self.origin, self.out);
+        }
+        Ok(None)
     }
 }
 
