@@ -186,7 +186,8 @@ fn a_failed_atomic_sync_leaves_the_kernel_as_found() {
                     Value::Addr("fd00::1".parse().expect("static address")),
                     Value::Proto(6),
                     Value::Port(80),
-                ],
+                ]
+                .into(),
                 ElementData::default(),
             );
             let plan = p.plan(&rs, true).expect("plan");

@@ -89,7 +89,8 @@ fn the_kernel_model_refuses_what_the_kernel_refuses() {
                 kube_nft_proxy::ruleset::ir::Value::Proto(6),
                 kube_nft_proxy::ruleset::ir::Value::Port(80),
                 kube_nft_proxy::ruleset::ir::Value::Net(net.parse().unwrap()),
-            ],
+            ]
+            .into(),
             Default::default(),
         )
     };

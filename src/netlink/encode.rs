@@ -592,7 +592,7 @@ mod tests {
                 (0..2000u32)
                     .map(|i| {
                         (
-                            vec![Value::Addr(std::net::Ipv4Addr::from(i).into())],
+                            vec![Value::Addr(std::net::Ipv4Addr::from(i).into())].into(),
                             ElementData::default(),
                         )
                     })
@@ -783,7 +783,7 @@ mod tests {
             timeout: None,
         };
         let one = vec![(
-            vec![Value::Addr("10.0.0.1".parse().unwrap())],
+            vec![Value::Addr("10.0.0.1".parse().unwrap())].into(),
             ElementData::default(),
         )];
         let err = encode(&[Op::AddElements(Family::V4, long, one)])
@@ -831,7 +831,7 @@ mod tests {
         let err = encode(&[Op::AddElements(
             Family::V6,
             d,
-            vec![(key, ElementData::default())],
+            vec![(key.into(), ElementData::default())],
         )])
         .err()
         .expect("an 80-byte key was encoded");
@@ -970,17 +970,22 @@ mod tests {
             };
             let affinity = decl(vec![KeyType::Addr], vec![], Some(u32::MAX));
             let map_el = (
-                vec![addr, Value::Proto(6), Value::Port(443), Value::Index(7)],
+                Key::from(vec![
+                    addr,
+                    Value::Proto(6),
+                    Value::Port(443),
+                    Value::Index(7),
+                ]),
                 ElementData {
-                    data: vec![addr, Value::Port(8443)],
-                    comment: Some(comment.clone()),
+                    data: vec![addr, Value::Port(8443)].into(),
+                    comment: Some(comment.clone().into()),
                 },
             );
             let range_el = (
-                vec![addr, net],
+                Key::from(vec![addr, net]),
                 ElementData {
-                    data: vec![],
-                    comment: Some(comment.clone()),
+                    data: Values::default(),
+                    comment: Some(comment.clone().into()),
                 },
             );
             let ops = vec![

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use super::consts::*;
 use super::encode::{key_type, parse_rule_digest, set_userdata};
@@ -183,6 +184,7 @@ pub fn decode_keys(types: &[KeyType], family: Family, elements: &[RawElement]) -
     elements
         .iter()
         .filter_map(|e| decode_tuple(types, family, &e.key, &e.key_end))
+        .map(Key::from)
         .collect()
 }
 
@@ -333,10 +335,10 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
                 Vec::new()
             };
             elements.insert(
-                key,
+                Key::from(key),
                 ElementData {
-                    data,
-                    comment: decode_comment(&el.userdata),
+                    data: data.into(),
+                    comment: decode_comment(&el.userdata).map(Arc::from),
                 },
             );
         }

@@ -41,6 +41,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::model::objects::intern;
+
 use ipnet::IpNet;
 
 use super::ir::*;
@@ -176,7 +178,7 @@ pub fn bounded_comment(s: String) -> String {
 /// What happens to new connections to one frontend.
 #[derive(Clone, Debug)]
 pub(crate) struct Plan {
-    comment: String,
+    comment: Arc<str>,
     /// None → reject (no endpoints anywhere), Some(empty) → drop
     endpoints: Option<Vec<Endpoint>>,
     /// an external frontend (its drop applies only to traffic from off the node,
@@ -221,7 +223,7 @@ fn of_family(eps: &[Endpoint], family: Family) -> Vec<Endpoint> {
 }
 
 fn frontend(ip: IpAddr, proto: u8, port: u16) -> Key {
-    vec![Value::Addr(ip), Value::Proto(proto), Value::Port(port)]
+    vec![Value::Addr(ip), Value::Proto(proto), Value::Port(port)].into()
 }
 
 /// The frontends of one service port and what happens to their new connections, in
@@ -275,7 +277,7 @@ pub(crate) fn service_plans(
             plans.push((
                 frontend(*ip, proto, svc.port),
                 Plan {
-                    comment: bounded_comment(name.clone()),
+                    comment: bounded_comment(name.clone()).into(),
                     endpoints: pick(svc.internal_policy_local),
                     external: false,
                     masq,
@@ -309,7 +311,7 @@ pub(crate) fn service_plans(
         // overlaps the LB IP added above): merge them, which allows the same sources.
         let lb_allowed = IpNet::aggregate(&lb_allowed);
         let ext_plan = |what: &str| Plan {
-            comment: bounded_comment(format!("{name} {what}")),
+            comment: bounded_comment(format!("{name} {what}")).into(),
             endpoints: pick(ext_local),
             external: true,
             // Upstream's masquerade-all rule matches only the ClusterIP, so eTP=Local
@@ -597,13 +599,11 @@ fn affinity_chain(
 }
 
 fn lb_map_key(front: &Key, i: usize) -> Key {
-    let mut k = front.clone();
-    k.push(Value::Index(i as u32));
-    k
+    front.with(Value::Index(i as u32))
 }
 
-fn lb_map_data(ep: &Endpoint) -> Vec<Value> {
-    vec![Value::Addr(ep.ip), Value::Port(ep.port)]
+fn lb_map_data(ep: &Endpoint) -> Values {
+    vec![Value::Addr(ep.ip), Value::Port(ep.port)].into()
 }
 
 fn rule(stmts: Vec<Stmt>) -> Rule {
@@ -740,8 +740,9 @@ pub(crate) fn class_set(prefix: &str, n: usize) -> Set {
     decl(&format!("{prefix}{n}"), frontend_key(), vec![], comment)
 }
 
-/// One element contributed by a plan: (set, key, value and comment).
-pub(crate) type Contribution = (String, Key, ElementData);
+/// One element contributed by a plan: (set, key, value and comment). The set's name is
+/// interned: every element of a set shares one copy of it.
+pub(crate) type Contribution = (Arc<str>, Key, ElementData);
 
 /// The ClusterIP elements of one service port.
 pub(crate) fn cluster_ip_elements(
@@ -756,8 +757,8 @@ pub(crate) fn cluster_ip_elements(
         .filter(|ip| Family::of(ip) == family)
     {
         out.push((
-            CLUSTER_IPS.to_string(),
-            vec![Value::Addr(*ip)],
+            intern(CLUSTER_IPS),
+            vec![Value::Addr(*ip)].into(),
             ElementData::default(),
         ));
     }
@@ -772,16 +773,18 @@ pub(crate) fn plan_elements(
     hairpins: &mut Vec<IpAddr>,
 ) {
     let tagged = ElementData {
-        data: vec![],
+        data: Values::default(),
         comment: Some(plan.comment.clone()),
     };
-    let mut push = |set: &str, k: Key, e: ElementData| out.push((set.to_string(), k, e));
+    let mut push = |set: &str, k: Key, e: ElementData| out.push((intern(set), k, e));
     if !plan.allowed_sources.is_empty() {
         push(FIREWALL, key.clone(), tagged.clone());
         for net in &plan.allowed_sources {
-            let mut k = key.clone();
-            k.push(Value::Net(net.trunc()));
-            push(FIREWALL_ALLOW, k, ElementData::default());
+            push(
+                FIREWALL_ALLOW,
+                key.with(Value::Net(net.trunc())),
+                ElementData::default(),
+            );
         }
     }
     match plan.masq {
@@ -853,7 +856,7 @@ fn class_sets(pick: &str, exact: &str, n: usize) -> impl Iterator<Item = String>
 
 /// The hairpin pair of an endpoint address.
 pub(crate) fn hairpin_key(ip: IpAddr) -> Key {
-    vec![Value::Addr(ip), Value::Addr(ip)]
+    vec![Value::Addr(ip), Value::Addr(ip)].into()
 }
 
 /// Session-affinity parts: dispatch rules, chains and per-service-port sets.
@@ -1352,28 +1355,36 @@ pub fn class_of(set: &str, prefix: &str) -> Option<usize> {
     set.strip_prefix(prefix)?.parse().ok()
 }
 
+/// Element contributions gathered by set.
+pub(crate) type BySet = BTreeMap<Arc<str>, BTreeMap<Key, ElementData>>;
+
+/// Adds contributions to `by_set`; the first contribution of a key gives its value.
+/// Gathered as they are made, so that a full build never holds every contribution in
+/// a list besides the table (at 30k Services that list alone was ~50 MiB).
+pub(crate) fn gather(by_set: &mut BySet, elements: impl IntoIterator<Item = Contribution>) {
+    for (set, k, e) in elements {
+        by_set.entry(set).or_default().entry(k).or_insert(e);
+    }
+}
+
 /// Assembles a table from element contributions, hairpin addresses and affinity parts.
 pub(crate) fn assemble(
     family: Family,
     cfg: &BuildConfig,
     service_cidrs: &[IpNet],
-    elements: Vec<Contribution>,
+    mut by_set: BySet,
     hairpins: &BTreeSet<IpAddr>,
     affinity: AffinityParts,
 ) -> Table {
-    let mut by_set: BTreeMap<String, BTreeMap<Key, ElementData>> = BTreeMap::new();
-    for (set, k, e) in elements {
-        by_set.entry(set).or_default().entry(k).or_insert(e);
-    }
-    let hp = by_set.entry(HAIRPIN.to_string()).or_default();
+    let hp = by_set.entry(intern(HAIRPIN)).or_default();
     for ip in hairpins {
         hp.insert(hairpin_key(*ip), ElementData::default());
     }
-    let dispatch = Dispatch::of_sets(by_set.keys().map(String::as_str));
+    let dispatch = Dispatch::of_sets(by_set.keys().map(|s| &**s));
     let mut sets = fixed_sets();
     sets.extend(class_decls(&dispatch));
     for s in &mut sets {
-        if let Some(e) = by_set.remove(&s.decl.name) {
+        if let Some(e) = by_set.remove(s.decl.name.as_str()) {
             s.elements = e;
         }
     }
@@ -1400,11 +1411,13 @@ pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Tab
         affinity_parts(key, plan, cfg, &mut affinity);
     }
     let hairpins: BTreeSet<IpAddr> = hairpins.into_iter().collect();
+    let mut by_set = BySet::new();
+    gather(&mut by_set, elements);
     assemble(
         family,
         cfg,
         &model.service_cidrs,
-        elements,
+        by_set,
         &hairpins,
         affinity,
     )

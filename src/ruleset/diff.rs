@@ -388,7 +388,7 @@ pub fn early_shortcuts(old: &Table, new: &Table) -> BTreeMap<String, Vec<(Key, E
         let name = s.decl.name.as_str();
         let frontend_of = |k: &Key| -> Key {
             if name == names::SHORTCUT_ENDPOINTS {
-                k[..k.len().saturating_sub(1)].to_vec()
+                k[..k.len().saturating_sub(1)].into()
             } else {
                 k.clone()
             }
@@ -582,7 +582,8 @@ mod tests {
             Value::Addr("172.30.0.1".parse().unwrap()),
             Value::Proto(6),
             Value::Port(80),
-        ];
+        ]
+        .into();
         let in_set =
             |t: &Table, set: &str| t.set(set).is_some_and(|s| s.elements.contains_key(&svc));
         let three = build_table(&two_services(3), &cfg, Family::V4);

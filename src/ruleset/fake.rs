@@ -152,7 +152,7 @@ fn interval(v: &Value) -> Option<(IpAddr, IpAddr)> {
 fn overlaps(a: &Key, b: &Key) -> bool {
     a.len() == b.len()
         && a.iter()
-            .zip(b)
+            .zip(b.iter())
             .all(|(x, y)| match (interval(x), interval(y)) {
                 (Some((xs, xe)), Some((ys, ye))) if matches!(x, Value::Net(_)) => {
                     xs <= ye && ys <= xe
@@ -561,7 +561,7 @@ fn walk_chain<'a>(
         return Err(Unmodelled(format!("no chain {chain}")));
     };
     let field = |f: &Field| -> Result<Value, Unmodelled> {
-        Ok(match (f, frontend.as_slice()) {
+        Ok(match (f, &frontend[..]) {
             (Field::Daddr, [a, ..]) => *a,
             (Field::L4Proto, [_, p, ..]) => *p,
             (Field::ThDport, [_, _, p, ..]) => *p,
@@ -617,11 +617,7 @@ fn walk_chain<'a>(
                     let key = front.iter().map(field).collect::<Result<Key, _>>()?;
                     let set = sets(w.lookups, map);
                     w.lookups += 1;
-                    let at = |i: u32| {
-                        let mut k = key.clone();
-                        k.push(Value::Index(i));
-                        k
-                    };
+                    let at = |i: u32| key.with(Value::Index(i));
                     let mut misses = *m;
                     let hits = set
                         .into_iter()
@@ -630,7 +626,7 @@ fn walk_chain<'a>(
                         if let Some(Value::Index(i)) = k.last() {
                             misses -= 1;
                             *w.picks
-                                .entry((map.clone(), *i, e.data.clone()))
+                                .entry((map.clone(), *i, e.data.to_vec()))
                                 .or_default() += mass / f64::from(*m);
                         }
                     }

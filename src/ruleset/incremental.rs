@@ -22,6 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::build::{self, AffinityParts, BuildConfig, Contribution, Dispatch, Plan};
 use super::diff::Op;
@@ -37,11 +38,32 @@ struct PortContrib {
     affinity: AffinityParts,
 }
 
+/// What a service port contributed, as kept between syncs: its elements' sets and keys
+/// (enough to retract them) but not their values and comments, which the table holds.
+#[derive(Clone, Debug, Default)]
+struct Held {
+    frontends: Vec<Key>,
+    elements: Vec<(Arc<str>, Key)>,
+    hairpins: Vec<IpAddr>,
+    affinity: AffinityParts,
+}
+
+impl PortContrib {
+    fn held(self) -> Held {
+        Held {
+            frontends: self.frontends,
+            elements: self.elements.into_iter().map(|(s, k, _)| (s, k)).collect(),
+            hairpins: self.hairpins,
+            affinity: self.affinity,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct FamState {
-    by_port: BTreeMap<ServicePortName, PortContrib>,
+    by_port: BTreeMap<ServicePortName, Held>,
     owner: BTreeMap<Key, ServicePortName>,
-    refs: BTreeMap<(String, Key), usize>,
+    refs: BTreeMap<(Arc<str>, Key), usize>,
     hairpin_refs: BTreeMap<IpAddr, usize>,
     affinity: AffinityParts,
 }
@@ -94,7 +116,7 @@ impl Incremental {
                 hairpin_refs: BTreeMap::new(),
                 affinity: AffinityParts::default(),
             };
-            let mut all_elements = Vec::new();
+            let mut all_elements = build::BySet::new();
             for (name, entry) in model.claim_order() {
                 let (mut c, plans) = port_contrib(entry, model, cfg, family);
                 let mut claimed = Vec::new();
@@ -115,8 +137,16 @@ impl Incremental {
                 for ip in &c.hairpins {
                     *st.hairpin_refs.entry(*ip).or_default() += 1;
                 }
-                all_elements.extend(c.elements.iter().cloned());
-                st.by_port.insert(name.clone(), c);
+                let elements = std::mem::take(&mut c.elements);
+                let held = Held {
+                    elements: elements
+                        .iter()
+                        .map(|(s, k, _)| (s.clone(), k.clone()))
+                        .collect(),
+                    ..c.held()
+                };
+                build::gather(&mut all_elements, elements);
+                st.by_port.insert(name.clone(), held);
             }
             let hairpins: BTreeSet<IpAddr> = st.hairpin_refs.keys().copied().collect();
             tables.push(build::assemble(
@@ -142,7 +172,10 @@ impl Incremental {
     pub fn take_deferred(&mut self) -> Vec<Op> {
         let mut dels: BTreeMap<(usize, String), Vec<Key>> = BTreeMap::new();
         for (fi, set, key) in std::mem::take(&mut self.deferred) {
-            if self.fams[fi].refs.contains_key(&(set.clone(), key.clone())) {
+            if self.fams[fi]
+                .refs
+                .contains_key(&(Arc::from(set.as_str()), key.clone()))
+            {
                 continue;
             }
             let table = &mut self.ruleset.tables[fi];
@@ -269,7 +302,7 @@ impl Incremental {
             affinity_touched = true;
         }
         // Retract old contributions.
-        let mut before: BTreeMap<(String, Key), Option<ElementData>> = BTreeMap::new();
+        let mut before: BTreeMap<(Arc<str>, Key), Option<ElementData>> = BTreeMap::new();
         let mut hp_touched: BTreeSet<IpAddr> = BTreeSet::new();
         for name in dirty {
             let Some(old) = st.by_port.remove(name) else {
@@ -278,8 +311,7 @@ impl Incremental {
             for k in &old.frontends {
                 st.owner.remove(k);
             }
-            for (set, k, _) in old.elements {
-                let key = (set, k);
+            for key in old.elements {
                 if !before.contains_key(&key) {
                     let cur = table
                         .set(&key.0)
@@ -305,7 +337,7 @@ impl Incremental {
             }
         }
         // Add new contributions; the first contribution of a key gives its value.
-        let mut after: BTreeMap<(String, Key), ElementData> = BTreeMap::new();
+        let mut after: BTreeMap<(Arc<str>, Key), ElementData> = BTreeMap::new();
         for (name, c) in new {
             for k in &c.frontends {
                 st.owner.insert(k.clone(), name.clone());
@@ -323,7 +355,7 @@ impl Incremental {
                 hp_touched.insert(*ip);
                 *st.hairpin_refs.entry(*ip).or_default() += 1;
             }
-            st.by_port.insert(name, c);
+            st.by_port.insert(name, c.held());
         }
         // Final state of each touched key.
         let mut dels: BTreeMap<String, Vec<Key>> = BTreeMap::new();
@@ -340,14 +372,19 @@ impl Incremental {
             match (old, new_val) {
                 (Some(o), Some(n)) if *o == n => {}
                 (Some(_), Some(n)) => {
-                    dels.entry(key.0.clone()).or_default().push(key.1.clone());
-                    adds.entry(key.0.clone())
+                    dels.entry(key.0.to_string())
+                        .or_default()
+                        .push(key.1.clone());
+                    adds.entry(key.0.to_string())
                         .or_default()
                         .push((key.1.clone(), n));
                 }
-                (Some(_), None) => dels.entry(key.0.clone()).or_default().push(key.1.clone()),
+                (Some(_), None) => dels
+                    .entry(key.0.to_string())
+                    .or_default()
+                    .push(key.1.clone()),
                 (None, Some(n)) => adds
-                    .entry(key.0.clone())
+                    .entry(key.0.to_string())
                     .or_default()
                     .push((key.1.clone(), n)),
                 (None, None) => {}
@@ -373,15 +410,16 @@ impl Incremental {
         // one more sync (see `diff::kept_on_shrink`), if that class lives on.
         let alive = |set: &str| {
             st.refs
-                .range((set.to_string(), Vec::new())..)
+                .range((Arc::<str>::from(set), Key::default())..)
                 .next()
-                .is_some_and(|((s, _), _)| s == set)
+                .is_some_and(|((s, _), _)| &**s == set)
         };
         let member = |set: &String, key: &Key, before: bool| {
             if before {
                 table.set(set).is_some_and(|s| s.elements.contains_key(key))
             } else {
-                st.refs.contains_key(&(set.clone(), key.clone()))
+                st.refs
+                    .contains_key(&(Arc::<str>::from(set.as_str()), key.clone()))
             }
         };
         for (set, keys) in dels.iter_mut() {

@@ -235,7 +235,7 @@ fn touched(ops: &[Op]) -> Option<BTreeSet<(Family, Key)>> {
         if d.key == [KeyType::Addr, KeyType::Proto, KeyType::Port] {
             Some(k.clone())
         } else if d.name == "endpoints" || d.name == "shortcut-endpoints" {
-            Some(k[..k.len() - 1].to_vec())
+            Some(k[..k.len() - 1].into())
         } else {
             None
         }
@@ -297,7 +297,7 @@ fn frontends(t: &Table, out: &mut BTreeSet<Key>) {
         if s.decl.key == [KeyType::Addr, KeyType::Proto, KeyType::Port] {
             out.extend(s.elements.keys().cloned());
         } else if s.decl.name == "endpoints" || s.decl.name == "shortcut-endpoints" {
-            out.extend(s.elements.keys().map(|k| k[..k.len() - 1].to_vec()));
+            out.extend(s.elements.keys().map(|k| Key::from(&k[..k.len() - 1])));
         }
     }
 }
