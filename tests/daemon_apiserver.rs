@@ -634,9 +634,21 @@ impl Env {
     /// Like [`Env::new`] with another `--sync-period`, returning as soon as the daemon
     /// is started.
     fn started(tag: &str, objects: Vec<Value>, sync_period: &'static str) -> Env {
+        Env::started_with(tag, objects, sync_period, |_| {})
+    }
+
+    /// Like [`Env::started`], with `prepare` run on the API server before the daemon
+    /// starts.
+    fn started_with(
+        tag: &str,
+        objects: Vec<Value>,
+        sync_period: &'static str,
+        prepare: impl FnOnce(&ApiServer),
+    ) -> Env {
         let topo = topology(tag);
         let servers = start_servers(&topo.backends, &BACKENDS);
         let api = Api::start(&topo.node);
+        prepare(&api);
         for o in objects {
             api.apply(o);
         }
@@ -1858,6 +1870,61 @@ fn healthz_answers_during_a_full_sync() {
     assert!(
         during > 0,
         "no /healthz answer arrived while the first sync ran\n{}",
+        env.diag()
+    );
+}
+
+/// A cluster before Kubernetes 1.33 has no ServiceCIDR API: its list answers 404. The
+/// daemon programs everything else (traffic to the Service flows), only without the
+/// drop for unallocated service addresses, and says so once. EndpointSlices are listed
+/// without headless ones, as upstream does.
+#[test]
+fn without_the_service_cidr_api_everything_else_is_programmed() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::started_with("nocidr", web_cluster(&[A, B]), "2s", |api| {
+        api.set_served("ServiceCIDR", false)
+    });
+    env.wait_until("the daemon programs its table", WAIT, || {
+        env.try_listing(false)
+            .ok_or_else(|| "no table ip kube-nft-proxy yet".to_string())
+    });
+    let dst = sockaddr(WEB_IP, 80);
+    env.wait_backends(dst, &[A, B], "both endpoints without ServiceCIDRs", WAIT);
+    let listing = env.listing();
+    assert!(
+        !listing.contains(&format!("ip daddr {SERVICE_CIDR} drop")),
+        "a drop for unallocated addresses without any ServiceCIDR:\n{listing}\n{}",
+        env.diag()
+    );
+    let reqs = env.api.requests();
+    assert!(
+        reqs.iter().any(|r| r.contains("/servicecidrs")),
+        "the daemon never asked for ServiceCIDRs\n{}",
+        env.diag()
+    );
+    let slice_lists: Vec<&String> = reqs
+        .iter()
+        .filter(|r| r.contains("/endpointslices") && !r.contains("watch=true"))
+        .collect();
+    assert!(
+        !slice_lists.is_empty()
+            && slice_lists
+                .iter()
+                .all(|r| r.contains("%21service.kubernetes.io%2Fheadless")
+                    || r.contains("!service.kubernetes.io/headless")),
+        "EndpointSlices listed without the headless exclusion: {slice_lists:?}"
+    );
+    let log = std::fs::read_to_string(env.dir.path().join("daemon-1.log")).unwrap_or_default();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("does not serve this kind") && l.contains("ServiceCIDR"))
+        .count();
+    assert_eq!(
+        warnings,
+        1,
+        "one warning about the absent API\n{}",
         env.diag()
     );
 }

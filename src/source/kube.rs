@@ -71,6 +71,9 @@ pub enum SourceEvent {
     Delete(Object),
     /// the watcher failed (it retries with backoff)
     Error(Kind, String),
+    /// the API server does not serve this kind (404 on the first list): it counts as
+    /// listed and empty, and the watcher looks again later
+    Absent(Kind),
 }
 
 fn kind_of(o: &Object) -> Kind {
@@ -89,6 +92,7 @@ pub struct Sources {
     pub state: ClusterState,
     buffers: BTreeMap<Kind, Vec<Object>>,
     listed: BTreeMap<Kind, bool>,
+    absent: BTreeSet<Kind>,
 }
 
 /// What an event changed.
@@ -141,6 +145,9 @@ impl Sources {
                 self.buffers.entry(kind_of(&o)).or_default().push(o);
             }
             SourceEvent::InitDone(k) => {
+                if self.absent.remove(&k) {
+                    tracing::info!(kind = k.name(), "the API server serves this kind now");
+                }
                 let objs = self.buffers.remove(&k).unwrap_or_default();
                 let before = self.state.len_of(k.name());
                 let changed = self.state.replace_kind(k.name(), objs);
@@ -169,6 +176,27 @@ impl Sources {
                     a.dirty.extend(before.into_iter().chain(now));
                     a.global |= matches!(k, Kind::Node | Kind::ServiceCidr);
                 }
+            }
+            SourceEvent::Absent(k) => {
+                if self.absent.insert(k) {
+                    tracing::warn!(
+                        kind = k.name(),
+                        "the API server does not serve this kind (404); programming without it{}",
+                        if k == Kind::ServiceCidr {
+                            ": no drop for unallocated service addresses"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                self.buffers.remove(&k);
+                let before = self.state.len_of(k.name());
+                let changed = self.state.replace_kind(k.name(), Vec::new());
+                if changed || before != self.state.len_of(k.name()) {
+                    a.count(k);
+                    a.global = true;
+                }
+                self.listed.insert(k, true);
             }
             SourceEvent::Error(k, e) => {
                 tracing::warn!(kind = k.name(), error = %e, "watch failed; retrying with backoff, rules stay in place");
@@ -228,29 +256,57 @@ impl<T: ApiKind> kube::Resource for Watched<T> {
     }
 }
 
+/// How long the watcher of a kind the API server does not serve waits before it looks
+/// again (a cluster upgraded to serve ServiceCIDRs gets their drop rule without a
+/// restart of the proxy).
+const ABSENT_RETRY: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Whether a watcher error says the API server does not serve the kind at all: a 404
+/// on the list (not a 404 for one object, which a list never gives).
+fn not_served(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404)
+}
+
 fn forward<T: ApiKind>(
     kind: Kind,
     client: Client,
     cfg: watcher::Config,
     wrap: fn(Box<T>) -> Object,
     tx: mpsc::UnboundedSender<SourceEvent>,
+    optional: bool,
 ) -> tokio::task::JoinHandle<()> {
     let api = Api::<Watched<T>>::all(client);
     let wrap = move |w: Watched<T>| wrap(Box::new(w.object));
     tokio::spawn(async move {
-        let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
-        while let Some(ev) = stream.next().await {
-            let out = match ev {
-                Ok(Event::Init) => SourceEvent::Init(kind),
-                Ok(Event::InitApply(o)) => SourceEvent::InitApply(wrap(o)),
-                Ok(Event::InitDone) => SourceEvent::InitDone(kind),
-                Ok(Event::Apply(o)) => SourceEvent::Apply(wrap(o)),
-                Ok(Event::Delete(o)) => SourceEvent::Delete(wrap(o)),
-                Err(e) => SourceEvent::Error(kind, crate::proxier::error_chain(&e)),
-            };
-            if tx.send(out).is_err() {
+        loop {
+            let mut stream = watcher::watcher(api.clone(), cfg.clone())
+                .default_backoff()
+                .boxed();
+            let mut absent = false;
+            while let Some(ev) = stream.next().await {
+                let out = match ev {
+                    Ok(Event::Init) => SourceEvent::Init(kind),
+                    Ok(Event::InitApply(o)) => SourceEvent::InitApply(wrap(o)),
+                    Ok(Event::InitDone) => SourceEvent::InitDone(kind),
+                    Ok(Event::Apply(o)) => SourceEvent::Apply(wrap(o)),
+                    Ok(Event::Delete(o)) => SourceEvent::Delete(wrap(o)),
+                    Err(e) if optional && not_served(&e) => {
+                        absent = true;
+                        SourceEvent::Absent(kind)
+                    }
+                    Err(e) => SourceEvent::Error(kind, crate::proxier::error_chain(&e)),
+                };
+                if tx.send(out).is_err() {
+                    return;
+                }
+                if absent {
+                    break;
+                }
+            }
+            if !absent {
                 return;
             }
+            tokio::time::sleep(ABSENT_RETRY).await;
         }
     })
 }
@@ -261,7 +317,8 @@ pub fn watch_all(client: Client, node: &str) -> mpsc::UnboundedReceiver<SourceEv
     // Upstream's selectors: Services of other proxies and headless Services are not ours.
     let svc_cfg = watcher::Config::default()
         .labels(&format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}"));
-    let slice_cfg = watcher::Config::default().labels(&format!("!{SERVICE_PROXY_NAME_LABEL}"));
+    let slice_cfg = watcher::Config::default()
+        .labels(&format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}"));
     let node_cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
     forward::<Service>(
         Kind::Service,
@@ -269,6 +326,7 @@ pub fn watch_all(client: Client, node: &str) -> mpsc::UnboundedReceiver<SourceEv
         svc_cfg,
         Object::Service,
         tx.clone(),
+        false,
     );
     forward::<EndpointSlice>(
         Kind::EndpointSlice,
@@ -276,6 +334,7 @@ pub fn watch_all(client: Client, node: &str) -> mpsc::UnboundedReceiver<SourceEv
         slice_cfg,
         Object::EndpointSlice,
         tx.clone(),
+        false,
     );
     forward::<ServiceCidr>(
         Kind::ServiceCidr,
@@ -283,8 +342,11 @@ pub fn watch_all(client: Client, node: &str) -> mpsc::UnboundedReceiver<SourceEv
         watcher::Config::default(),
         Object::ServiceCidr,
         tx.clone(),
+        // Clusters before 1.33 have no ServiceCIDR API; upstream then does without the
+        // drop for unallocated service addresses, and so do we.
+        true,
     );
-    forward::<Node>(Kind::Node, client, node_cfg, Object::Node, tx);
+    forward::<Node>(Kind::Node, client, node_cfg, Object::Node, tx, false);
     rx
 }
 

@@ -205,6 +205,8 @@ struct Faults {
     /// The fault and how many more requests get it (`None`: every request until cleared).
     active: Option<(Fault, Option<usize>)>,
     delay: Duration,
+    /// kinds answered as an API server that does not serve them (404 on every path)
+    unserved: Vec<usize>,
 }
 
 struct Conns {
@@ -454,6 +456,19 @@ impl ApiServer {
     /// Stops injecting faults (the delay stays).
     pub fn clear_faults(&self) {
         lock(&self.shared.faults).active = None;
+    }
+
+    /// Answers every request for `kind` with 404, as an API server that does not serve
+    /// it (a cluster before the kind's API existed); `false` serves it again.
+    pub fn set_served(&self, kind: &str, served: bool) {
+        let Some(res) = resource_index(kind) else {
+            panic!("unknown kind {kind}");
+        };
+        let mut f = lock(&self.shared.faults);
+        f.unserved.retain(|r| *r != res);
+        if !served {
+            f.unserved.push(res);
+        }
     }
 
     /// Waits `delay` before answering each request (`Duration::ZERO` to stop).
@@ -839,7 +854,7 @@ fn route(path: &str) -> Option<Route> {
 
 /// Answers one request. `Ok(true)` if the connection may serve another request.
 fn handle(shared: &Shared, req: &Request, w: &mut TcpStream) -> io::Result<bool> {
-    let (delay, fault) = {
+    let (delay, fault, unserved) = {
         let mut faults = lock(&shared.faults);
         let fault = match &mut faults.active {
             None => None,
@@ -853,7 +868,7 @@ fn handle(shared: &Shared, req: &Request, w: &mut TcpStream) -> io::Result<bool>
                 Some(fault)
             }
         };
-        (faults.delay, fault)
+        (faults.delay, fault, faults.unserved.clone())
     };
     if !delay.is_zero() {
         thread::sleep(delay);
@@ -906,7 +921,11 @@ fn handle(shared: &Shared, req: &Request, w: &mut TcpStream) -> io::Result<bool>
         }
         _ => {}
     }
-    match route(&req.path) {
+    let route = route(&req.path).filter(|r| {
+        let (Route::Collection { res, .. } | Route::Object { res, .. }) = r;
+        !unserved.contains(res)
+    });
+    match route {
         Some(Route::Collection { res, ns }) => {
             let filter = match Filter::from_request(res, ns, req) {
                 Ok(filter) => filter,
