@@ -1432,10 +1432,12 @@ fn control_plane(n: usize, report: &mut Report) -> Duration {
         Duration::from_secs(120),
         |_| {
             let chain = node.run(&["nft", "list", "chain", "ip", "kube-nft-proxy", "services"]);
-            if chain.contains("dnat") {
+            // The dispatch rule (`... @pick-16 jump pick-16`) is the last thing a repair
+            // needs: the class chain and set it names exist before it.
+            if chain.contains("@pick-") {
                 Ok(t.elapsed())
             } else {
-                Err("no dnat rule in chain services yet".to_string())
+                Err("no dispatch rule in chain services yet".to_string())
             }
         },
     );
