@@ -2,8 +2,13 @@
 //! DNATed to it would keep sending a client's datagrams to a dead pod until they time
 //! out. We delete exactly those entries through ctnetlink: UDP, DNATed, reply source =
 //! the removed endpoint, original destination = one of the service's frontends.
+//!
+//! Events miss what happened while the proxy was not running (an endpoint removed
+//! during a restart or an API server outage), so every full sync also reconciles the
+//! whole UDP table against the Services, as upstream's `CleanStaleEntries` (1.33+):
+//! [`reconcile_udp`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 /// A flow our rules created: frontend (original destination) → endpoint (reply source).
@@ -106,11 +111,45 @@ fn header(ty: u16, flags: u16, seq: u32, family: u8, len: usize) -> Vec<u8> {
     v
 }
 
-/// Walks one receive of a conntrack dump: pushes the original tuple of every entry that
-/// is one of `flows` (UDP, DNATed) onto `victims`. Returns whether the dump ended
-/// (NLMSG_DONE or an error). The buffer comes from the kernel, but is checked like any
-/// other input: a message too short for its headers is skipped, never sliced.
-fn dump_page(buf: &[u8], flows: &BTreeSet<StaleFlow>, victims: &mut Vec<Vec<u8>>) -> bool {
+/// One conntrack entry as the stale-flow checks see it.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    /// IP protocol number
+    proto: u8,
+    /// whether the entry was DNATed
+    dnat: bool,
+    /// original destination
+    dst: (IpAddr, u16),
+    /// reply source (after a DNAT: the endpoint)
+    reply_src: (IpAddr, u16),
+}
+
+/// The UDP frontends of the Services (ClusterIPs, external and load-balancer IPs with
+/// the service port; node addresses with the node port), each with the endpoints it
+/// may be DNATed to (serving ones).
+pub type UdpFrontends = BTreeMap<(IpAddr, u16), BTreeSet<(IpAddr, u16)>>;
+
+/// Whether a reconcile deletes `e`: a UDP flow to a Service's frontend that was DNATed
+/// to an address that is not one of its serving endpoints any more, or that was not
+/// DNATed although the frontend has endpoints now (it was created while it had none,
+/// and would keep the client's datagrams from ever being DNATed: upstream's fix for
+/// Services that come back from zero endpoints).
+fn stale_against(frontends: &UdpFrontends, e: &Entry) -> bool {
+    if e.proto != 17 {
+        return false;
+    }
+    match frontends.get(&e.dst) {
+        None => false,
+        Some(serving) if e.dnat => !serving.contains(&e.reply_src),
+        Some(serving) => !serving.is_empty(),
+    }
+}
+
+/// Walks one receive of a conntrack dump: pushes the original tuple of every entry
+/// `victim` picks onto `victims`. Returns whether the dump ended (NLMSG_DONE or an
+/// error). The buffer comes from the kernel, but is checked like any other input: a
+/// message too short for its headers is skipped, never sliced.
+fn dump_page(buf: &[u8], victim: &dyn Fn(&Entry) -> bool, victims: &mut Vec<Vec<u8>>) -> bool {
     // nlmsghdr (16 bytes) and nfgenmsg (4 bytes) precede a ctnetlink message's attributes.
     const HEADERS: usize = 20;
     let mut off = 0;
@@ -135,13 +174,13 @@ fn dump_page(buf: &[u8], flows: &BTreeSet<StaleFlow>, victims: &mut Vec<Vec<u8>>
                 find(payload, CTA_TUPLE_REPLY).and_then(tuple),
             ) {
                 if let Some(orig) = tuple(orig_raw) {
-                    let f = StaleFlow {
-                        frontend: orig.1,
-                        frontend_port: orig.4,
-                        endpoint: reply.0,
-                        endpoint_port: reply.3,
+                    let e = Entry {
+                        proto: orig.2,
+                        dnat: status & IPS_DST_NAT != 0,
+                        dst: (orig.1, orig.4),
+                        reply_src: (reply.0, reply.3),
                     };
-                    if orig.2 == 17 && status & IPS_DST_NAT != 0 && flows.contains(&f) {
+                    if victim(&e) {
                         victims.push(orig_raw.to_vec());
                     }
                 }
@@ -158,6 +197,28 @@ pub fn delete_stale_udp(flows: &BTreeSet<StaleFlow>) -> Result<usize, Error> {
     if flows.is_empty() {
         return Ok(0);
     }
+    delete_where(&|e: &Entry| {
+        e.proto == 17
+            && e.dnat
+            && flows.contains(&StaleFlow {
+                frontend: e.dst.0,
+                frontend_port: e.dst.1,
+                endpoint: e.reply_src.0,
+                endpoint_port: e.reply_src.1,
+            })
+    })
+}
+
+/// Deletes every UDP conntrack entry of the current network namespace that is stale
+/// against `frontends` (see [`stale_against`]); returns how many were deleted.
+pub fn reconcile_udp(frontends: &UdpFrontends) -> Result<usize, Error> {
+    if frontends.is_empty() {
+        return Ok(0);
+    }
+    delete_where(&|e: &Entry| stale_against(frontends, e))
+}
+
+fn delete_where(victim: &dyn Fn(&Entry) -> bool) -> Result<usize, Error> {
     let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(Error::Socket)?;
     let mut deleted = 0;
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
@@ -169,7 +230,7 @@ pub fn delete_stale_udp(flows: &BTreeSet<StaleFlow>) -> Result<usize, Error> {
         let mut buf = vec![0u8; 1 << 16];
         loop {
             let n = sock.recv_raw(&mut buf).map_err(Error::Socket)?;
-            if dump_page(&buf[..n], flows, &mut victims) {
+            if dump_page(&buf[..n], victim, &mut victims) {
                 break;
             }
         }
@@ -272,7 +333,7 @@ mod tests {
     /// nfgenmsg (20) was sliced as `buf[off + 20..off + len]` and panicked.
     #[test]
     fn short_messages_are_skipped_not_sliced() {
-        let flows = BTreeSet::new();
+        let flows = |_: &Entry| true;
         for len in 16..20u32 {
             let mut buf = nlmsg(NFNL_SUBSYS_CTNETLINK << 8, len, (len as usize + 3) & !3);
             buf.extend(nlmsg(3, 16, 16)); // NLMSG_DONE
@@ -313,27 +374,79 @@ mod tests {
             [attr(CTA_TUPLE_IP, &ip), attr(CTA_TUPLE_PROTO, &proto)].concat()
         };
         let orig = tuple([10, 0, 0, 9], [172, 30, 0, 10], 5555, 53);
-        let payload = [
-            attr(CTA_TUPLE_ORIG, &orig),
-            attr(
-                CTA_TUPLE_REPLY,
-                &tuple([10, 0, 2, 10], [10, 0, 0, 9], 8053, 5555),
-            ),
-            attr(CTA_STATUS, &IPS_DST_NAT.to_be_bytes()),
-        ]
-        .concat();
-        let mut buf = nlmsg(NFNL_SUBSYS_CTNETLINK << 8, (20 + payload.len()) as u32, 20);
-        buf.extend(&payload);
-        buf.extend(nlmsg(3, 16, 16));
+        let page = |reply_src: [u8; 4], status: u32| {
+            let payload = [
+                attr(CTA_TUPLE_ORIG, &orig),
+                attr(
+                    CTA_TUPLE_REPLY,
+                    &tuple(reply_src, [10, 0, 0, 9], 8053, 5555),
+                ),
+                attr(CTA_STATUS, &status.to_be_bytes()),
+            ]
+            .concat();
+            let mut buf = nlmsg(NFNL_SUBSYS_CTNETLINK << 8, (20 + payload.len()) as u32, 20);
+            buf.extend(&payload);
+            buf.extend(nlmsg(3, 16, 16));
+            buf
+        };
+        let dnated = page([10, 0, 2, 10], IPS_DST_NAT);
         let flows = BTreeSet::from([StaleFlow {
             frontend: "172.30.0.10".parse().unwrap(),
             frontend_port: 53,
             endpoint: "10.0.2.10".parse().unwrap(),
             endpoint_port: 8053,
         }]);
+        let by_event = |e: &Entry| {
+            e.dnat
+                && flows.contains(&StaleFlow {
+                    frontend: e.dst.0,
+                    frontend_port: e.dst.1,
+                    endpoint: e.reply_src.0,
+                    endpoint_port: e.reply_src.1,
+                })
+        };
         let mut victims = Vec::new();
-        assert!(dump_page(&buf, &flows, &mut victims));
+        assert!(dump_page(&dnated, &by_event, &mut victims));
         assert_eq!(victims.len(), 1);
         assert_eq!(victims[0], attr(CTA_TUPLE_ORIG, &orig)[4..]);
+
+        // The periodic reconcile: stale unless DNATed to a serving endpoint; an entry
+        // that was not DNATed is stale once the frontend has endpoints.
+        let frontend = ("172.30.0.10".parse().unwrap(), 53);
+        let ep = |s: &str| (s.parse::<IpAddr>().unwrap(), 8053);
+        let picks = |buf: &[u8], serving: &[(IpAddr, u16)]| {
+            let frontends: UdpFrontends =
+                BTreeMap::from([(frontend, serving.iter().copied().collect())]);
+            let mut victims = Vec::new();
+            assert!(dump_page(
+                buf,
+                &|e: &Entry| stale_against(&frontends, e),
+                &mut victims
+            ));
+            victims.len()
+        };
+        assert_eq!(
+            picks(&dnated, &[ep("10.0.2.10")]),
+            0,
+            "DNATed to a serving endpoint"
+        );
+        assert_eq!(
+            picks(&dnated, &[ep("10.0.2.11")]),
+            1,
+            "DNATed to a gone endpoint"
+        );
+        assert_eq!(picks(&dnated, &[]), 1, "DNATed, no endpoints left");
+        let plain = page([172, 30, 0, 10], 0);
+        assert_eq!(picks(&plain, &[]), 0, "not DNATed, still no endpoints");
+        assert_eq!(
+            picks(&plain, &[ep("10.0.2.11")]),
+            1,
+            "not DNATed, endpoints now"
+        );
+        let other: UdpFrontends =
+            BTreeMap::from([(("172.30.0.99".parse().unwrap(), 53), BTreeSet::new())]);
+        let mut victims = Vec::new();
+        dump_page(&dnated, &|e: &Entry| stale_against(&other, e), &mut victims);
+        assert!(victims.is_empty(), "another destination is left alone");
     }
 }

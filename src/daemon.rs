@@ -484,6 +484,20 @@ pub async fn run_with(
                 );
                 if was_full {
                     last_full = Instant::now();
+                    if let (Some(m), Some(b)) = (&model, &build_cfg) {
+                        let frontends = udp_frontends(m, &b.nodeport_ips);
+                        match tokio::task::block_in_place(|| conntrack::reconcile_udp(&frontends)) {
+                            Ok(n) => {
+                                if n > 0 {
+                                    tracing::info!(deleted = n, "stale UDP conntrack entries deleted by the periodic reconcile");
+                                }
+                                shared.metrics.conntrack_deleted(n);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %error_chain(&e), "conntrack reconcile failed")
+                            }
+                        }
+                    }
                 }
                 if !migrated {
                     match proxier.migrate_from_kube_proxy() {
@@ -523,6 +537,40 @@ fn ports_of(m: &ProxyModel, svc: &ServiceName) -> Vec<(ServicePortName, ServiceE
     m.ports_of(svc)
         .map(|(k, e)| (k.clone(), e.clone()))
         .collect()
+}
+
+/// Every UDP frontend with the endpoints it may be DNATed to, for the periodic
+/// conntrack reconcile.
+fn udp_frontends(model: &ProxyModel, nodeport_ips: &[IpAddr]) -> conntrack::UdpFrontends {
+    let mut out = conntrack::UdpFrontends::new();
+    for (name, e) in &model.services {
+        if name.protocol != Protocol::Udp {
+            continue;
+        }
+        let svc = &e.port;
+        let mut add = |ip: IpAddr, port: u16| {
+            let serving = e
+                .endpoints
+                .iter()
+                .filter(|ep| ep.serving && ep.ip.is_ipv6() == ip.is_ipv6())
+                .map(|ep| (ep.ip, ep.port));
+            out.entry((ip, port)).or_default().extend(serving);
+        };
+        for ip in svc
+            .cluster_ips
+            .iter()
+            .chain(&svc.external_ips)
+            .chain(&svc.load_balancer_ips)
+        {
+            add(*ip, svc.port);
+        }
+        if let Some(np) = svc.node_port {
+            for ip in nodeport_ips {
+                add(*ip, np);
+            }
+        }
+    }
+    out
 }
 
 fn clean_conntrack(

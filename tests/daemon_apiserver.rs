@@ -1439,112 +1439,173 @@ fn udp_client_moves_off_deleted_endpoint() {
     if !require_privileged() {
         return;
     }
-    const SRC_PORT: u16 = 40123;
     let env = Env::new("udp", web_cluster(&[A, B]));
-    env.wait_backends(
-        sockaddr(WEB_IP, 80),
-        &[A, B],
-        "2 endpoints programmed",
-        WAIT,
-    );
-
-    let dst = sockaddr(WEB_IP, 80);
-    let stop = Arc::new(AtomicBool::new(false));
-    let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
-    let client = {
-        let (stop, answers) = (stop.clone(), answers.clone());
-        env.topo.client.spawn(move || -> io::Result<usize> {
-            let sock = UdpSocket::bind(sockaddr(CLIENT_IP, SRC_PORT))?;
-            let mut buf = [0u8; 512];
-            let mut sent = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let next = Instant::now() + Duration::from_millis(50);
-                sock.send_to(b"who are you?\n", dst)?;
-                sent += 1;
-                loop {
-                    let left = next.saturating_duration_since(Instant::now());
-                    if left < Duration::from_millis(1) {
-                        break;
-                    }
-                    sock.set_read_timeout(Some(left))?;
-                    match sock.recv_from(&mut buf) {
-                        Ok((n, _)) => {
-                            if let Ok(a) = parse_answer(&String::from_utf8_lossy(&buf[..n])) {
-                                lock(&answers).push(a);
-                            }
-                        }
-                        Err(_) => break,
-                    }
-                }
-            }
-            Ok(sent)
-        })
-    };
-    struct StopOnDrop(Arc<AtomicBool>);
-    impl Drop for StopOnDrop {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-    let stopper = StopOnDrop(stop.clone());
-
-    let first: Vec<Answer> = env.wait_until("20 UDP answers", WAIT, || {
-        let a = lock(&answers);
-        if a.len() >= 20 {
-            Ok(a[..20].to_vec())
-        } else {
-            Err(format!("{} answers", a.len()))
-        }
-    });
-    let stuck = first[0].backend.clone();
-    assert!(
-        first.iter().all(|a| a.backend == stuck),
-        "one source port must stay on one endpoint (conntrack): {first:?}"
-    );
-    let remaining = if stuck == A { B } else { A };
-    eprintln!("the UDP flow is on {stuck}; deleting it, {remaining} remains");
-
-    let mark = lock(&answers).len();
+    let client = UdpClient::start(&env);
+    let (stuck, remaining) = client.stuck_endpoint(&env);
+    let mark = client.answered();
     env.api
         .apply(slice_obj("web", "web-1", ready(&[remaining])));
     env.servers.stop(&stuck);
-    env.wait_until(
-        &format!("the UDP flow from port {SRC_PORT} answered by {remaining}"),
-        WAIT,
-        || {
-            let a = lock(&answers);
-            let after = &a[mark..];
-            let last: Vec<&str> = after[after.len().saturating_sub(10)..]
-                .iter()
-                .map(|a| a.backend.as_str())
-                .collect();
-            if last.len() == 10 && last.iter().all(|b| *b == remaining) {
-                Ok(())
+    client.wait_moved_to(&env, remaining, mark);
+    client.finish(&env);
+}
+
+/// The endpoint a UDP flow sticks to is removed while the daemon is down (killed, so
+/// no event of the removal ever reaches it): the first full sync of the restarted
+/// daemon reconciles the conntrack table against the Services (upstream's periodic
+/// `CleanStaleEntries`) and the client's flow moves to the remaining endpoint.
+#[test]
+fn udp_flow_is_moved_off_an_endpoint_removed_while_the_daemon_was_down() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::new("udprst", web_cluster(&[A, B]));
+    let client = UdpClient::start(&env);
+    let (stuck, remaining) = client.stuck_endpoint(&env);
+    env.kill_daemon();
+    let mark = client.answered();
+    env.api
+        .apply(slice_obj("web", "web-1", ready(&[remaining])));
+    env.servers.stop(&stuck);
+    env.start_daemon();
+    client.wait_moved_to(&env, remaining, mark);
+    client.finish(&env);
+}
+
+/// A UDP client sending a datagram every ~50 ms from one fixed source port to
+/// `WEB_IP:80` (so conntrack keeps it on one endpoint), recording the answers.
+struct UdpClient {
+    stop: Arc<AtomicBool>,
+    answers: Arc<Mutex<Vec<Answer>>>,
+    thread: Option<JoinHandle<io::Result<usize>>>,
+}
+
+impl UdpClient {
+    const SRC_PORT: u16 = 40123;
+
+    fn start(env: &Env) -> UdpClient {
+        let dst = sockaddr(WEB_IP, 80);
+        env.wait_backends(dst, &[A, B], "2 endpoints programmed", WAIT);
+        let stop = Arc::new(AtomicBool::new(false));
+        let answers: Arc<Mutex<Vec<Answer>>> = Arc::default();
+        let thread = {
+            let (stop, answers) = (stop.clone(), answers.clone());
+            env.topo.client.spawn(move || -> io::Result<usize> {
+                let sock = UdpSocket::bind(sockaddr(CLIENT_IP, Self::SRC_PORT))?;
+                let mut buf = [0u8; 512];
+                let mut sent = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let next = Instant::now() + Duration::from_millis(50);
+                    sock.send_to(b"who are you?\n", dst)?;
+                    sent += 1;
+                    loop {
+                        let left = next.saturating_duration_since(Instant::now());
+                        if left < Duration::from_millis(1) {
+                            break;
+                        }
+                        sock.set_read_timeout(Some(left))?;
+                        match sock.recv_from(&mut buf) {
+                            Ok((n, _)) => {
+                                if let Ok(a) = parse_answer(&String::from_utf8_lossy(&buf[..n])) {
+                                    lock(&answers).push(a);
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Ok(sent)
+            })
+        };
+        UdpClient {
+            stop,
+            answers,
+            thread: Some(thread),
+        }
+    }
+
+    fn answered(&self) -> usize {
+        lock(&self.answers).len()
+    }
+
+    /// After 20 answers, all from one endpoint: (that endpoint, the other one).
+    fn stuck_endpoint(&self, env: &Env) -> (String, &'static str) {
+        let first: Vec<Answer> = env.wait_until("20 UDP answers", WAIT, || {
+            let a = lock(&self.answers);
+            if a.len() >= 20 {
+                Ok(a[..20].to_vec())
             } else {
-                Err(format!(
-                    "{} answers since the deletion, the last ones from {last:?}",
-                    after.len()
-                ))
+                Err(format!("{} answers", a.len()))
             }
-        },
-    );
-    drop(stopper);
-    let sent = join(client).expect("UDP client");
-    let all = lock(&answers).clone();
-    eprintln!(
-        "{sent} datagrams sent, {} answered; kubenftproxy_conntrack_entries_deleted_total {:?}",
-        all.len(),
-        env.metric("kubenftproxy_conntrack_entries_deleted_total")
-    );
-    assert!(
-        all.iter()
-            .all(|a| a.seen_port == SRC_PORT && a.seen_client == CLIENT_IP),
-        "every answer must be to {CLIENT_IP}:{SRC_PORT}: {:?}",
-        all.iter()
-            .filter(|a| a.seen_port != SRC_PORT || a.seen_client != CLIENT_IP)
-            .take(5)
-            .collect::<Vec<_>>()
-    );
+        });
+        let stuck = first[0].backend.clone();
+        assert!(
+            first.iter().all(|a| a.backend == stuck),
+            "one source port must stay on one endpoint (conntrack): {first:?}"
+        );
+        let remaining = if stuck == A { B } else { A };
+        eprintln!("the UDP flow is on {stuck}; deleting it, {remaining} remains");
+        (stuck, remaining)
+    }
+
+    /// Waits until the last 10 answers after the first `mark` come from `remaining`.
+    fn wait_moved_to(&self, env: &Env, remaining: &str, mark: usize) {
+        env.wait_until(
+            &format!(
+                "the UDP flow from port {} answered by {remaining}",
+                Self::SRC_PORT
+            ),
+            WAIT,
+            || {
+                let a = lock(&self.answers);
+                let after = &a[mark.min(a.len())..];
+                let last: Vec<&str> = after[after.len().saturating_sub(10)..]
+                    .iter()
+                    .map(|a| a.backend.as_str())
+                    .collect();
+                if last.len() == 10 && last.iter().all(|b| *b == remaining) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{} answers since the deletion, the last ones from {last:?}",
+                        after.len()
+                    ))
+                }
+            },
+        );
+    }
+
+    /// Stops the client; every answer must have gone to its own address and port.
+    fn finish(mut self, env: &Env) {
+        self.stop.store(true, Ordering::SeqCst);
+        let sent = self
+            .thread
+            .take()
+            .map(|t| join(t).expect("UDP client"))
+            .unwrap_or(0);
+        let all = lock(&self.answers).clone();
+        eprintln!(
+            "{sent} datagrams sent, {} answered; kubenftproxy_conntrack_entries_deleted_total {:?}",
+            all.len(),
+            env.metric("kubenftproxy_conntrack_entries_deleted_total")
+        );
+        assert!(
+            all.iter()
+                .all(|a| a.seen_port == Self::SRC_PORT && a.seen_client == CLIENT_IP),
+            "every answer must be to {CLIENT_IP}:{}: {:?}",
+            Self::SRC_PORT,
+            all.iter()
+                .filter(|a| a.seen_port != Self::SRC_PORT || a.seen_client != CLIENT_IP)
+                .take(5)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+impl Drop for UdpClient {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
 }
 
 /// The side outputs: `/healthz` and `/livez` answer 200 with upstream's JSON; an
