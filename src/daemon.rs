@@ -203,7 +203,7 @@ pub async fn dry_run(cfg: &ProxyConfig) -> Result<String, Error> {
     }
     let d = proxier::desired_full(cfg, &sources.state)?;
     proxier::log_problems(&d.problems);
-    Ok(render::ruleset(&d.ruleset))
+    Ok(render::ruleset(&build(&d.model, &d.build)))
 }
 
 /// The daemon loop over an event channel (the API watchers, or anything that speaks
@@ -484,6 +484,7 @@ pub async fn run_with(
                 );
                 if was_full {
                     last_full = Instant::now();
+                    crate::allocator::release_free_memory();
                     if let (Some(m), Some(b)) = (&model, &build_cfg) {
                         let frontends = udp_frontends(m, &b.nodeport_ips);
                         match tokio::task::block_in_place(|| conntrack::reconcile_udp(&frontends)) {

@@ -2,6 +2,7 @@
 //! netlink. See `DESIGN.md` in the shared folder and the README for the architecture.
 #![deny(unsafe_code)]
 
+pub mod allocator;
 pub mod config;
 pub mod conntrack;
 pub mod daemon;
