@@ -62,7 +62,6 @@ fn run_async(dry_run: bool, cfg: ProxyConfig) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    kube_nft_proxy::allocator::tune();
     let (cli, conntrack, notes) =
         match kube_nft_proxy::config::parse_args(std::env::args().collect()) {
             Ok(x) => x,
