@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::config::ProxyConfig;
 use crate::conntrack::{self, StaleFlow};
 use crate::health::{self, Health, ServiceHealth, ServiceHealthServers, Shared};
-use crate::metrics::{now_unix, Metrics};
+use crate::metrics::{now_unix, IpFamily, Metrics};
+use crate::model::objects::AddressType;
 use crate::model::{
     Object, Problem, Problems, Protocol, ProxyModel, ServiceEntry, ServiceName, ServicePortName,
 };
@@ -170,7 +170,7 @@ async fn listen(
     handler: impl Fn(&str) -> health::Response + Send + Sync + 'static,
 ) -> Result<(), Error> {
     if let Some(a) = addr {
-        let l = TcpListener::bind(a).await.map_err(|source| Error::Listen {
+        let l = health::bind(a).await.map_err(|source| Error::Listen {
             addr: a.to_string(),
             source,
         })?;
@@ -219,7 +219,7 @@ pub async fn run_with(
     });
     {
         let s = shared.clone();
-        listen(cfg.healthz_bind_address, move |p| s.health.respond(p)).await?;
+        listen(cfg.healthz_bind_address, move |p| s.respond_health(p)).await?;
     }
     listen(
         cfg.metrics_bind_address,
@@ -244,8 +244,15 @@ pub async fn run_with(
     let mut last_full = Instant::now();
     let mut backoff = Duration::from_millis(100);
     let mut retry_at: Option<Instant> = None;
-    // EndpointSlice trigger times waiting for the sync that programs them.
-    let mut pending_triggers: Vec<f64> = Vec::new();
+    // EndpointSlice trigger times (with the slice's family) waiting for the sync that
+    // programs them.
+    let mut pending_triggers: Vec<(IpFamily, f64)> = Vec::new();
+    // Services with changes waiting for a sync, by what changed (upstream's change
+    // trackers: kubeproxy_sync_proxy_rules_{service,endpoint}_changes_pending).
+    let mut pending_services: BTreeSet<ServiceName> = BTreeSet::new();
+    let mut pending_slices: BTreeSet<ServiceName> = BTreeSet::new();
+    // Whether our Node has been seen: gone after that means deleted.
+    let mut node_seen = false;
     let mut was_ready = false;
     let mut next_drift_check = Instant::now();
     // Set by the drift check: reconcile at once instead of at the next period.
@@ -272,18 +279,40 @@ pub async fn run_with(
                 while let Some(e) = ev.take() {
                     if let SourceEvent::Apply(Object::EndpointSlice(s)) | SourceEvent::InitApply(Object::EndpointSlice(s)) = &e {
                         if let Some(t) = s.trigger_time() {
-                            pending_triggers.push(t);
+                            let family = match s.address_type {
+                                AddressType::Ipv6 => IpFamily::V6,
+                                _ => IpFamily::V4,
+                            };
+                            pending_triggers.push((family, t));
                         }
                     }
                     let a = sources.apply(e);
                     if a.any() {
                         dirty = true;
                         need_full |= a.global;
+                        if a.services > 0 {
+                            pending_services.extend(a.dirty.iter().cloned());
+                        }
+                        if a.slices > 0 {
+                            pending_slices.extend(a.dirty.iter().cloned());
+                        }
                         dirty_services.extend(a.dirty);
                         shared.metrics.queued(a.services, a.slices);
                         shared.health.queued();
                     }
                     ev = rx.try_recv().ok();
+                }
+                shared.metrics.pending(pending_services.len(), pending_slices.len());
+                let node = sources.state.nodes.get(&cfg.node_name);
+                node_seen |= node.is_some();
+                let eligible = match node {
+                    Some(n) => health::node_eligible(n),
+                    // Deleted (or missing from a relist) after it was seen; before the
+                    // first sighting the node counts as eligible, as upstream's.
+                    None => !node_seen,
+                };
+                if shared.health.set_node_eligible(eligible) != eligible {
+                    tracing::info!(node = %cfg.node_name, eligible, "node eligibility changed: /healthz follows (load balancers drain a node that is being deleted)");
                 }
                 if sources.ready() && !was_ready {
                     was_ready = true;
@@ -471,9 +500,11 @@ pub async fn run_with(
                 let elapsed = start.elapsed();
                 shared.metrics.sync_done(elapsed, was_full);
                 shared.health.updated();
-                for t in pending_triggers.drain(..) {
-                    shared.metrics.programmed(now_unix() - t);
+                for (family, t) in pending_triggers.drain(..) {
+                    shared.metrics.programmed(family, now_unix() - t);
                 }
+                pending_services.clear();
+                pending_slices.clear();
                 let (hc, internal, external) = aggregate_side(&port_side);
                 shared.metrics.no_local_endpoints(internal, external);
                 side.health_servers.sync(hc, &shared).await;
