@@ -23,7 +23,8 @@ use crate::health::{self, Health, ServiceHealth, ServiceHealthServers, Shared};
 use crate::metrics::{now_unix, IpFamily, Metrics};
 use crate::model::objects::AddressType;
 use crate::model::{
-    Object, Problem, Problems, Protocol, ProxyModel, ServiceEntry, ServiceName, ServicePortName,
+    Endpoint, Object, Problem, Problems, Protocol, ProxyModel, ServiceEntry, ServiceName,
+    ServicePortName,
 };
 use crate::proxier::{self, error_chain, Proxier};
 use crate::quarantine::Quarantine;
@@ -505,8 +506,13 @@ pub async fn run_with(
                 }
                 pending_services.clear();
                 pending_slices.clear();
-                let (hc, internal, external) = aggregate_side(&port_side);
-                shared.metrics.no_local_endpoints(internal, external);
+                let (hc, no_local) = aggregate_side(&port_side);
+                for family in IpFamily::ALL {
+                    let (internal, external) = no_local[family.index()];
+                    shared
+                        .metrics
+                        .no_local_endpoints(family, internal, external);
+                }
                 side.health_servers.sync(hc, &shared).await;
                 tracing::debug!(
                     full = was_full,
@@ -621,20 +627,41 @@ fn clean_conntrack(
 #[derive(Clone, Debug)]
 struct PortSide {
     health: Option<(u16, ServiceHealth)>,
-    no_local_internal: bool,
-    no_local_external: bool,
+    /// by [`IpFamily::index`]: (internal, external) policy Local leaves no local endpoint
+    no_local: [(bool, bool); 2],
 }
 
 impl PortSide {
     fn of(e: &ServiceEntry, model: &ProxyModel) -> PortSide {
         let svc = &e.port;
-        let cat = topology::categorize(
-            svc,
-            &e.endpoints,
-            &model.node.name,
-            model.node.zone.as_deref(),
-        );
-        let local = cat.local.as_ref().map(|l| l.len()).unwrap_or(0);
+        let mut no_local = [(false, false); 2];
+        for family in IpFamily::ALL {
+            // As upstream's proxier of each family: a Service counts in a family when it
+            // has a cluster IP of that family, with that family's endpoints only.
+            if !svc.cluster_ips.iter().any(|ip| IpFamily::of(ip) == family) {
+                continue;
+            }
+            let of_family = |x: &Endpoint| IpFamily::of(&x.ip) == family;
+            let filtered: Vec<Endpoint>;
+            let endpoints: &[Endpoint] = if e.endpoints.iter().all(of_family) {
+                &e.endpoints
+            } else {
+                filtered = e
+                    .endpoints
+                    .iter()
+                    .filter(|x| of_family(x))
+                    .cloned()
+                    .collect();
+                &filtered
+            };
+            let cat =
+                topology::categorize(svc, endpoints, &model.node.name, model.node.zone.as_deref());
+            let none = cat.has_any && cat.local.as_ref().is_none_or(|l| l.is_empty());
+            no_local[family.index()] = (
+                none && svc.internal_policy_local,
+                none && svc.uses_external_local(),
+            );
+        }
         PortSide {
             health: svc.health_check_node_port.map(|port| {
                 (
@@ -650,20 +677,23 @@ impl PortSide {
                     },
                 )
             }),
-            no_local_internal: cat.has_any && svc.internal_policy_local && local == 0,
-            no_local_external: cat.has_any && svc.uses_external_local() && local == 0,
+            no_local,
         }
     }
 }
 
+/// The healthCheckNodePort servers' state, and per family the counts of service ports
+/// whose internal and external Local policy leaves no local endpoint.
 fn aggregate_side(
     sides: &BTreeMap<ServicePortName, PortSide>,
-) -> (BTreeMap<u16, ServiceHealth>, usize, usize) {
+) -> (BTreeMap<u16, ServiceHealth>, [(usize, usize); 2]) {
     let mut hc: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
-    let (mut internal, mut external) = (0, 0);
+    let mut no_local = [(0, 0); 2];
     for s in sides.values() {
-        internal += usize::from(s.no_local_internal);
-        external += usize::from(s.no_local_external);
+        for (n, (internal, external)) in no_local.iter_mut().zip(s.no_local) {
+            n.0 += usize::from(internal);
+            n.1 += usize::from(external);
+        }
         if let Some((port, h)) = &s.health {
             let e = hc.entry(*port).or_insert_with(|| ServiceHealth {
                 local_endpoints: 0,
@@ -672,12 +702,35 @@ fn aggregate_side(
             e.local_endpoints = e.local_endpoints.max(h.local_endpoints);
         }
     }
-    (hc, internal, external)
+    (hc, no_local)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Upstream counts Services with no local endpoint per family (one proxier each):
+    /// a dual-stack Service whose only local endpoint is IPv4 has none in IPv6; a
+    /// single-stack one does not count in the other family at all.
+    #[test]
+    fn no_local_endpoints_per_family() {
+        let model = crate::synthetic::model(0, 0);
+        let mut e = crate::synthetic::entry(0, 2);
+        e.port.internal_policy_local = true;
+        e.endpoints[0].is_local = true;
+        let v4_only = PortSide::of(&e, &model);
+        assert_eq!(v4_only.no_local, [(false, false), (false, false)]);
+        e.port
+            .cluster_ips
+            .push("fd00::10".parse().expect("literal"));
+        let mut v6 = e.endpoints[1].clone();
+        v6.ip = "fd00:1::5".parse().expect("literal");
+        e.endpoints.push(v6);
+        let dual = PortSide::of(&e, &model);
+        assert_eq!(dual.no_local, [(false, false), (true, false)]);
+        let (_, counts) = aggregate_side(&BTreeMap::from([(e.port.name.clone(), dual)]));
+        assert_eq!(counts, [(0, 0), (1, 0)]);
+    }
 
     #[test]
     fn rfc3339() {

@@ -44,7 +44,17 @@ impl IpFamily {
         }
     }
 
-    fn index(self) -> usize {
+    /// The family of an address.
+    pub fn of(ip: &std::net::IpAddr) -> IpFamily {
+        if ip.is_ipv6() {
+            IpFamily::V6
+        } else {
+            IpFamily::V4
+        }
+    }
+
+    /// Position in per-family arrays (`[IPv4, IPv6]`).
+    pub fn index(self) -> usize {
         self as usize
     }
 }
@@ -136,6 +146,8 @@ struct PerFamily {
     last_sync: f64,
     last_queued: f64,
     sync_failures: u64,
+    no_local_internal: u64,
+    no_local_external: u64,
 }
 
 impl PerFamily {
@@ -148,6 +160,8 @@ impl PerFamily {
             last_sync: 0.0,
             last_queued: 0.0,
             sync_failures: 0,
+            no_local_internal: 0,
+            no_local_external: 0,
         }
     }
 }
@@ -160,8 +174,6 @@ struct Inner {
     service_changes: u64,
     endpoint_changes_pending: u64,
     service_changes_pending: u64,
-    no_local_internal: u64,
-    no_local_external: u64,
     /// answers by status code: [200, 503]
     healthz: [u64; 2],
     livez: [u64; 2],
@@ -183,8 +195,6 @@ impl Default for Metrics {
             service_changes: 0,
             endpoint_changes_pending: 0,
             service_changes_pending: 0,
-            no_local_internal: 0,
-            no_local_external: 0,
             healthz: [0; 2],
             livez: [0; 2],
             rebuilds: 0,
@@ -280,11 +290,12 @@ impl Metrics {
         })
     }
 
-    /// Services whose policy leaves no local endpoint.
-    pub fn no_local_endpoints(&self, internal: usize, external: usize) {
+    /// Services of a family whose policy leaves no local endpoint of that family.
+    pub fn no_local_endpoints(&self, family: IpFamily, internal: usize, external: usize) {
         self.with(|m| {
-            m.no_local_internal = internal as u64;
-            m.no_local_external = external as u64;
+            let f = &mut m.family[family.index()];
+            f.no_local_internal = internal as u64;
+            f.no_local_external = external as u64;
         })
     }
 
@@ -342,8 +353,12 @@ impl Metrics {
             gauge(&mut s, "kubeproxy_sync_proxy_rules_endpoint_changes_pending", "Pending proxy rules Endpoint changes", m.endpoint_changes_pending.to_string());
             gauge(&mut s, "kubeproxy_sync_proxy_rules_service_changes_pending", "Pending proxy rules Service changes", m.service_changes_pending.to_string());
             header(&mut s, "kubeproxy_sync_proxy_rules_no_local_endpoints_total", "Number of services with a Local traffic policy and no endpoints", "gauge");
-            let _ = writeln!(s, "kubeproxy_sync_proxy_rules_no_local_endpoints_total{{traffic_policy=\"internal\"}} {}", m.no_local_internal);
-            let _ = writeln!(s, "kubeproxy_sync_proxy_rules_no_local_endpoints_total{{traffic_policy=\"external\"}} {}", m.no_local_external);
+            for f in IpFamily::ALL {
+                let per = &m.family[f.index()];
+                for (policy, v) in [("internal", per.no_local_internal), ("external", per.no_local_external)] {
+                    let _ = writeln!(s, "kubeproxy_sync_proxy_rules_no_local_endpoints_total{{ip_family=\"{}\",traffic_policy=\"{policy}\"}} {v}", f.label());
+                }
+            }
             for (name, help, counts) in [
                 ("kubeproxy_proxy_healthz_total", "Cumulative proxy healthz HTTP status", m.healthz),
                 ("kubeproxy_proxy_livez_total", "Cumulative proxy livez HTTP status", m.livez),
@@ -454,6 +469,17 @@ mod tests {
         assert!(t.contains("\nkubeproxy_proxy_healthz_total{code=\"200\"} 0\n"));
         assert!(t.contains("\nkubeproxy_proxy_livez_total{code=\"200\"} 1\n"));
         assert!(t.contains("# TYPE kubeproxy_sync_proxy_rules_endpoint_changes_pending gauge\n"));
+        m.no_local_endpoints(IpFamily::V6, 1, 2);
+        let t = m.render();
+        for (sample, v) in [
+            ("ip_family=\"IPv4\",traffic_policy=\"internal\"", 0),
+            ("ip_family=\"IPv6\",traffic_policy=\"internal\"", 1),
+            ("ip_family=\"IPv6\",traffic_policy=\"external\"", 2),
+        ] {
+            let line =
+                format!("kubeproxy_sync_proxy_rules_no_local_endpoints_total{{{sample}}} {v}");
+            assert!(t.lines().any(|l| l == line), "no {line} in\n{t}");
+        }
         // A sync takes every pending change; the totals stay.
         m.sync_done(Duration::from_millis(1), true);
         let t = m.render();

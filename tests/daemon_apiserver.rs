@@ -2131,6 +2131,15 @@ fn node_eligibility_dual_stack_listeners_and_upstream_metrics() {
                 "/metrics has no sample {sample}:\n{text}"
             );
         }
+        for policy in ["internal", "external"] {
+            let sample = format!(
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total{{ip_family=\"{fam}\",traffic_policy=\"{policy}\"}}"
+            );
+            assert!(
+                metric(&text, &sample).is_some(),
+                "/metrics has no sample {sample}:\n{text}"
+            );
+        }
     }
     assert!(
         metric(&text, SYNC_COUNT).is_some_and(|v| v >= 1.0),
