@@ -94,15 +94,20 @@ const DP_SERVICE: usize = 5;
 const LAT_BASE: u32 = 0x0ac8_0000;
 /// Alternative endpoint addresses of the memory phase: 10.201.0.0 + service index.
 const CYCLE_BASE: u32 = 0x0ac9_0000;
-const LAST_SYNC: &str = "kubeproxy_sync_proxy_rules_last_timestamp_seconds";
-const LAST_QUEUED: &str = "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds";
-const SYNC_COUNT: &str = "kubeproxy_sync_proxy_rules_duration_seconds_count";
-const FULL_COUNT: &str = "kubeproxy_sync_full_proxy_rules_duration_seconds_count";
+// Upstream labels the sync and programming metrics with `ip_family`; the bench cluster
+// is IPv4, so its series are read.
+const LAST_SYNC: &str = "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}";
+const LAST_QUEUED: &str =
+    "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=\"IPv4\"}";
+const SYNC_COUNT: &str = "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}";
+const FULL_COUNT: &str =
+    "kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}";
 const EP_CHANGES: &str = "kubeproxy_sync_proxy_rules_endpoint_changes_total";
 const PROGRAMMING: &str = "kubeproxy_network_programming_duration_seconds";
 const FULL: &str = "kubeproxy_sync_full_proxy_rules_duration_seconds";
 const PARTIAL: &str = "kubeproxy_sync_partial_proxy_rules_duration_seconds";
-const FAILURES: &str = "kubeproxy_sync_proxy_rules_nftables_sync_failures_total";
+const FAILURES: &str =
+    "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"}";
 
 // ---------------------------------------------------------------------------------
 // Small helpers
@@ -456,7 +461,7 @@ struct Hist {
 
 impl Hist {
     fn parse(text: &str, name: &str) -> Hist {
-        let prefix = format!("{name}_bucket{{le=\"");
+        let prefix = format!("{name}_bucket{{ip_family=\"IPv4\",le=\"");
         let buckets = text
             .lines()
             .filter_map(|l| {
@@ -472,8 +477,8 @@ impl Hist {
             .collect();
         Hist {
             buckets,
-            sum: metric(text, &format!("{name}_sum")).unwrap_or(0.0),
-            count: metric(text, &format!("{name}_count")).unwrap_or(0.0),
+            sum: metric(text, &format!("{name}_sum{{ip_family=\"IPv4\"}}")).unwrap_or(0.0),
+            count: metric(text, &format!("{name}_count{{ip_family=\"IPv4\"}}")).unwrap_or(0.0),
         }
     }
 

@@ -15,15 +15,16 @@ use std::time::{Duration, Instant};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::config::ProxyConfig;
 use crate::conntrack::{self, StaleFlow};
 use crate::health::{self, Health, ServiceHealth, ServiceHealthServers, Shared};
-use crate::metrics::{now_unix, Metrics};
+use crate::metrics::{now_unix, IpFamily, Metrics};
+use crate::model::objects::AddressType;
 use crate::model::{
-    Object, Problem, Problems, Protocol, ProxyModel, ServiceEntry, ServiceName, ServicePortName,
+    Endpoint, Object, Problem, Problems, Protocol, ProxyModel, ServiceEntry, ServiceName,
+    ServicePortName,
 };
 use crate::proxier::{self, error_chain, Proxier};
 use crate::quarantine::Quarantine;
@@ -170,7 +171,7 @@ async fn listen(
     handler: impl Fn(&str) -> health::Response + Send + Sync + 'static,
 ) -> Result<(), Error> {
     if let Some(a) = addr {
-        let l = TcpListener::bind(a).await.map_err(|source| Error::Listen {
+        let l = health::bind(a).await.map_err(|source| Error::Listen {
             addr: a.to_string(),
             source,
         })?;
@@ -219,7 +220,7 @@ pub async fn run_with(
     });
     {
         let s = shared.clone();
-        listen(cfg.healthz_bind_address, move |p| s.health.respond(p)).await?;
+        listen(cfg.healthz_bind_address, move |p| s.respond_health(p)).await?;
     }
     listen(
         cfg.metrics_bind_address,
@@ -244,8 +245,15 @@ pub async fn run_with(
     let mut last_full = Instant::now();
     let mut backoff = Duration::from_millis(100);
     let mut retry_at: Option<Instant> = None;
-    // EndpointSlice trigger times waiting for the sync that programs them.
-    let mut pending_triggers: Vec<f64> = Vec::new();
+    // EndpointSlice trigger times (with the slice's family) waiting for the sync that
+    // programs them.
+    let mut pending_triggers: Vec<(IpFamily, f64)> = Vec::new();
+    // Services with changes waiting for a sync, by what changed (upstream's change
+    // trackers: kubeproxy_sync_proxy_rules_{service,endpoint}_changes_pending).
+    let mut pending_services: BTreeSet<ServiceName> = BTreeSet::new();
+    let mut pending_slices: BTreeSet<ServiceName> = BTreeSet::new();
+    // Whether our Node has been seen: gone after that means deleted.
+    let mut node_seen = false;
     let mut was_ready = false;
     let mut next_drift_check = Instant::now();
     // Set by the drift check: reconcile at once instead of at the next period.
@@ -272,18 +280,40 @@ pub async fn run_with(
                 while let Some(e) = ev.take() {
                     if let SourceEvent::Apply(Object::EndpointSlice(s)) | SourceEvent::InitApply(Object::EndpointSlice(s)) = &e {
                         if let Some(t) = s.trigger_time() {
-                            pending_triggers.push(t);
+                            let family = match s.address_type {
+                                AddressType::Ipv6 => IpFamily::V6,
+                                _ => IpFamily::V4,
+                            };
+                            pending_triggers.push((family, t));
                         }
                     }
                     let a = sources.apply(e);
                     if a.any() {
                         dirty = true;
                         need_full |= a.global;
+                        if a.services > 0 {
+                            pending_services.extend(a.dirty.iter().cloned());
+                        }
+                        if a.slices > 0 {
+                            pending_slices.extend(a.dirty.iter().cloned());
+                        }
                         dirty_services.extend(a.dirty);
                         shared.metrics.queued(a.services, a.slices);
                         shared.health.queued();
                     }
                     ev = rx.try_recv().ok();
+                }
+                shared.metrics.pending(pending_services.len(), pending_slices.len());
+                let node = sources.state.nodes.get(&cfg.node_name);
+                node_seen |= node.is_some();
+                let eligible = match node {
+                    Some(n) => health::node_eligible(n),
+                    // Deleted (or missing from a relist) after it was seen; before the
+                    // first sighting the node counts as eligible, as upstream's.
+                    None => !node_seen,
+                };
+                if shared.health.set_node_eligible(eligible) != eligible {
+                    tracing::info!(node = %cfg.node_name, eligible, "node eligibility changed: /healthz follows (load balancers drain a node that is being deleted)");
                 }
                 if sources.ready() && !was_ready {
                     was_ready = true;
@@ -471,11 +501,18 @@ pub async fn run_with(
                 let elapsed = start.elapsed();
                 shared.metrics.sync_done(elapsed, was_full);
                 shared.health.updated();
-                for t in pending_triggers.drain(..) {
-                    shared.metrics.programmed(now_unix() - t);
+                for (family, t) in pending_triggers.drain(..) {
+                    shared.metrics.programmed(family, now_unix() - t);
                 }
-                let (hc, internal, external) = aggregate_side(&port_side);
-                shared.metrics.no_local_endpoints(internal, external);
+                pending_services.clear();
+                pending_slices.clear();
+                let (hc, no_local) = aggregate_side(&port_side);
+                for family in IpFamily::ALL {
+                    let (internal, external) = no_local[family.index()];
+                    shared
+                        .metrics
+                        .no_local_endpoints(family, internal, external);
+                }
                 side.health_servers.sync(hc, &shared).await;
                 tracing::debug!(
                     full = was_full,
@@ -591,20 +628,41 @@ fn clean_conntrack(
 #[derive(Clone, Debug)]
 struct PortSide {
     health: Option<(u16, ServiceHealth)>,
-    no_local_internal: bool,
-    no_local_external: bool,
+    /// by [`IpFamily::index`]: (internal, external) policy Local leaves no local endpoint
+    no_local: [(bool, bool); 2],
 }
 
 impl PortSide {
     fn of(e: &ServiceEntry, model: &ProxyModel) -> PortSide {
         let svc = &e.port;
-        let cat = topology::categorize(
-            svc,
-            &e.endpoints,
-            &model.node.name,
-            model.node.zone.as_deref(),
-        );
-        let local = cat.local.as_ref().map(|l| l.len()).unwrap_or(0);
+        let mut no_local = [(false, false); 2];
+        for family in IpFamily::ALL {
+            // As upstream's proxier of each family: a Service counts in a family when it
+            // has a cluster IP of that family, with that family's endpoints only.
+            if !svc.cluster_ips.iter().any(|ip| IpFamily::of(ip) == family) {
+                continue;
+            }
+            let of_family = |x: &Endpoint| IpFamily::of(&x.ip) == family;
+            let filtered: Vec<Endpoint>;
+            let endpoints: &[Endpoint] = if e.endpoints.iter().all(of_family) {
+                &e.endpoints
+            } else {
+                filtered = e
+                    .endpoints
+                    .iter()
+                    .filter(|x| of_family(x))
+                    .cloned()
+                    .collect();
+                &filtered
+            };
+            let cat =
+                topology::categorize(svc, endpoints, &model.node.name, model.node.zone.as_deref());
+            let none = cat.has_any && cat.local.as_ref().is_none_or(|l| l.is_empty());
+            no_local[family.index()] = (
+                none && svc.internal_policy_local,
+                none && svc.uses_external_local(),
+            );
+        }
         PortSide {
             health: svc.health_check_node_port.map(|port| {
                 (
@@ -620,20 +678,23 @@ impl PortSide {
                     },
                 )
             }),
-            no_local_internal: cat.has_any && svc.internal_policy_local && local == 0,
-            no_local_external: cat.has_any && svc.uses_external_local() && local == 0,
+            no_local,
         }
     }
 }
 
+/// The healthCheckNodePort servers' state, and per family the counts of service ports
+/// whose internal and external Local policy leaves no local endpoint.
 fn aggregate_side(
     sides: &BTreeMap<ServicePortName, PortSide>,
-) -> (BTreeMap<u16, ServiceHealth>, usize, usize) {
+) -> (BTreeMap<u16, ServiceHealth>, [(usize, usize); 2]) {
     let mut hc: BTreeMap<u16, ServiceHealth> = BTreeMap::new();
-    let (mut internal, mut external) = (0, 0);
+    let mut no_local = [(0, 0); 2];
     for s in sides.values() {
-        internal += usize::from(s.no_local_internal);
-        external += usize::from(s.no_local_external);
+        for (n, (internal, external)) in no_local.iter_mut().zip(s.no_local) {
+            n.0 += usize::from(internal);
+            n.1 += usize::from(external);
+        }
         if let Some((port, h)) = &s.health {
             let e = hc.entry(*port).or_insert_with(|| ServiceHealth {
                 local_endpoints: 0,
@@ -642,12 +703,35 @@ fn aggregate_side(
             e.local_endpoints = e.local_endpoints.max(h.local_endpoints);
         }
     }
-    (hc, internal, external)
+    (hc, no_local)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Upstream counts Services with no local endpoint per family (one proxier each):
+    /// a dual-stack Service whose only local endpoint is IPv4 has none in IPv6; a
+    /// single-stack one does not count in the other family at all.
+    #[test]
+    fn no_local_endpoints_per_family() {
+        let model = crate::synthetic::model(0, 0);
+        let mut e = crate::synthetic::entry(0, 2);
+        e.port.internal_policy_local = true;
+        e.endpoints[0].is_local = true;
+        let v4_only = PortSide::of(&e, &model);
+        assert_eq!(v4_only.no_local, [(false, false), (false, false)]);
+        e.port
+            .cluster_ips
+            .push("fd00::10".parse().expect("literal"));
+        let mut v6 = e.endpoints[1].clone();
+        v6.ip = "fd00:1::5".parse().expect("literal");
+        e.endpoints.push(v6);
+        let dual = PortSide::of(&e, &model);
+        assert_eq!(dual.no_local, [(false, false), (true, false)]);
+        let (_, counts) = aggregate_side(&BTreeMap::from([(e.port.name.clone(), dual)]));
+        assert_eq!(counts, [(0, 0), (1, 0)]);
+    }
 
     #[test]
     fn rfc3339() {

@@ -6,7 +6,7 @@
 //! endpoints need; it avoids pulling in a web framework.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Probe};
+use crate::model::Node;
 
 /// A response.
 pub struct Response {
@@ -46,6 +47,63 @@ const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 fn json_str(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
+
+/// Pending connections a listener's backlog holds (Go's default on Linux reads
+/// `somaxconn`; 1024 is what most kernels have there).
+const BACKLOG: i32 = 1024;
+
+/// Opens a listener on `addr` as Go's `net.Listen("tcp", addr)` does: a wildcard
+/// address (`0.0.0.0` or `::`) accepts both families, through one IPv6 socket with
+/// `IPV6_V6ONLY` off, so `0.0.0.0:10256` answers on `::1` too (load balancers and
+/// kubelet probes of IPv6 and dual-stack clusters). A host without IPv6 gets an IPv4
+/// listener. Any other address is bound as given.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    if !addr.ip().is_unspecified() {
+        return TcpListener::bind(addr).await;
+    }
+    match bind_dual_stack(addr.port()) {
+        Ok(l) => Ok(l),
+        // No IPv6 in this kernel or namespace (socket: EAFNOSUPPORT; bind with IPv6
+        // disabled: EADDRNOTAVAIL): listen on IPv4 only, as Go falls back to.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EAFNOSUPPORT) | Some(libc::EADDRNOTAVAIL)
+            ) =>
+        {
+            TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port()))).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn bind_dual_stack(port: u16) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(false)?;
+    // As Go (and std's TcpListener): a restarted proxy rebinds while connections of
+    // the previous one linger in TIME_WAIT.
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Upstream's node eligibility (KEP-3836, `ProxyHealthServer.SyncNode`): a Node that is
+/// being deleted, or that the cluster autoscaler tainted for deletion, fails `/healthz`
+/// so that load balancers drain it before it goes away.
+pub fn node_eligible(node: &Node) -> bool {
+    node.metadata.deletion_timestamp.is_none()
+        && !node
+            .spec
+            .taints
+            .iter()
+            .any(|t| t.key == TO_BE_DELETED_TAINT)
+}
+
+/// The taint the cluster autoscaler puts on a Node it is about to delete.
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
 /// The body of a `healthCheckNodePort` answer, laid out as upstream's; strings are
 /// escaped as JSON (namespace and name come from the cluster, or from a file).
@@ -209,9 +267,10 @@ impl Health {
         self.with(|h| h.last_updated = Some(SystemTime::now()))
     }
 
-    /// Whether the node may receive load-balancer traffic (not being deleted).
-    pub fn set_node_eligible(&self, e: bool) {
-        self.with(|h| h.node_eligible = e)
+    /// Whether the node may receive load-balancer traffic (not being deleted); returns
+    /// the previous value.
+    pub fn set_node_eligible(&self, e: bool) -> bool {
+        self.with(|h| std::mem::replace(&mut h.node_eligible, e))
     }
 
     /// (healthy, last updated, now)
@@ -227,28 +286,26 @@ impl Health {
         })
     }
 
-    /// `/healthz` and `/livez`.
+    /// `/healthz` and `/livez`, laid out as upstream's. `/healthz` also fails while the
+    /// node is not eligible; `/livez` follows the proxier alone.
     pub fn respond(&self, path: &str) -> Response {
         let (healthy, lu, now) = self.check();
         let eligible = self.with(|h| h.node_eligible);
-        let (ok, body) = match path {
-            "/livez" => (
-                healthy,
-                format!(
-                    "{{\"lastUpdated\": {},\"currentTime\": {}}}",
-                    json_str(&go_time(lu)),
-                    json_str(&go_time(now))
-                ),
-            ),
-            "/healthz" => (
-                healthy && eligible,
-                format!(
-                    "{{\"lastUpdated\": {},\"currentTime\": {}, \"nodeEligible\": {eligible}}}",
-                    json_str(&go_time(lu)),
-                    json_str(&go_time(now))
-                ),
-            ),
+        let ok = match path {
+            "/livez" => healthy,
+            "/healthz" => healthy && eligible,
             _ => return not_found(),
+        };
+        // As upstream: a healthy answer says "updated now" (older releases reported
+        // every sync loop run, changes or not); a failing one the last real update.
+        let lu = json_str(&go_time(if ok { now } else { lu }));
+        let now = json_str(&go_time(now));
+        let body = if path == "/healthz" {
+            format!(
+                "{{\"lastUpdated\": {lu},\"currentTime\": {now}, \"nodeEligible\": {eligible}}}"
+            )
+        } else {
+            format!("{{\"lastUpdated\": {lu},\"currentTime\": {now}}}")
         };
         Response {
             status: if ok { 200 } else { 503 },
@@ -280,6 +337,24 @@ pub struct Shared {
     pub rules: Mutex<Option<crate::ruleset::incremental::Incremental>>,
 }
 
+impl Shared {
+    /// The healthz address's `/healthz` and `/livez`, counted in
+    /// `kubeproxy_proxy_healthz_total` / `kubeproxy_proxy_livez_total` by status code as
+    /// upstream counts its health server's answers.
+    pub fn respond_health(&self, path: &str) -> Response {
+        let r = self.health.respond(path);
+        let probe = match path {
+            "/healthz" => Some(Probe::Healthz),
+            "/livez" => Some(Probe::Livez),
+            _ => None,
+        };
+        if let Some(p) = probe {
+            self.metrics.probe_answered(p, r.status);
+        }
+        r
+    }
+}
+
 /// The metrics address: `/metrics`, `/debug/rules`, and health too (as upstream).
 pub fn metrics_handler(shared: Arc<Shared>) -> impl Fn(&str) -> Response + Send + Sync + 'static {
     move |path| match path {
@@ -303,6 +378,8 @@ pub fn metrics_handler(shared: Arc<Shared>) -> impl Fn(&str) -> Response + Send 
                     .unwrap_or_default()
             },
         },
+        // Not counted in the probe totals: upstream counts its health server's answers,
+        // and serves only a plain `ok` here.
         "/healthz" | "/livez" => shared.health.respond(path),
         _ => not_found(),
     }
@@ -347,8 +424,10 @@ impl ServiceHealthServers {
                 }
                 continue;
             }
-            let addr = SocketAddr::from(([0, 0, 0, 0], port));
-            match TcpListener::bind(addr).await {
+            // Every address of both families, as upstream's servers for the default
+            // nodePortAddresses: IPv6 load balancers check the node over IPv6.
+            let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+            match bind(addr).await {
                 Ok(l) => {
                     let st = Arc::new(Mutex::new(state));
                     let st2 = st.clone();
@@ -407,5 +486,97 @@ mod tests {
         h.set_node_eligible(false);
         assert_eq!(h.respond("/healthz").status, 503);
         assert_eq!(h.respond("/livez").status, 200);
+    }
+
+    fn node(v: serde_json::Value) -> Node {
+        serde_json::from_value(v).unwrap_or_else(|e| panic!("a Node: {e}"))
+    }
+
+    #[test]
+    fn deleting_or_autoscaler_tainted_nodes_are_not_eligible() {
+        let meta = serde_json::json!({"name": "n1"});
+        assert!(node_eligible(&node(serde_json::json!({"metadata": meta}))));
+        assert!(node_eligible(&node(serde_json::json!({
+            "metadata": meta,
+            "spec": {"taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]}
+        }))));
+        assert!(!node_eligible(&node(serde_json::json!({
+            "metadata": meta,
+            "spec": {"taints": [
+                {"key": "other", "effect": "NoSchedule"},
+                {"key": "ToBeDeletedByClusterAutoscaler", "value": "1700000000", "effect": "NoSchedule"}
+            ]}
+        }))));
+        assert!(!node_eligible(&node(serde_json::json!({
+            "metadata": {"name": "n1", "deletionTimestamp": "2024-01-02T03:04:05Z"}
+        }))));
+    }
+
+    #[test]
+    fn healthz_json_and_counters_follow_upstream() {
+        let shared = Shared {
+            metrics: Metrics::default(),
+            health: Health::new(Duration::from_secs(60)),
+            rules: Mutex::new(None),
+        };
+        shared.health.queued();
+        shared.health.updated();
+        let r = shared.respond_health("/healthz");
+        assert_eq!(r.status, 200);
+        let j: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        assert_eq!(j["nodeEligible"], true, "{}", r.body);
+        // Healthy: "lastUpdated" is the answer's own time, as upstream's.
+        assert_eq!(j["lastUpdated"], j["currentTime"], "{}", r.body);
+        shared.health.set_node_eligible(false);
+        let r = shared.respond_health("/healthz");
+        assert_eq!(r.status, 503);
+        let j: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        assert_eq!(j["nodeEligible"], false, "{}", r.body);
+        let r = shared.respond_health("/livez");
+        assert_eq!(r.status, 200);
+        let j: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        assert!(j.get("nodeEligible").is_none(), "{}", r.body);
+        assert_eq!(shared.respond_health("/other").status, 404);
+        let t = shared.metrics.render();
+        for sample in [
+            "kubeproxy_proxy_healthz_total{code=\"200\"} 1",
+            "kubeproxy_proxy_healthz_total{code=\"503\"} 1",
+            "kubeproxy_proxy_livez_total{code=\"200\"} 1",
+            "kubeproxy_proxy_livez_total{code=\"503\"} 0",
+        ] {
+            assert!(t.lines().any(|l| l == sample), "no {sample} in\n{t}");
+        }
+    }
+
+    /// A wildcard bind listens on both families (port 0: nothing to collide with).
+    #[test]
+    fn wildcard_listener_answers_on_both_loopbacks() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        rt.block_on(async {
+            let l = bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+                .await
+                .unwrap_or_else(|e| panic!("bind: {e}"));
+            let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+            let _server = serve(l, |_| not_found());
+            for ip in [
+                std::net::IpAddr::from(Ipv4Addr::LOCALHOST),
+                std::net::IpAddr::from(Ipv6Addr::LOCALHOST),
+            ] {
+                let mut c = tokio::net::TcpStream::connect((ip, port))
+                    .await
+                    .unwrap_or_else(|e| panic!("connect {ip}: {e}"));
+                c.write_all(b"GET / HTTP/1.1\r\n\r\n")
+                    .await
+                    .unwrap_or_else(|e| panic!("send: {e}"));
+                let mut out = String::new();
+                c.read_to_string(&mut out)
+                    .await
+                    .unwrap_or_else(|e| panic!("read: {e}"));
+                assert!(out.starts_with("HTTP/1.1 404"), "{ip}: {out}");
+            }
+        });
     }
 }

@@ -63,6 +63,11 @@ const D: &str = "10.0.2.13";
 const BACKENDS: [&str; 4] = [A, B, C, D];
 const HEALTHZ: &str = "127.0.0.1:10256";
 const METRICS: &str = "127.0.0.1:10249";
+/// Samples of the IPv4 series (upstream labels sync and programming metrics with the
+/// family; this cluster is IPv4).
+const SYNC_COUNT: &str = "kubeproxy_sync_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}";
+const LAST_SYNC: &str = "kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family=\"IPv4\"}";
+const PROGRAMMED: &str = "kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv4\"}";
 /// Consecutive answers that must show exactly the expected endpoints. With 4 equally
 /// likely endpoints, 60 answers miss one with a probability of about 1e-7.
 const WINDOW: usize = 60;
@@ -543,32 +548,53 @@ impl Drop for Api {
 
 /// The daemon's flags against `url`.
 fn daemon_args(url: &str) -> Vec<String> {
-    daemon_args_with(url, "2s")
+    DaemonOpts::default().args(url)
 }
 
-/// The daemon's flags against `url`, with a `--sync-period`.
-fn daemon_args_with(url: &str, sync_period: &str) -> Vec<String> {
-    [
-        "--master",
-        url,
-        "--hostname-override",
-        NODE_NAME,
-        "--cluster-cidr",
-        "10.0.0.0/16",
-        "--sync-period",
-        sync_period,
-        "--min-sync-period",
-        "10ms",
-        "--healthz-bind-address",
-        HEALTHZ,
-        "--metrics-bind-address",
-        METRICS,
-        "-v",
-        "2",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+/// The flags a test may vary.
+#[derive(Clone, Copy)]
+struct DaemonOpts {
+    sync_period: &'static str,
+    min_sync_period: &'static str,
+    healthz: &'static str,
+    metrics: &'static str,
+}
+
+impl Default for DaemonOpts {
+    fn default() -> Self {
+        DaemonOpts {
+            sync_period: "2s",
+            min_sync_period: "10ms",
+            healthz: HEALTHZ,
+            metrics: METRICS,
+        }
+    }
+}
+
+impl DaemonOpts {
+    fn args(&self, url: &str) -> Vec<String> {
+        [
+            "--master",
+            url,
+            "--hostname-override",
+            NODE_NAME,
+            "--cluster-cidr",
+            "10.0.0.0/16",
+            "--sync-period",
+            self.sync_period,
+            "--min-sync-period",
+            self.min_sync_period,
+            "--healthz-bind-address",
+            self.healthz,
+            "--metrics-bind-address",
+            self.metrics,
+            "-v",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
 }
 
 /// The daemon running in the node namespace; killed on drop.
@@ -577,10 +603,10 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(node: &NetNs, url: &str, sync_period: &str, log: PathBuf) -> Daemon {
+    fn start(node: &NetNs, url: &str, opts: DaemonOpts, log: PathBuf) -> Daemon {
         let file = File::create(&log).unwrap_or_else(|e| panic!("create {log:?}: {e}"));
         let mut cmd = node.command(&[BIN]);
-        cmd.args(daemon_args_with(url, sync_period))
+        cmd.args(opts.args(url))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file);
@@ -616,7 +642,7 @@ struct Env {
     topo: Topology,
     dir: TempDir,
     starts: Mutex<usize>,
-    sync_period: &'static str,
+    opts: DaemonOpts,
 }
 
 impl Env {
@@ -634,15 +660,19 @@ impl Env {
     /// Like [`Env::new`] with another `--sync-period`, returning as soon as the daemon
     /// is started.
     fn started(tag: &str, objects: Vec<Value>, sync_period: &'static str) -> Env {
-        Env::started_with(tag, objects, sync_period, |_| {})
+        let opts = DaemonOpts {
+            sync_period,
+            ..DaemonOpts::default()
+        };
+        Env::started_with(tag, objects, opts, |_| {})
     }
 
-    /// Like [`Env::started`], with `prepare` run on the API server before the daemon
-    /// starts.
+    /// Like [`Env::started`] with other daemon flags, and `prepare` run on the API
+    /// server before the daemon starts.
     fn started_with(
         tag: &str,
         objects: Vec<Value>,
-        sync_period: &'static str,
+        opts: DaemonOpts,
         prepare: impl FnOnce(&ApiServer),
     ) -> Env {
         let topo = topology(tag);
@@ -659,7 +689,7 @@ impl Env {
             topo,
             dir: TempDir::new(tag),
             starts: Mutex::new(0),
-            sync_period,
+            opts,
         };
         env.start_daemon();
         env
@@ -672,7 +702,7 @@ impl Env {
             *s
         };
         let log = self.dir.path().join(format!("daemon-{n}.log"));
-        let d = Daemon::start(&self.topo.node, &self.api.url(), self.sync_period, log);
+        let d = Daemon::start(&self.topo.node, &self.api.url(), self.opts, log);
         let old = lock(&self.daemon).replace(d);
         assert!(old.is_none(), "a daemon was already running");
     }
@@ -789,7 +819,12 @@ impl Env {
 
     /// The daemon's `/metrics` text.
     fn metrics(&self) -> Result<String, String> {
-        match self.http(METRICS, "/metrics") {
+        self.metrics_at(METRICS)
+    }
+
+    /// `/metrics` on `addr`.
+    fn metrics_at(&self, addr: &str) -> Result<String, String> {
+        match self.http(addr, "/metrics") {
             Ok(r) if r.status == 200 => Ok(r.body),
             Ok(r) => Err(format!("/metrics answered {}: {}", r.status, r.body)),
             Err(e) => Err(format!("/metrics: {e}")),
@@ -1340,7 +1375,8 @@ fn kill_and_restart_without_failed_connections() {
     if !require_privileged() {
         return;
     }
-    const FULL_SYNCS: &str = "kubeproxy_sync_full_proxy_rules_duration_seconds_count";
+    const FULL_SYNCS: &str =
+        "kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}";
     let env = Env::new("restart", web_cluster(&[A, B, C]));
     let dst = sockaddr(WEB_IP, 80);
     env.wait_backends(dst, &[A, B, C], "3 endpoints programmed", WAIT);
@@ -1709,10 +1745,10 @@ fn health_metrics_debug_rules_and_dry_run() {
     // /metrics: kube-proxy's names.
     let text = env.wait_until("/metrics", WAIT, || env.metrics());
     for name in [
-        "kubeproxy_sync_proxy_rules_duration_seconds_count",
-        "kubeproxy_sync_full_proxy_rules_duration_seconds_count",
-        "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-        "kubeproxy_network_programming_duration_seconds_count",
+        SYNC_COUNT,
+        "kubeproxy_sync_full_proxy_rules_duration_seconds_count{ip_family=\"IPv4\"}",
+        LAST_SYNC,
+        PROGRAMMED,
         "kubeproxy_sync_proxy_rules_endpoint_changes_total",
     ] {
         assert!(
@@ -1720,19 +1756,14 @@ fn health_metrics_debug_rules_and_dry_run() {
             "/metrics has no sample {name}:\n{text}"
         );
     }
-    let last_sync =
-        metric(&text, "kubeproxy_sync_proxy_rules_last_timestamp_seconds").unwrap_or(0.0);
+    let last_sync = metric(&text, LAST_SYNC).unwrap_or(0.0);
     assert!(
         last_sync >= test_start.floor(),
         "last sync timestamp {last_sync} is before the test started ({test_start})"
     );
-    let syncs = metric(&text, "kubeproxy_sync_proxy_rules_duration_seconds_count").unwrap_or(0.0);
+    let syncs = metric(&text, SYNC_COUNT).unwrap_or(0.0);
     let changes = metric(&text, "kubeproxy_sync_proxy_rules_endpoint_changes_total").unwrap_or(0.0);
-    let programmed = metric(
-        &text,
-        "kubeproxy_network_programming_duration_seconds_count",
-    )
-    .unwrap_or(0.0);
+    let programmed = metric(&text, PROGRAMMED).unwrap_or(0.0);
     assert!(syncs >= 1.0, "no sync counted:\n{text}");
 
     // A change: the local endpoint goes away.
@@ -1740,18 +1771,14 @@ fn health_metrics_debug_rules_and_dry_run() {
     env.wait_until("healthCheckNodePort: 503, no local endpoint", WAIT, || {
         check_hc(503, 0)
     });
-    env.wait_metric_above(
-        "kubeproxy_sync_proxy_rules_duration_seconds_count",
-        syncs,
-        "the sync count grows after a change",
-    );
+    env.wait_metric_above(SYNC_COUNT, syncs, "the sync count grows after a change");
     env.wait_metric_above(
         "kubeproxy_sync_proxy_rules_endpoint_changes_total",
         changes,
         "the endpoint change is counted",
     );
     env.wait_metric_above(
-        "kubeproxy_network_programming_duration_seconds_count",
+        PROGRAMMED,
         programmed,
         "the slice's trigger time is observed as programming latency",
     );
@@ -1944,9 +1971,12 @@ fn without_the_service_cidr_api_everything_else_is_programmed() {
     if !require_privileged() {
         return;
     }
-    let env = Env::started_with("nocidr", web_cluster(&[A, B]), "2s", |api| {
-        api.set_served("ServiceCIDR", false)
-    });
+    let env = Env::started_with(
+        "nocidr",
+        web_cluster(&[A, B]),
+        DaemonOpts::default(),
+        |api| api.set_served("ServiceCIDR", false),
+    );
     env.wait_until("the daemon programs its table", WAIT, || {
         env.try_listing(false)
             .ok_or_else(|| "no table ip kube-nft-proxy yet".to_string())
@@ -1988,4 +2018,211 @@ fn without_the_service_cidr_api_everything_else_is_programmed() {
         "one warning about the absent API\n{}",
         env.diag()
     );
+}
+
+/// The Node as [`node_obj`], with `edit` applied to its JSON.
+fn node_with(edit: impl FnOnce(&mut Value)) -> Value {
+    let mut n = node_obj();
+    edit(&mut n);
+    n
+}
+
+/// Issue 11: node eligibility (KEP-3836) and dual-stack listeners. The daemon listens on
+/// the wildcard addresses (`0.0.0.0` for health, `::` for metrics), as kube-proxy's
+/// defaults do; both answer on `127.0.0.1` and `::1` of the node namespace. A Node the
+/// cluster autoscaler tainted for deletion, or one being deleted, makes `/healthz` 503
+/// with `"nodeEligible": false` so that load balancers drain the node; `/livez` stays
+/// 200 (a kubelet liveness probe must not restart the proxy then). `/metrics` carries
+/// upstream's names and labels.
+#[test]
+fn node_eligibility_dual_stack_listeners_and_upstream_metrics() {
+    if !require_privileged() {
+        return;
+    }
+    let opts = DaemonOpts {
+        healthz: "0.0.0.0:10256",
+        metrics: "[::]:10249",
+        ..DaemonOpts::default()
+    };
+    let env = Env::started_with("eligible", web_cluster(&[A, B]), opts, |_| {});
+    env.wait_backends(sockaddr(WEB_IP, 80), &[A, B], "web programmed", WAIT);
+    let healthz = ["127.0.0.1:10256", "[::1]:10256"];
+    let metrics = ["127.0.0.1:10249", "[::1]:10249"];
+
+    // Every health address answers `path` with `status` and, for /healthz,
+    // `nodeEligible` = `eligible`.
+    let answers = |path: &str, status: u16, eligible: bool| -> Result<(), String> {
+        for addr in healthz {
+            let r = env
+                .http(addr, path)
+                .map_err(|e| format!("{addr}{path}: {e}"))?;
+            let j: Value = serde_json::from_str(&r.body)
+                .map_err(|e| format!("{addr}{path}: not JSON ({e}): {r:?}"))?;
+            let want = if path == "/healthz" {
+                json!(eligible)
+            } else {
+                Value::Null
+            };
+            if r.status != status || j.get("nodeEligible").unwrap_or(&Value::Null) != &want {
+                return Err(format!(
+                    "{addr}{path}: {} {} (want {status}, nodeEligible {want})",
+                    r.status, r.body
+                ));
+            }
+        }
+        Ok(())
+    };
+    let steps: [(&str, Value, bool); 4] = [
+        ("an ordinary Node", node_obj(), true),
+        (
+            "tainted ToBeDeletedByClusterAutoscaler",
+            node_with(|n| {
+                n["spec"] = json!({"taints": [
+                    {"key": "ToBeDeletedByClusterAutoscaler", "value": "1700000000",
+                     "effect": "NoSchedule"}
+                ]})
+            }),
+            false,
+        ),
+        (
+            "the taint removed (the scale-down was cancelled)",
+            node_obj(),
+            true,
+        ),
+        (
+            "being deleted (deletionTimestamp, a finalizer holds it)",
+            node_with(|n| {
+                n["metadata"]["deletionTimestamp"] = json!(rfc3339_now());
+                n["metadata"]["finalizers"] = json!(["example.com/hold"]);
+            }),
+            false,
+        ),
+    ];
+    for (what, node, eligible) in steps {
+        env.api.apply(node);
+        let status = if eligible { 200 } else { 503 };
+        env.wait_until(&format!("{what}: /healthz {status}"), WAIT, || {
+            answers("/healthz", status, eligible)
+        });
+        answers("/livez", 200, eligible)
+            .unwrap_or_else(|e| panic!("{what}: /livez: {e}\n{}", env.diag()));
+        // Draining the node changes nothing in the data plane.
+        env.wait_backends(sockaddr(WEB_IP, 80), &[A, B], what, WAIT);
+    }
+
+    // /metrics on both loopbacks, with upstream's names and labels.
+    let mut text = String::new();
+    for addr in metrics {
+        text = env.wait_until(&format!("{addr}/metrics"), WAIT, || env.metrics_at(addr));
+    }
+    for fam in ["IPv4", "IPv6"] {
+        for name in [
+            "kubeproxy_sync_proxy_rules_duration_seconds_count",
+            "kubeproxy_sync_full_proxy_rules_duration_seconds_count",
+            "kubeproxy_sync_partial_proxy_rules_duration_seconds_count",
+            "kubeproxy_network_programming_duration_seconds_count",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds",
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+        ] {
+            let sample = format!("{name}{{ip_family=\"{fam}\"}}");
+            assert!(
+                metric(&text, &sample).is_some(),
+                "/metrics has no sample {sample}:\n{text}"
+            );
+        }
+        for policy in ["internal", "external"] {
+            let sample = format!(
+                "kubeproxy_sync_proxy_rules_no_local_endpoints_total{{ip_family=\"{fam}\",traffic_policy=\"{policy}\"}}"
+            );
+            assert!(
+                metric(&text, &sample).is_some(),
+                "/metrics has no sample {sample}:\n{text}"
+            );
+        }
+    }
+    assert!(
+        metric(&text, SYNC_COUNT).is_some_and(|v| v >= 1.0),
+        "no sync counted under IPv4:\n{text}"
+    );
+    for name in [
+        "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
+        "kubeproxy_sync_proxy_rules_service_changes_pending",
+        "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+        "kubeproxy_sync_proxy_rules_service_changes_total",
+    ] {
+        assert!(
+            metric(&text, name).is_some(),
+            "/metrics has no sample {name}:\n{text}"
+        );
+    }
+    // Every probe above was answered by the healthz server and counted by code.
+    for (sample, at_least) in [
+        ("kubeproxy_proxy_healthz_total{code=\"200\"}", 1.0),
+        ("kubeproxy_proxy_healthz_total{code=\"503\"}", 1.0),
+        ("kubeproxy_proxy_livez_total{code=\"200\"}", 1.0),
+        ("kubeproxy_proxy_livez_total{code=\"503\"}", 0.0),
+    ] {
+        let v = metric(&text, sample).unwrap_or(-1.0);
+        assert!(v >= at_least, "{sample} = {v}, want >= {at_least}:\n{text}");
+    }
+    // Upstream's network programming buckets: 0, 0.25, 0.5, 1..59 s, 60..115 s by 5,
+    // 2..5 min by 30 s.
+    let les: Vec<&str> = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix(
+                "kubeproxy_network_programming_duration_seconds_bucket{ip_family=\"IPv4\",le=\"",
+            )
+        })
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    let mut want: Vec<String> = ["0", "0.25", "0.5"].map(String::from).to_vec();
+    want.extend((1..=59).map(|s| s.to_string()));
+    want.extend((0..12).map(|i| (60 + 5 * i).to_string()));
+    want.extend((0..7).map(|i| (120 + 30 * i).to_string()));
+    want.push("+Inf".into());
+    assert_eq!(les, want, "network programming buckets");
+}
+
+/// `kubeproxy_sync_proxy_rules_{service,endpoint}_changes_pending` count the Services
+/// with changes waiting for a sync. `--min-sync-period 1h` holds every change after
+/// the first sync, so the gauges show them.
+#[test]
+fn changes_pending_while_a_sync_waits() {
+    if !require_privileged() {
+        return;
+    }
+    let opts = DaemonOpts {
+        sync_period: "1h",
+        min_sync_period: "1h",
+        ..DaemonOpts::default()
+    };
+    let env = Env::started_with("pending", web_cluster(&[A, B]), opts, |_| {});
+    env.wait_backends(sockaddr(WEB_IP, 80), &[A, B], "web programmed", WAIT);
+    let pending = |kind: &str| format!("kubeproxy_sync_proxy_rules_{kind}_changes_pending");
+    env.wait_until("nothing pending after the first sync", WAIT, || {
+        let s = env.metric(&pending("service"))?;
+        let e = env.metric(&pending("endpoint"))?;
+        if s == 0.0 && e == 0.0 {
+            Ok(())
+        } else {
+            Err(format!("service {s}, endpoint {e}"))
+        }
+    });
+    // Two slices of one Service change (one Service with pending endpoint changes),
+    // and two Services change.
+    env.api.apply(slice_obj("web", "web-1", ready(&[A])));
+    env.api.apply(slice_obj("web", "web-2", ready(&[C])));
+    env.api.apply(service_obj("api", "172.30.0.11"));
+    env.api.apply(service_obj("db", "172.30.0.12"));
+    env.wait_until("the held changes are pending", WAIT, || {
+        let s = env.metric(&pending("service"))?;
+        let e = env.metric(&pending("endpoint"))?;
+        if s == 2.0 && e == 1.0 {
+            Ok(())
+        } else {
+            Err(format!("service {s}, endpoint {e}; want 2 and 1"))
+        }
+    });
 }

@@ -911,9 +911,30 @@ pub struct Node {
     /// metadata
     #[serde(default, deserialize_with = "object")]
     pub metadata: NodeMeta,
+    /// spec
+    #[serde(default, deserialize_with = "object")]
+    pub spec: NodeSpec,
     /// status
     #[serde(default, deserialize_with = "object")]
     pub status: NodeStatus,
+}
+
+/// A Node's spec: the keys of its taints (`/healthz` node eligibility).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// taints
+    #[serde(default, deserialize_with = "objects")]
+    pub taints: Vec<Taint>,
+}
+
+/// One entry of `spec.taints`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Taint {
+    /// key
+    #[serde(default, deserialize_with = "nullable")]
+    pub key: String,
 }
 
 /// A Node's metadata.
@@ -926,6 +947,9 @@ pub struct NodeMeta {
     /// the `topology.kubernetes.io/zone` label (interned)
     #[serde(default, rename = "labels", deserialize_with = "zone_label")]
     pub zone: Option<Arc<str>>,
+    /// deletionTimestamp (`/healthz` node eligibility)
+    #[serde(default, deserialize_with = "timestamp")]
+    pub deletion_timestamp: Option<(i64, i32)>,
     /// resourceVersion, until the watcher takes it
     #[serde(default, deserialize_with = "boxed_opt")]
     pub resource_version: Option<Box<str>>,
