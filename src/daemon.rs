@@ -439,10 +439,10 @@ pub async fn run_with(
                                 return Ok(true);
                             }
                             // Another program changed our tables' structure (a flush,
-                            // a deleted chain): one transaction that replaces them is
-                            // faster than reading every element back to diff.
+                            // a deleted chain): repair the structure at once, without
+                            // reading every element back.
                             if reconcile_now {
-                                proxier.replace(inc.ruleset())?;
+                                proxier.repair_structure(inc.ruleset())?;
                                 return Ok(true);
                             }
                             let report = proxier.sync_to(inc.ruleset())?;

@@ -373,6 +373,57 @@ impl Proxier {
         })
     }
 
+    /// Repairs a drift of our tables' structure that [`Proxier::structure_drifted`] found
+    /// (a flushed table, a deleted chain or set, an edited rule) with the smallest
+    /// transaction: the chains, rules and sets that differ, and the elements of the sets
+    /// it creates. Sets that still exist keep their elements: `nft flush table` removes
+    /// rules only, and replacing both tables instead cost 2.5 s at 30k Services (720k
+    /// elements). An element changed by hand is left to the next periodic reconcile,
+    /// which reads everything back: after this the generation counts as unknown.
+    pub fn repair_structure(&mut self, desired: &Ruleset) -> Result<SyncReport, Error> {
+        let start = Instant::now();
+        self.last = None;
+        let mut ops = Vec::new();
+        for table in &desired.tables {
+            let Some(raw) = self.kernel()?.read_structure(table.family)? else {
+                diff::diff(None, table, &mut ops);
+                continue;
+            };
+            let known = netlink::to_known(&raw, table.family, table);
+            let mut structural = Vec::new();
+            diff::diff(
+                Some(Known {
+                    table: &known,
+                    rules_known: true,
+                }),
+                &table.clone_structure(),
+                &mut structural,
+            );
+            let mut fills = Vec::new();
+            for op in &structural {
+                let Op::AddSet(f, decl) = op else {
+                    continue;
+                };
+                if let Some(s) = table.set(&decl.name).filter(|s| !s.elements.is_empty()) {
+                    let items = s.elements.iter().map(|(k, e)| (k.clone(), e.clone()));
+                    fills.push(Op::AddElements(*f, decl.clone(), items.collect()));
+                }
+            }
+            ops.extend(structural);
+            ops.extend(fills);
+        }
+        self.expected_gen = None;
+        self.commit(&ops)?;
+        Ok(SyncReport {
+            full: true,
+            ops: ops.len(),
+            touched_rules: true,
+            service_ports: 0,
+            duration: start.elapsed(),
+            kept: Vec::new(),
+        })
+    }
+
     /// The one transaction that replaces our tables with `desired`.
     fn rebuild_ops(&mut self, desired: &Ruleset) -> Result<Vec<Op>, Error> {
         let kernel = self.kernel()?;
