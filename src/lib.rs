@@ -6,6 +6,7 @@ pub mod allocator;
 pub mod config;
 pub mod conntrack;
 pub mod daemon;
+pub mod error_text;
 pub mod health;
 pub mod host;
 pub mod kubeproxyconfig;

@@ -858,14 +858,4 @@ pub fn run_files(cfg: &ProxyConfig) -> Result<(), Error> {
     }
 }
 
-/// Formats an error with its causes.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use crate::error_text::error_chain;

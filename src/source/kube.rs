@@ -294,7 +294,7 @@ fn forward<T: ApiKind>(
                         absent = true;
                         SourceEvent::Absent(kind)
                     }
-                    Err(e) => SourceEvent::Error(kind, crate::proxier::error_chain(&e)),
+                    Err(e) => SourceEvent::Error(kind, crate::error_text::error_chain(&e)),
                 };
                 if tx.send(out).is_err() {
                     return;

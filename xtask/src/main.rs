@@ -121,7 +121,7 @@ const BUILD: &[Requirement] = &[
     },
 ];
 
-/// What the kernel tests (`nft`, `ip`, `conntrack`) and the conformance runner
+/// What the kernel tests (`nft`, `ip`, `conntrack`, `setpriv`) and the conformance runner
 /// (`python3`, and `sysctl`, which container base images lack) call, on top of
 /// [`BUILD`].
 const TEST_TOOLS: &[Requirement] = &[
@@ -159,6 +159,15 @@ const TEST_TOOLS: &[Requirement] = &[
             apt: "python3",
             dnf: "python3",
             pacman: "python",
+        },
+    },
+    Requirement {
+        name: "setpriv",
+        probe: Probe::Program("setpriv"),
+        packages: Packages {
+            apt: "util-linux",
+            dnf: "util-linux",
+            pacman: "util-linux",
         },
     },
     Requirement {
