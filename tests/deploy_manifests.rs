@@ -25,6 +25,8 @@ use k8s_openapi::api::networking::v1::ServiceCIDR;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::Resource;
 use kube_nft_proxy::config::{Cli, ProxyConfig};
+use kube_nft_proxy::model as lean;
+use kube_nft_proxy::model::objects::ApiKind;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
@@ -254,21 +256,37 @@ fn rbac_resource<T: Resource>() -> (String, String) {
 
 #[test]
 fn rbac_is_exactly_what_the_code_uses() {
-    // The watchers the code builds: `Api::<T>` in src/source/kube.rs, and nothing else.
+    // The watchers the code builds: `forward::<T>` in src/source/kube.rs (each watches
+    // `Api::<Watched<T>>` of a lean object type), and nothing else.
     let src = std::fs::read_to_string(root().join("src/source/kube.rs")).unwrap();
     let watched: BTreeSet<&str> = src
-        .match_indices("Api::<")
+        .match_indices("forward::<")
         .map(|(i, m)| {
             let rest = &src[i + m.len()..];
-            &rest[..rest.find('>').expect("Api::<T>")]
+            &rest[..rest.find('>').expect("forward::<T>")]
         })
         .collect();
     assert_eq!(
         watched,
-        BTreeSet::from(["Service", "EndpointSlice", "ServiceCIDR", "Node"]),
+        BTreeSet::from(["Service", "EndpointSlice", "ServiceCidr", "Node"]),
         "src/source/kube.rs watches a different set of kinds: update daemonset/clusterrole.yaml \
          and this test"
     );
+    // The lean types ask for the same URLs as k8s-openapi's, whose names the RBAC
+    // rules below are checked against.
+    fn urls_of<T: ApiKind>() -> (String, String) {
+        (T::GROUP.to_string(), T::PLURAL.to_string())
+    }
+    assert_eq!(urls_of::<lean::Service>(), rbac_resource::<Service>());
+    assert_eq!(
+        urls_of::<lean::EndpointSlice>(),
+        rbac_resource::<EndpointSlice>()
+    );
+    assert_eq!(
+        urls_of::<lean::ServiceCidr>(),
+        rbac_resource::<ServiceCIDR>()
+    );
+    assert_eq!(urls_of::<lean::Node>(), rbac_resource::<Node>());
     let verbs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
     let list_watch = verbs(&["list", "watch"]);
     let expected: BTreeSet<(String, String, BTreeSet<String>)> = [
