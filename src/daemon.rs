@@ -198,7 +198,7 @@ pub async fn dry_run(cfg: &ProxyConfig) -> Result<String, Error> {
     let client = client(cfg).await?;
     let mut rx = watch_all(client, &cfg.node_name);
     let mut sources = Sources::default();
-    while !sources.ready() {
+    while !sources.ready() || proxier::waiting_for(cfg, &sources.state).is_some() {
         let ev = rx.recv().await.ok_or(Error::SourcesClosed)?;
         sources.apply(ev);
     }
@@ -259,6 +259,8 @@ pub async fn run_with(
     // Set by the drift check: reconcile at once instead of at the next period.
     let mut reconcile_now = false;
     let mut migrated = !cfg.cleanup_kube_proxy;
+    // What the first sync is waiting for, logged once (see `proxier::waiting_for`).
+    let mut waiting: Option<String> = None;
     loop {
         let now = Instant::now();
         let min_next = last_sync.map(|t| t + cfg.min_sync_period).unwrap_or(now);
@@ -327,6 +329,14 @@ pub async fn run_with(
         if !sources.ready() {
             continue;
         }
+        if let Some(why) = proxier::waiting_for(&cfg, &sources.state) {
+            if waiting.as_deref() != Some(why.as_str()) {
+                tracing::info!("{why}; nothing is programmed until then");
+                waiting = Some(why);
+            }
+            continue;
+        }
+        waiting = None;
         let now = Instant::now();
         if now >= next_drift_check {
             next_drift_check = now + DRIFT_CHECK_PERIOD;
