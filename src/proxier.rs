@@ -172,20 +172,15 @@ pub fn desired_full(cfg: &ProxyConfig, state: &ClusterState) -> Result<Desired, 
 /// The pod networks of this node (`spec.podCIDRs`, else `spec.podCIDR`), for
 /// `--detect-local-mode=NodeCIDR`. Values that are not CIDRs are left out.
 pub fn node_pod_cidrs(cfg: &ProxyConfig, state: &ClusterState) -> Vec<ipnet::IpNet> {
-    let Some(spec) = state
-        .nodes
-        .get(&cfg.node_name)
-        .and_then(|n| n.spec.as_ref())
-    else {
+    let Some(spec) = state.nodes.get(&cfg.node_name).map(|n| &n.spec) else {
         return Vec::new();
     };
-    let listed = spec.pod_cidrs.clone().unwrap_or_default();
-    let all = if listed.is_empty() {
-        spec.pod_cidr.iter().cloned().collect()
+    let all: Vec<&String> = if spec.pod_cidrs.is_empty() {
+        vec![&spec.pod_cidr]
     } else {
-        listed
+        spec.pod_cidrs.iter().collect()
     };
-    all.iter()
+    all.into_iter()
         .filter_map(|c| crate::model::convert::parse_cidr_sloppy(c.trim()))
         .collect()
 }
