@@ -259,14 +259,32 @@ pub async fn run_with(
     // Set by the drift check: reconcile at once instead of at the next period.
     let mut reconcile_now = false;
     let mut migrated = !cfg.cleanup_kube_proxy;
-    // What the first sync is waiting for, logged once (see `proxier::waiting_for`).
+    // What programming waits for, logged once (see `proxier::waiting_for`).
     let mut waiting: Option<String> = None;
     loop {
         let now = Instant::now();
         let min_next = last_sync.map(|t| t + cfg.min_sync_period).unwrap_or(now);
         let full_due = last_full + cfg.sync_period;
-        let mut wake = full_due;
-        if sources.ready() {
+        // Listed, but not ready to program (NodeCIDR without the Node's pod networks):
+        // said once; only an event can end the wait, so no timer is due meanwhile (the
+        // loop would spin on a dirty state or a past full sync).
+        let wait = sources
+            .ready()
+            .then(|| proxier::waiting_for(&cfg, &sources.state))
+            .flatten();
+        if wait.is_some() && wait != waiting {
+            tracing::info!(
+                "{}; nothing is programmed until then",
+                wait.as_deref().unwrap_or_default()
+            );
+        }
+        waiting = wait;
+        let mut wake = if waiting.is_some() {
+            now + cfg.sync_period
+        } else {
+            full_due
+        };
+        if sources.ready() && waiting.is_none() {
             wake = wake.min(next_drift_check);
             if dirty {
                 wake = wake.min(min_next.max(now));
@@ -329,14 +347,9 @@ pub async fn run_with(
         if !sources.ready() {
             continue;
         }
-        if let Some(why) = proxier::waiting_for(&cfg, &sources.state) {
-            if waiting.as_deref() != Some(why.as_str()) {
-                tracing::info!("{why}; nothing is programmed until then");
-                waiting = Some(why);
-            }
+        if waiting.is_some() {
             continue;
         }
-        waiting = None;
         let now = Instant::now();
         if now >= next_drift_check {
             next_drift_check = now + DRIFT_CHECK_PERIOD;
