@@ -3,10 +3,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use std::net::{IpAddr, SocketAddr};
+
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use ipnet::IpNet;
 
-use crate::model::convert::parse_cidr_sloppy;
+use crate::kubeproxyconfig::{parse_go_duration, Conntrack};
+use crate::model::convert::{parse_cidr_sloppy, parse_ip_sloppy};
 
 /// kube-nft-proxy: a Kubernetes service proxy that programs nftables through netlink.
 #[derive(Parser, Debug, Clone)]
@@ -34,6 +37,36 @@ pub struct Cli {
     #[arg(long, value_name = "CIDR[,CIDR]", value_delimiter = ',')]
     pub cluster_cidr: Vec<String>,
 
+    /// How traffic from pods is recognised: `ClusterCIDR` (source in --cluster-cidr;
+    /// the default), `NodeCIDR` (source in the Node's spec.podCIDRs; waits for them),
+    /// `BridgeInterface` (arrives on --pod-bridge-interface) or `InterfaceNamePrefix`
+    /// (arrives on an interface named --pod-interface-name-prefix*).
+    #[arg(long, value_name = "MODE")]
+    pub detect_local_mode: Option<String>,
+
+    /// The pods' bridge, for --detect-local-mode=BridgeInterface.
+    #[arg(long, value_name = "INTERFACE")]
+    pub pod_bridge_interface: Option<String>,
+
+    /// The start of the pods' interface names, for
+    /// --detect-local-mode=InterfaceNamePrefix.
+    #[arg(long, value_name = "PREFIX")]
+    pub pod_interface_name_prefix: Option<String>,
+
+    /// This node's primary IP (overrides the Node object's, as kube-proxy; no socket
+    /// is bound to it). `0.0.0.0` or `::`: the Node's.
+    #[arg(long, value_name = "IP")]
+    pub bind_address: Option<String>,
+
+    /// kube-proxy's mode: only `nftables` is accepted.
+    #[arg(long, value_name = "MODE")]
+    pub proxy_mode: Option<String>,
+
+    /// Apply the conntrack sysctls (the step that needs more than CAP_NET_ADMIN), then
+    /// exit: for a privileged init container.
+    #[arg(long)]
+    pub init_only: bool,
+
     /// Masquerade all traffic sent to service addresses.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub masquerade_all: Option<bool>,
@@ -57,7 +90,7 @@ pub struct Cli {
     pub cleanup_kube_proxy: bool,
 
     /// How often to reconcile everything with the kernel when running continuously.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, visible_alias = "iptables-sync-period", default_value = "30s", value_parser = parse_duration)]
     pub sync_period: Duration,
 
     /// Path to a kubeconfig file (default: in-cluster credentials, then $KUBECONFIG).
@@ -85,8 +118,46 @@ pub struct Cli {
     pub metrics_bind_address: String,
 
     /// Shortest time between two syncs, so that a burst of changes is one transaction.
-    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    #[arg(long, visible_alias = "iptables-min-sync-period", default_value = "10ms", value_parser = parse_duration)]
     pub min_sync_period: Duration,
+
+    /// Deprecated kube-proxy flag: the port of --healthz-bind-address when that has
+    /// none; 0 turns the server off.
+    #[arg(long, value_name = "PORT")]
+    pub healthz_port: Option<u16>,
+
+    /// Deprecated kube-proxy flag: the port of --metrics-bind-address when that has
+    /// none; 0 turns the server off.
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<u16>,
+
+    /// nf_conntrack_max per CPU (0: leave the limit and --conntrack-min alone).
+    #[arg(long, value_name = "N")]
+    pub conntrack_max_per_core: Option<u32>,
+
+    /// Lower bound of nf_conntrack_max.
+    #[arg(long, value_name = "N")]
+    pub conntrack_min: Option<u32>,
+
+    /// nf_conntrack_tcp_timeout_established (0: leave alone).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_established: Option<Duration>,
+
+    /// nf_conntrack_tcp_timeout_close_wait (0: leave alone).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub conntrack_tcp_timeout_close_wait: Option<Duration>,
+
+    /// Set nf_conntrack_tcp_be_liberal.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub conntrack_tcp_be_liberal: Option<bool>,
+
+    /// nf_conntrack_udp_timeout (0: leave alone).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub conntrack_udp_timeout: Option<Duration>,
+
+    /// nf_conntrack_udp_timeout_stream (0: leave alone).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub conntrack_udp_timeout_stream: Option<Duration>,
 
     /// A kube-proxy config file (`kubeproxy.config.k8s.io/v1alpha1`
     /// KubeProxyConfiguration); flags on the command line override it.
@@ -104,11 +175,153 @@ pub struct Cli {
     /// Log verbosity (0: warnings and info, 2: debug, 4+: trace).
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     pub verbosity: u8,
+
+    /// kube-proxy flags that do not apply to kube-nft-proxy (see [`IGNORED`]).
+    #[command(flatten)]
+    pub ignored: Ignored,
 }
 
-/// Parses a Go-style duration (`30s`, `1m`, `250ms`, `1h`).
+/// kube-proxy's flags that mean nothing for nftables mode or for this program. Each is
+/// accepted, so that kube-proxy's command line works unchanged, and reported once at
+/// start-up with the reason from [`IGNORED`].
+#[derive(clap::Args, Debug, Clone, Default)]
+#[command(next_help_heading = "Accepted for kube-proxy compatibility, without effect")]
+pub struct Ignored {
+    #[arg(long, value_name = "GATES")]
+    feature_gates: Option<String>,
+    #[arg(long, value_name = "TYPE")]
+    kube_api_content_type: Option<String>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    bind_address_hard_fail: Option<String>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    profiling: Option<String>,
+    #[arg(long, value_name = "VERSION")]
+    show_hidden_metrics_for_version: Option<String>,
+    #[arg(long, value_name = "DURATION")]
+    config_sync_period: Option<String>,
+    #[arg(long, value_name = "N")]
+    oom_score_adj: Option<String>,
+    #[arg(long, value_name = "BIT")]
+    iptables_masquerade_bit: Option<String>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    iptables_localhost_nodeports: Option<String>,
+    #[arg(long, value_name = "DURATION")]
+    ipvs_sync_period: Option<String>,
+    #[arg(long, value_name = "DURATION")]
+    ipvs_min_sync_period: Option<String>,
+    #[arg(long, value_name = "NAME")]
+    ipvs_scheduler: Option<String>,
+    #[arg(long, value_name = "CIDRS")]
+    ipvs_exclude_cidrs: Option<String>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    ipvs_strict_arp: Option<String>,
+    #[arg(long, value_name = "DURATION")]
+    ipvs_tcp_timeout: Option<String>,
+    #[arg(long, value_name = "DURATION")]
+    ipvs_tcpfin_timeout: Option<String>,
+    #[arg(long, value_name = "DURATION")]
+    ipvs_udp_timeout: Option<String>,
+    #[arg(long, value_name = "PATTERN")]
+    vmodule: Option<String>,
+    #[arg(long, value_name = "DURATION")]
+    log_flush_frequency: Option<String>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    log_text_split_stream: Option<String>,
+    #[arg(long, value_name = "SIZE")]
+    log_text_info_buffer_size: Option<String>,
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    log_json_split_stream: Option<String>,
+    #[arg(long, value_name = "SIZE")]
+    log_json_info_buffer_size: Option<String>,
+}
+
+/// Each flag of [`Ignored`] (its clap id) and why it has no effect.
+pub const IGNORED: &[(&str, &str)] = &[
+    (
+        "feature_gates",
+        "kube-nft-proxy has no feature gates; nftables mode needs none",
+    ),
+    ("kube_api_content_type", "the API client always speaks JSON"),
+    (
+        "bind_address_hard_fail",
+        "a health or metrics address that cannot be bound always stops kube-nft-proxy",
+    ),
+    ("profiling", "there is no /debug/pprof (Go profiling)"),
+    ("show_hidden_metrics_for_version", "no metric is hidden"),
+    (
+        "config_sync_period",
+        "the watches do not resync; a full reconcile runs every --sync-period",
+    ),
+    (
+        "oom_score_adj",
+        "set the container's OOM score through Kubernetes (its QoS class)",
+    ),
+    (
+        "iptables_masquerade_bit",
+        "iptables mode only; nftables mode uses nftables.masqueradeBit (our --masquerade-bit)",
+    ),
+    (
+        "iptables_localhost_nodeports",
+        "iptables mode only: NodePorts on localhost do not exist in nftables mode",
+    ),
+    ("ipvs_sync_period", "IPVS mode only"),
+    ("ipvs_min_sync_period", "IPVS mode only"),
+    ("ipvs_scheduler", "IPVS mode only"),
+    ("ipvs_exclude_cidrs", "IPVS mode only"),
+    ("ipvs_strict_arp", "IPVS mode only"),
+    ("ipvs_tcp_timeout", "IPVS mode only"),
+    ("ipvs_tcpfin_timeout", "IPVS mode only"),
+    ("ipvs_udp_timeout", "IPVS mode only"),
+    (
+        "vmodule",
+        "per-file verbosity is not implemented; -v applies to all our logs",
+    ),
+    ("log_flush_frequency", "logs are written unbuffered"),
+    ("log_text_split_stream", "all logs go to stderr"),
+    ("log_text_info_buffer_size", "logs are written unbuffered"),
+    ("log_json_split_stream", "all logs go to stderr"),
+    ("log_json_info_buffer_size", "logs are written unbuffered"),
+];
+
+/// The flags that still count next to `--config` (all others are then taken from the
+/// file, as kube-proxy's `Options.Complete` does): what to do, which node, the API
+/// server URL, logging (kube-proxy's `copyLogsFromFlags`), and our own flags that the
+/// file cannot express.
+const WITH_CONFIG: &[&str] = &[
+    "config",
+    "write_config_to",
+    "cleanup",
+    "init_only",
+    "hostname_override",
+    "master",
+    "verbosity",
+    "logging_format",
+    "manifests",
+    "once",
+    "dry_run",
+    "cleanup_kube_proxy",
+];
+
+/// The `--flag` spelling of a clap id.
+fn flag_of(id: &str) -> String {
+    match id {
+        "verbosity" => "--v".to_string(),
+        _ => format!("--{}", id.replace('_', "-")),
+    }
+}
+
+/// Whether an argument was given on the command line.
+fn given(m: &ArgMatches, id: &str) -> bool {
+    m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+}
+
+/// Parses a duration as kube-proxy's flags take it (Go's `time.ParseDuration`: `30s`,
+/// `1m30s`, `250ms`, `24h0m0s`); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
+    if let Ok(d) = parse_go_duration(s) {
+        return Ok(d);
+    }
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .map(|i| s.split_at(i))
@@ -157,6 +370,81 @@ pub enum Error {
         /// the value
         value: String,
     },
+    /// `--proxy-mode` other than `nftables`.
+    #[error(
+        "--proxy-mode={0:?}: kube-nft-proxy only implements kube-proxy's nftables mode; \
+         remove the flag or set it to nftables"
+    )]
+    ProxyMode(String),
+    /// A `--detect-local-mode` kube-proxy does not know.
+    #[error(
+        "--detect-local-mode={0:?}: must be ClusterCIDR, NodeCIDR, BridgeInterface or \
+         InterfaceNamePrefix"
+    )]
+    DetectLocalMode(String),
+    /// The interface (prefix) of the chosen detect-local mode is missing or unusable.
+    #[error("--{flag}={value:?}: {why}")]
+    BadInterface {
+        /// the flag
+        flag: &'static str,
+        /// the value
+        value: String,
+        /// what is wrong
+        why: &'static str,
+    },
+}
+
+/// How traffic from pods is told apart from other traffic (kube-proxy's
+/// `--detect-local-mode`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalDetect {
+    /// source address in `--cluster-cidr` (no CIDR: not detected, as upstream)
+    ClusterCidr,
+    /// source address in the Node's `spec.podCIDRs`; nothing is programmed before the
+    /// Node has them
+    NodeCidr,
+    /// arrives on this bridge
+    BridgeInterface(String),
+    /// arrives on an interface whose name starts with this
+    InterfaceNamePrefix(String),
+}
+
+impl LocalDetect {
+    /// kube-proxy's name of the mode.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            LocalDetect::ClusterCidr => "ClusterCIDR",
+            LocalDetect::NodeCidr => "NodeCIDR",
+            LocalDetect::BridgeInterface(_) => "BridgeInterface",
+            LocalDetect::InterfaceNamePrefix(_) => "InterfaceNamePrefix",
+        }
+    }
+}
+
+/// An interface name (or prefix) that the kernel and nft's text both take: 1-15 bytes
+/// (IFNAMSIZ less the NUL), none of what the kernel refuses in a name (`/`, `:`,
+/// white space) nor what nft's quoted string or wildcard would read differently
+/// (`"`, `\\`, `*`).
+fn check_interface(flag: &'static str, value: Option<&str>) -> Result<String, Error> {
+    let v = value.map(str::trim).unwrap_or_default();
+    let bad = |why| Error::BadInterface {
+        flag,
+        value: v.to_string(),
+        why,
+    };
+    if v.is_empty() {
+        return Err(bad("must be set for this --detect-local-mode"));
+    }
+    if v.len() > 15 {
+        return Err(bad("longer than an interface name (15 bytes)"));
+    }
+    if !v
+        .bytes()
+        .all(|b| b.is_ascii_graphic() && !b"/:\"\\*".contains(&b))
+    {
+        return Err(bad("not an interface name"));
+    }
+    Ok(v.to_string())
 }
 
 /// The proxy's configuration, resolved and validated.
@@ -200,8 +488,15 @@ pub struct ProxyConfig {
     pub write_config_to: Option<PathBuf>,
     /// `text` or `json`
     pub logging_format: String,
-    /// conntrack settings from the config file, applied through sysctls
-    pub conntrack: Option<crate::kubeproxyconfig::Conntrack>,
+    /// conntrack settings (from the config file or `--conntrack-*`), applied through
+    /// sysctls; `None`: none given, nothing is written (except with `--init-only`)
+    pub conntrack: Option<Conntrack>,
+    /// `--detect-local-mode` and its interface
+    pub local_detect: LocalDetect,
+    /// `--bind-address` when not unspecified: this node's primary IP of its family
+    pub node_ip_override: Option<IpAddr>,
+    /// `--init-only`
+    pub init_only: bool,
 }
 
 fn host_name() -> String {
@@ -243,17 +538,93 @@ impl ProxyConfig {
             }
             NodePortAddresses::Cidrs(nets)
         };
-        let addr = |flag: &'static str, v: &str| -> Result<Option<std::net::SocketAddr>, Error> {
-            if v.trim().is_empty() {
+        if let Some(m) = cli.proxy_mode.as_deref() {
+            if m != crate::kubeproxyconfig::MODE_NFTABLES {
+                return Err(Error::ProxyMode(m.to_string()));
+            }
+        }
+        let local_detect = match cli.detect_local_mode.as_deref().map(str::trim) {
+            None | Some("") | Some("ClusterCIDR") => LocalDetect::ClusterCidr,
+            Some("NodeCIDR") => LocalDetect::NodeCidr,
+            Some("BridgeInterface") => LocalDetect::BridgeInterface(check_interface(
+                "pod-bridge-interface",
+                cli.pod_bridge_interface.as_deref(),
+            )?),
+            Some("InterfaceNamePrefix") => LocalDetect::InterfaceNamePrefix(check_interface(
+                "pod-interface-name-prefix",
+                cli.pod_interface_name_prefix.as_deref(),
+            )?),
+            Some(other) => return Err(Error::DetectLocalMode(other.to_string())),
+        };
+        // Upstream's detectNodeIPs: a bind address that is not 0.0.0.0 or :: replaces
+        // the primary node IP of its family.
+        let node_ip_override = match cli.bind_address.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(v) => {
+                let ip = parse_ip_sloppy(v).ok_or_else(|| Error::BadAddress {
+                    flag: "bind-address",
+                    value: v.to_string(),
+                })?;
+                (!ip.is_unspecified()).then_some(ip)
+            }
+        };
+        // Upstream's IPPortVar takes `IP` or `IP:port`; a missing port is the default
+        // (or --healthz-port / --metrics-port), and port 0 turns the server off.
+        let addr = |flag: &'static str,
+                    v: &str,
+                    port: Option<u16>,
+                    default_port: u16|
+         -> Result<Option<SocketAddr>, Error> {
+            let v = v.trim();
+            if v.is_empty() || port == Some(0) {
                 return Ok(None);
             }
-            v.trim().parse().map(Some).map_err(|_| Error::BadAddress {
+            if let Ok(a) = v.parse::<SocketAddr>() {
+                return Ok(Some(a));
+            }
+            let ip = parse_ip_sloppy(v).ok_or_else(|| Error::BadAddress {
                 flag,
                 value: v.to_string(),
-            })
+            })?;
+            Ok(Some(SocketAddr::new(ip, port.unwrap_or(default_port))))
         };
-        let healthz_bind_address = addr("healthz-bind-address", &cli.healthz_bind_address)?;
-        let metrics_bind_address = addr("metrics-bind-address", &cli.metrics_bind_address)?;
+        let healthz_bind_address = addr(
+            "healthz-bind-address",
+            &cli.healthz_bind_address,
+            cli.healthz_port,
+            10256,
+        )?;
+        let metrics_bind_address = addr(
+            "metrics-bind-address",
+            &cli.metrics_bind_address,
+            cli.metrics_port,
+            10249,
+        )?;
+        let conntrack_given = cli.conntrack_max_per_core.is_some()
+            || cli.conntrack_min.is_some()
+            || cli.conntrack_tcp_timeout_established.is_some()
+            || cli.conntrack_tcp_timeout_close_wait.is_some()
+            || cli.conntrack_tcp_be_liberal.is_some()
+            || cli.conntrack_udp_timeout.is_some()
+            || cli.conntrack_udp_timeout_stream.is_some();
+        let conntrack = conntrack_given.then(|| {
+            let d = Conntrack::default();
+            Conntrack {
+                max_per_core: cli.conntrack_max_per_core.unwrap_or(d.max_per_core),
+                min: cli.conntrack_min.unwrap_or(d.min),
+                tcp_established_timeout: cli
+                    .conntrack_tcp_timeout_established
+                    .unwrap_or(d.tcp_established_timeout),
+                tcp_close_wait_timeout: cli
+                    .conntrack_tcp_timeout_close_wait
+                    .unwrap_or(d.tcp_close_wait_timeout),
+                tcp_be_liberal: cli.conntrack_tcp_be_liberal.unwrap_or(d.tcp_be_liberal),
+                udp_timeout: cli.conntrack_udp_timeout.unwrap_or(d.udp_timeout),
+                udp_stream_timeout: cli
+                    .conntrack_udp_timeout_stream
+                    .unwrap_or(d.udp_stream_timeout),
+            }
+        });
         Ok(ProxyConfig {
             manifests: cli.manifests,
             once: cli.once,
@@ -278,7 +649,10 @@ impl ProxyConfig {
             verbosity: cli.verbosity,
             write_config_to: cli.write_config_to,
             logging_format: cli.logging_format,
-            conntrack: None,
+            conntrack,
+            local_detect,
+            node_ip_override,
+            init_only: cli.init_only,
         })
     }
 }
@@ -308,8 +682,14 @@ impl ProxyConfig {
             },
             ..Default::default()
         };
-        if !k.cluster_cidr.is_empty() {
-            k.detect_local_mode = "ClusterCIDR".into();
+        k.detect_local_mode = self.local_detect.mode().into();
+        match &self.local_detect {
+            LocalDetect::BridgeInterface(i) => k.detect_local.bridge_interface = i.clone(),
+            LocalDetect::InterfaceNamePrefix(p) => k.detect_local.interface_name_prefix = p.clone(),
+            LocalDetect::ClusterCidr | LocalDetect::NodeCidr => {}
+        }
+        if let Some(ip) = self.node_ip_override {
+            k.bind_address = ip.to_string();
         }
         k.client_connection.kubeconfig = self
             .kubeconfig
@@ -338,23 +718,43 @@ pub enum ArgsError {
     Config(String),
 }
 
-/// Parses the command line with `--config` applied: the file's settings become flags,
-/// and flags given on the command line override them (as kube-proxy does). Returns
-/// the CLI, the file's conntrack settings, and messages to log (unknown fields,
-/// settings we do not honour).
-pub fn parse_args(
-    raw: Vec<String>,
-) -> Result<(Cli, Option<crate::kubeproxyconfig::Conntrack>, Vec<String>), ArgsError> {
-    let cli = Cli::try_parse_from(&raw).map_err(ArgsError::Clap)?;
+/// Parses the command line with `--config` applied as kube-proxy's `Options.Complete`
+/// does: with a file, the file decides every setting, and of the command line only the
+/// flags in [`WITH_CONFIG`] count (the node name, logging, what to do); every other
+/// flag given is reported as ignored. Without a file, the flags decide. Returns the
+/// CLI and messages to log once (ignored flags, unknown fields of the file, settings
+/// we do not honour).
+pub fn parse_args(raw: Vec<String>) -> Result<(Cli, Vec<String>), ArgsError> {
+    let m = Cli::command()
+        .try_get_matches_from(&raw)
+        .map_err(ArgsError::Clap)?;
+    let cli = Cli::from_arg_matches(&m).map_err(ArgsError::Clap)?;
+    let mut notes: Vec<String> = IGNORED
+        .iter()
+        .filter(|(id, _)| given(&m, id))
+        .map(|(id, why)| format!("{} is accepted and ignored: {why}", flag_of(id)))
+        .collect();
     let Some(path) = cli.config.clone() else {
-        return Ok((cli, None, Vec::new()));
+        return Ok((cli, notes));
     };
     let (file, unknown) = crate::kubeproxyconfig::read(&path)
         .map_err(|e| ArgsError::Config(format!("--config {}: {e}", path.display())))?;
-    let mut notes: Vec<String> = unknown
-        .iter()
-        .map(|u| format!("--config {}: unknown field {u} ignored", path.display()))
-        .collect();
+    let cmd = Cli::command();
+    for id in cmd.get_arguments().map(|a| a.get_id().as_str()) {
+        if given(&m, id) && !WITH_CONFIG.contains(&id) && !IGNORED.iter().any(|(i, _)| *i == id) {
+            notes.push(format!(
+                "{} is ignored: --config {} is given, and kube-proxy then takes this \
+                 setting from the file",
+                flag_of(id),
+                path.display()
+            ));
+        }
+    }
+    notes.extend(
+        unknown
+            .iter()
+            .map(|u| format!("--config {}: unknown field {u} ignored", path.display())),
+    );
     notes.extend(
         file.warnings()
             .into_iter()
@@ -364,9 +764,34 @@ pub fn parse_args(
         .first()
         .cloned()
         .unwrap_or_else(|| "kube-nft-proxy".into());
-    let merged = crate::kubeproxyconfig::merge_args(&file.to_args(), raw.get(1..).unwrap_or(&[]));
-    let cli = Cli::try_parse_from(std::iter::once(prog).chain(merged)).map_err(ArgsError::Clap)?;
-    Ok((cli, Some(file.conntrack), notes))
+    let from_file = Cli::try_parse_from(std::iter::once(prog).chain(file.to_args()))
+        .map_err(ArgsError::Clap)?;
+    let cli = Cli {
+        manifests: cli.manifests,
+        once: cli.once,
+        dry_run: cli.dry_run,
+        cleanup: cli.cleanup,
+        cleanup_kube_proxy: cli.cleanup_kube_proxy,
+        init_only: cli.init_only,
+        config: cli.config,
+        write_config_to: cli.write_config_to,
+        master: cli.master,
+        hostname_override: cli
+            .hostname_override
+            .or(from_file.hostname_override.clone()),
+        verbosity: if given(&m, "verbosity") {
+            cli.verbosity
+        } else {
+            from_file.verbosity
+        },
+        logging_format: if given(&m, "logging_format") {
+            cli.logging_format
+        } else {
+            from_file.logging_format.clone()
+        },
+        ..from_file
+    };
+    Ok((cli, notes))
 }
 
 #[cfg(test)]
@@ -442,7 +867,7 @@ mod tests {
             v.extend(extra.iter().map(|s| s.to_string()));
             v
         };
-        let (cli, _, notes) = parse_args(args(&["--hostname-override", "from-flag"])).unwrap();
+        let (cli, notes) = parse_args(args(&["--hostname-override", "from-flag"])).unwrap();
         assert!(
             notes.iter().any(|n| n.contains("iptables.masqueradeAll")),
             "{notes:?}"
@@ -458,7 +883,7 @@ mod tests {
         // --write-config-to output read back gives the same settings.
         let written = crate::kubeproxyconfig::to_yaml(&c.to_kube_proxy_config());
         std::fs::write(&f, written).unwrap();
-        let (cli2, _, _) = parse_args(args(&[])).unwrap();
+        let (cli2, _) = parse_args(args(&[])).unwrap();
         let c2 = ProxyConfig::from_cli(cli2).unwrap();
         assert_eq!(c2.node_name, c.node_name);
         assert_eq!(c2.masquerade_mark, c.masquerade_mark);
@@ -468,6 +893,233 @@ mod tests {
         assert_eq!(c2.healthz_bind_address, c.healthz_bind_address);
         assert_eq!(c2.metrics_bind_address, c.metrics_bind_address);
         assert_eq!(c2.nodeport_addresses, c.nodeport_addresses);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn args(v: &[&str]) -> Vec<String> {
+        std::iter::once("kube-nft-proxy")
+            .chain(v.iter().copied())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn proxy_mode_other_than_nftables_is_refused() {
+        assert!(parse(&["--proxy-mode", "nftables"]).is_ok());
+        for m in ["iptables", "ipvs", "", "NFTables"] {
+            let e = parse(&["--proxy-mode", m]).unwrap_err();
+            assert!(matches!(e, Error::ProxyMode(_)), "{m}: {e}");
+            assert!(e.to_string().contains("nftables mode"), "{e}");
+        }
+    }
+
+    #[test]
+    fn ignored_flags_are_accepted_and_reported_once_each() {
+        let (cli, notes) = parse_args(args(&[
+            "--feature-gates=NFTablesProxyMode=true",
+            "--oom-score-adj=-998",
+            "--profiling",
+            "--ipvs-strict-arp=false",
+            "--iptables-masquerade-bit",
+            "14",
+            "--kube-api-content-type=application/json",
+            "--config-sync-period=15m",
+            "--bind-address-hard-fail",
+            "--vmodule=proxier=4",
+        ]))
+        .unwrap();
+        assert!(ProxyConfig::from_cli(cli).is_ok());
+        assert_eq!(notes.len(), 9, "{notes:?}");
+        assert!(notes.iter().all(|n| n.contains("accepted and ignored")));
+        assert!(notes[0].starts_with("--feature-gates "), "{notes:?}");
+        // Every table entry names a real argument.
+        let cmd = Cli::command();
+        for (id, _) in IGNORED {
+            assert!(cmd.get_arguments().any(|a| a.get_id() == id), "{id}");
+        }
+    }
+
+    #[test]
+    fn detect_local_modes() {
+        assert_eq!(parse(&[]).unwrap().local_detect, LocalDetect::ClusterCidr);
+        assert_eq!(
+            parse(&["--detect-local-mode", "NodeCIDR"])
+                .unwrap()
+                .local_detect,
+            LocalDetect::NodeCidr
+        );
+        assert_eq!(
+            parse(&[
+                "--detect-local-mode=BridgeInterface",
+                "--pod-bridge-interface=cbr0"
+            ])
+            .unwrap()
+            .local_detect,
+            LocalDetect::BridgeInterface("cbr0".into())
+        );
+        assert_eq!(
+            parse(&[
+                "--detect-local-mode=InterfaceNamePrefix",
+                "--pod-interface-name-prefix=veth"
+            ])
+            .unwrap()
+            .local_detect,
+            LocalDetect::InterfaceNamePrefix("veth".into())
+        );
+        // The interface flag of another mode is not needed and not used.
+        assert_eq!(
+            parse(&["--pod-bridge-interface=cbr0"])
+                .unwrap()
+                .local_detect,
+            LocalDetect::ClusterCidr
+        );
+        for bad in [
+            &["--detect-local-mode=Bridge"][..],
+            &["--detect-local-mode=BridgeInterface"],
+            &[
+                "--detect-local-mode=InterfaceNamePrefix",
+                "--pod-interface-name-prefix=",
+            ],
+            &[
+                "--detect-local-mode=BridgeInterface",
+                "--pod-bridge-interface=a\"b",
+            ],
+            &[
+                "--detect-local-mode=BridgeInterface",
+                "--pod-bridge-interface=veth*",
+            ],
+            &[
+                "--detect-local-mode=BridgeInterface",
+                "--pod-bridge-interface=0123456789abcdef",
+            ],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bind_address_and_bare_ip_bind_addresses() {
+        let c = parse(&["--bind-address", "192.168.5.5"]).unwrap();
+        assert_eq!(c.node_ip_override, Some("192.168.5.5".parse().unwrap()));
+        assert_eq!(
+            parse(&["--bind-address=0.0.0.0"]).unwrap().node_ip_override,
+            None
+        );
+        assert_eq!(
+            parse(&["--bind-address=::"]).unwrap().node_ip_override,
+            None
+        );
+        assert!(parse(&["--bind-address=node1"]).is_err());
+        // k3s passes a bare IP; kube-proxy appends its port.
+        let c = parse(&[
+            "--healthz-bind-address=127.0.0.1",
+            "--metrics-bind-address=::1",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.healthz_bind_address,
+            Some("127.0.0.1:10256".parse().unwrap())
+        );
+        assert_eq!(c.metrics_bind_address, Some("[::1]:10249".parse().unwrap()));
+        // The deprecated port flags: a port for a bare IP, 0 turns the server off.
+        let c = parse(&[
+            "--healthz-bind-address=10.0.0.1",
+            "--healthz-port=1234",
+            "--metrics-port=0",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.healthz_bind_address,
+            Some("10.0.0.1:1234".parse().unwrap())
+        );
+        assert_eq!(c.metrics_bind_address, None);
+    }
+
+    #[test]
+    fn sync_period_aliases_and_conntrack_flags() {
+        let c = parse(&[
+            "--iptables-sync-period=1m0s",
+            "--iptables-min-sync-period=1s",
+        ])
+        .unwrap();
+        assert_eq!(c.sync_period, Duration::from_secs(60));
+        assert_eq!(c.min_sync_period, Duration::from_secs(1));
+        assert!(
+            parse(&[]).unwrap().conntrack.is_none(),
+            "nothing given, nothing written"
+        );
+        let c = parse(&[
+            "--conntrack-max-per-core=0",
+            "--conntrack-tcp-timeout-established=0s",
+            "--conntrack-tcp-be-liberal",
+        ])
+        .unwrap();
+        let ct = c.conntrack.unwrap();
+        assert_eq!(ct.max_per_core, 0);
+        assert_eq!(ct.tcp_established_timeout, Duration::ZERO);
+        assert!(ct.tcp_be_liberal);
+        assert_eq!(ct.min, Conntrack::default().min, "kube-proxy's default");
+    }
+
+    #[test]
+    fn with_config_only_node_logging_and_actions_come_from_flags() {
+        let dir = std::env::temp_dir().join(format!("knp-config-prec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("config.conf");
+        std::fs::write(
+            &f,
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n\
+             mode: nftables\nclusterCIDR: 10.244.0.0/16\nhostnameOverride: from-file\n\
+             detectLocalMode: InterfaceNamePrefix\ndetectLocal:\n  interfaceNamePrefix: cali\n\
+             bindAddress: 192.168.1.9\nconntrack:\n  maxPerCore: 0\n",
+        )
+        .unwrap();
+        let path = f.display().to_string();
+        let (cli, notes) = parse_args(args(&[
+            "--config",
+            &path,
+            "--cluster-cidr=10.0.0.0/8",
+            "--proxy-mode=ipvs",
+            "--hostname-override=from-flag",
+            "-v",
+            "3",
+            "--dry-run",
+            "--oom-score-adj=-999",
+        ]))
+        .unwrap();
+        let c = ProxyConfig::from_cli(cli).unwrap();
+        assert_eq!(c.node_name, "from-flag");
+        assert_eq!(c.verbosity, 3);
+        assert!(c.dry_run);
+        assert_eq!(
+            c.cluster_cidrs,
+            vec!["10.244.0.0/16".parse::<IpNet>().unwrap()]
+        );
+        assert_eq!(
+            c.local_detect,
+            LocalDetect::InterfaceNamePrefix("cali".into())
+        );
+        assert_eq!(c.node_ip_override, Some("192.168.1.9".parse().unwrap()));
+        assert_eq!(c.conntrack.as_ref().map(|c| c.max_per_core), Some(0));
+        let ignored: Vec<&String> = notes
+            .iter()
+            .filter(|n| n.contains("is ignored: --config"))
+            .collect();
+        assert_eq!(ignored.len(), 2, "{notes:?}");
+        assert!(
+            ignored[0].starts_with("--cluster-cidr ") || ignored[1].starts_with("--cluster-cidr ")
+        );
+        assert!(notes
+            .iter()
+            .any(|n| n.starts_with("--oom-score-adj is accepted and ignored")));
+        // --write-config-to output keeps the detect-local settings.
+        let text = crate::kubeproxyconfig::to_yaml(&c.to_kube_proxy_config());
+        std::fs::write(&f, text).unwrap();
+        let (cli, _) = parse_args(args(&["--config", &path])).unwrap();
+        let c2 = ProxyConfig::from_cli(cli).unwrap();
+        assert_eq!(c2.local_detect, c.local_detect);
+        assert_eq!(c2.node_ip_override, c.node_ip_override);
+        assert_eq!(c2.conntrack, c.conntrack);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -198,7 +198,7 @@ pub async fn dry_run(cfg: &ProxyConfig) -> Result<String, Error> {
     let client = client(cfg).await?;
     let mut rx = watch_all(client, &cfg.node_name);
     let mut sources = Sources::default();
-    while !sources.ready() {
+    while !sources.ready() || proxier::waiting_for(cfg, &sources.state).is_some() {
         let ev = rx.recv().await.ok_or(Error::SourcesClosed)?;
         sources.apply(ev);
     }
@@ -259,12 +259,32 @@ pub async fn run_with(
     // Set by the drift check: reconcile at once instead of at the next period.
     let mut reconcile_now = false;
     let mut migrated = !cfg.cleanup_kube_proxy;
+    // What programming waits for, logged once (see `proxier::waiting_for`).
+    let mut waiting: Option<String> = None;
     loop {
         let now = Instant::now();
         let min_next = last_sync.map(|t| t + cfg.min_sync_period).unwrap_or(now);
         let full_due = last_full + cfg.sync_period;
-        let mut wake = full_due;
-        if sources.ready() {
+        // Listed, but not ready to program (NodeCIDR without the Node's pod networks):
+        // said once; only an event can end the wait, so no timer is due meanwhile (the
+        // loop would spin on a dirty state or a past full sync).
+        let wait = sources
+            .ready()
+            .then(|| proxier::waiting_for(&cfg, &sources.state))
+            .flatten();
+        if wait.is_some() && wait != waiting {
+            tracing::info!(
+                "{}; nothing is programmed until then",
+                wait.as_deref().unwrap_or_default()
+            );
+        }
+        waiting = wait;
+        let mut wake = if waiting.is_some() {
+            now + cfg.sync_period
+        } else {
+            full_due
+        };
+        if sources.ready() && waiting.is_none() {
             wake = wake.min(next_drift_check);
             if dirty {
                 wake = wake.min(min_next.max(now));
@@ -325,6 +345,9 @@ pub async fn run_with(
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
         if !sources.ready() {
+            continue;
+        }
+        if waiting.is_some() {
             continue;
         }
         let now = Instant::now();

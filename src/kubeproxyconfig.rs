@@ -11,8 +11,9 @@
 //! Loading follows upstream's decoding and defaulting: a `null` value is the same as an
 //! absent key, and the fields upstream treats as "unset when zero" (durations, `qps`,
 //! `burst`, `contentType`, empty bind addresses) get their defaults. After loading,
-//! [`KubeProxyConfiguration::to_args`] gives the equivalent command line of our binary,
-//! and [`merge_args`] lets flags given on the real command line override the file.
+//! [`KubeProxyConfiguration::to_args`] gives the equivalent command line of our binary
+//! (`config::parse_args` then keeps only the flags kube-proxy honours next to
+//! `--config`); [`merge_args`] combines such a list with a command line whose flags win.
 //!
 //! This module uses no other module of the crate (only serde, serde_json, serde_yaml_ng
 //! and thiserror), so tests can include it with `#[path]`.
@@ -196,6 +197,16 @@ impl Default for Conntrack {
     }
 }
 
+/// `detectLocal`: the interface of the interface-based `detectLocalMode`s.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+pub struct DetectLocal {
+    /// `--pod-bridge-interface` (mode `BridgeInterface`).
+    pub bridge_interface: String,
+    /// `--pod-interface-name-prefix` (mode `InterfaceNamePrefix`).
+    pub interface_name_prefix: String,
+}
+
 /// `logging`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
@@ -229,8 +240,9 @@ pub struct KubeProxyConfiguration {
     pub api_version: String,
     /// Always [`KIND`].
     pub kind: String,
-    /// Only decides the family of the default health and metrics addresses (as
-    /// upstream, where no socket is bound to it).
+    /// `--bind-address`: when not unspecified, this node's primary IP of its family
+    /// (as upstream, where no socket is bound to it); also decides the family of the
+    /// default health and metrics addresses.
     #[serde(default)]
     pub bind_address: String,
     /// API server connection.
@@ -238,8 +250,11 @@ pub struct KubeProxyConfiguration {
     /// `--cluster-cidr`: pod networks, comma separated (one per family).
     #[serde(rename = "clusterCIDR")]
     pub cluster_cidr: String,
-    /// Only `ClusterCIDR` (or empty, which means the same) is implemented.
+    /// `--detect-local-mode`: `ClusterCIDR` (or empty, which means the same),
+    /// `NodeCIDR`, `BridgeInterface` or `InterfaceNamePrefix`.
     pub detect_local_mode: String,
+    /// The interface of the interface-based modes.
+    pub detect_local: DetectLocal,
     /// `--hostname-override`.
     pub hostname_override: String,
     /// `--healthz-bind-address`.
@@ -254,7 +269,7 @@ pub struct KubeProxyConfiguration {
     pub mode: String,
     /// nftables mode settings.
     pub nftables: NfTables,
-    /// conntrack sysctls (read, not applied).
+    /// conntrack sysctls (`--conntrack-*`).
     pub conntrack: Conntrack,
     /// Logging.
     pub logging: Logging,
@@ -269,6 +284,7 @@ impl Default for KubeProxyConfiguration {
             client_connection: ClientConnection::default(),
             cluster_cidr: String::new(),
             detect_local_mode: String::new(),
+            detect_local: DetectLocal::default(),
             hostname_override: String::new(),
             healthz_bind_address: format!("0.0.0.0:{HEALTHZ_PORT}"),
             metrics_bind_address: format!("127.0.0.1:{METRICS_PORT}"),
@@ -383,8 +399,7 @@ impl KubeProxyConfiguration {
     /// The equivalent command-line flags of kube-nft-proxy (without the program name),
     /// one `--flag=value` per element. Empty strings and lists are left out (the flag's
     /// own default then applies); everything else is given explicitly. Fields without a
-    /// flag (`bindAddress`, `detectLocalMode`, `conntrack`, `logging.format`,
-    /// `contentType`, ...) do not appear.
+    /// flag of ours (`mode`, `contentType`, ...) do not appear.
     pub fn to_args(&self) -> Vec<String> {
         let mut args = Vec::new();
         let mut push = |flag: &str, value: &str| args.push(format!("--{flag}={value}"));
@@ -418,6 +433,37 @@ impl KubeProxyConfiguration {
         push("kube-api-qps", &self.client_connection.qps.to_string());
         push("kube-api-burst", &self.client_connection.burst.to_string());
         push("v", &self.logging.verbosity.min(u8::MAX as u32).to_string());
+        if matches!(self.logging.format.as_str(), "text" | "json") {
+            push("logging-format", &self.logging.format);
+        }
+        push("bind-address", self.bind_address.trim());
+        if !self.detect_local_mode.trim().is_empty() {
+            push("detect-local-mode", self.detect_local_mode.trim());
+        }
+        let dl = &self.detect_local;
+        if !dl.bridge_interface.trim().is_empty() {
+            push("pod-bridge-interface", dl.bridge_interface.trim());
+        }
+        if !dl.interface_name_prefix.trim().is_empty() {
+            push("pod-interface-name-prefix", dl.interface_name_prefix.trim());
+        }
+        let ct = &self.conntrack;
+        push("conntrack-max-per-core", &ct.max_per_core.to_string());
+        push("conntrack-min", &ct.min.to_string());
+        push(
+            "conntrack-tcp-timeout-established",
+            &flag_duration(ct.tcp_established_timeout),
+        );
+        push(
+            "conntrack-tcp-timeout-close-wait",
+            &flag_duration(ct.tcp_close_wait_timeout),
+        );
+        push("conntrack-tcp-be-liberal", &ct.tcp_be_liberal.to_string());
+        push("conntrack-udp-timeout", &flag_duration(ct.udp_timeout));
+        push(
+            "conntrack-udp-timeout-stream",
+            &flag_duration(ct.udp_stream_timeout),
+        );
         args
     }
 
@@ -437,25 +483,11 @@ impl KubeProxyConfiguration {
                 "mode {m:?} is ignored; kube-nft-proxy always programs nftables"
             )),
         }
-        match self.detect_local_mode.as_str() {
-            "" | "ClusterCIDR" => {}
-            m => w.push(format!(
-                "detectLocalMode {m:?} is not implemented; local traffic is detected by \
-                 clusterCIDR only"
-            )),
-        }
-        if !matches!(self.logging.format.as_str(), "" | "text") {
+        if !matches!(self.logging.format.as_str(), "" | "text" | "json") {
             w.push(format!(
                 "logging.format {:?} is not implemented; logs are text",
                 self.logging.format
             ));
-        }
-        if self.conntrack != Conntrack::default() {
-            w.push(
-                "conntrack settings differ from kube-proxy's defaults but are not applied: \
-                 kube-nft-proxy sets no conntrack sysctl"
-                    .to_string(),
-            );
         }
         w
     }
@@ -499,6 +531,37 @@ impl KubeProxyConfiguration {
 
     /// Upstream's validation of the fields we use.
     fn validate(&self) -> Result<(), Error> {
+        if !matches!(
+            self.detect_local_mode.as_str(),
+            "" | "ClusterCIDR" | "NodeCIDR" | "BridgeInterface" | "InterfaceNamePrefix"
+        ) {
+            return Err(field_error(
+                "detectLocalMode",
+                format!(
+                    "{:?} is not ClusterCIDR, NodeCIDR, BridgeInterface or InterfaceNamePrefix",
+                    self.detect_local_mode
+                ),
+            ));
+        }
+        for (mode, field, v) in [
+            (
+                "BridgeInterface",
+                "detectLocal.bridgeInterface",
+                &self.detect_local.bridge_interface,
+            ),
+            (
+                "InterfaceNamePrefix",
+                "detectLocal.interfaceNamePrefix",
+                &self.detect_local.interface_name_prefix,
+            ),
+        ] {
+            if self.detect_local_mode == mode && v.trim().is_empty() {
+                return Err(field_error(
+                    field,
+                    format!("must be set when detectLocalMode is {mode}"),
+                ));
+            }
+        }
         if self.nftables.masquerade_bit > 31 {
             return Err(field_error(
                 "nftables.masqueradeBit",
@@ -951,8 +1014,6 @@ winkernel:
         let expect = [
             "bindAddressHardFail",
             "configSyncPeriod",
-            "detectLocal.bridgeInterface",
-            "detectLocal.interfaceNamePrefix",
             "enableProfiling",
             "featureGates.NFTablesProxyMode",
             "iptables.masqueradeAll",
@@ -992,6 +1053,15 @@ winkernel:
                 "--kube-api-qps=5",
                 "--kube-api-burst=10",
                 "--v=2",
+                "--logging-format=text",
+                "--bind-address=0.0.0.0",
+                "--conntrack-max-per-core=32768",
+                "--conntrack-min=131072",
+                "--conntrack-tcp-timeout-established=86400s",
+                "--conntrack-tcp-timeout-close-wait=3600s",
+                "--conntrack-tcp-be-liberal=false",
+                "--conntrack-udp-timeout=0s",
+                "--conntrack-udp-timeout-stream=0s",
             ]
         );
     }
@@ -1015,7 +1085,7 @@ winkernel:
             c.conntrack.tcp_established_timeout,
             Duration::from_secs(7200)
         );
-        assert_eq!(c.warnings().len(), 1, "conntrack is not applied");
+        assert!(c.warnings().is_empty(), "conntrack is applied");
         let (c, unknown) =
             parse("apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n")
                 .unwrap();
@@ -1164,8 +1234,18 @@ winkernel:
         assert_eq!(w("mode: ipvs\n").len(), 1);
         assert_eq!(w("mode: ''\n").len(), 1);
         assert_eq!(w("mode: nftables\ndetectLocalMode: ClusterCIDR\n").len(), 0);
-        assert_eq!(w("detectLocalMode: InterfaceNamePrefix\n").len(), 1);
-        assert_eq!(w("logging:\n  format: json\n").len(), 1);
+        assert_eq!(
+            w("detectLocalMode: InterfaceNamePrefix\ndetectLocal:\n  interfaceNamePrefix: veth\n")
+                .len(),
+            0
+        );
+        assert_eq!(w("logging:\n  format: json\n").len(), 0);
+        assert_eq!(w("logging:\n  format: xml\n").len(), 1);
+        let e = |extra: &str| parse(&format!("{head}{extra}")).unwrap_err().to_string();
+        assert!(e("detectLocalMode: Bridge\n").starts_with("detectLocalMode: "));
+        assert!(
+            e("detectLocalMode: BridgeInterface\n").starts_with("detectLocal.bridgeInterface: ")
+        );
     }
 
     #[test]

@@ -62,15 +62,14 @@ fn run_async(dry_run: bool, cfg: ProxyConfig) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let (cli, conntrack, notes) =
-        match kube_nft_proxy::config::parse_args(std::env::args().collect()) {
-            Ok(x) => x,
-            Err(kube_nft_proxy::config::ArgsError::Clap(e)) => e.exit(),
-            Err(kube_nft_proxy::config::ArgsError::Config(e)) => {
-                report(&e.to_string());
-                return ExitCode::from(2);
-            }
-        };
+    let (cli, notes) = match kube_nft_proxy::config::parse_args(std::env::args().collect()) {
+        Ok(x) => x,
+        Err(kube_nft_proxy::config::ArgsError::Clap(e)) => e.exit(),
+        Err(kube_nft_proxy::config::ArgsError::Config(e)) => {
+            report(&e.to_string());
+            return ExitCode::from(2);
+        }
+    };
     let level = match cli.verbosity {
         0 | 1 => tracing::Level::INFO,
         2 | 3 => tracing::Level::DEBUG,
@@ -96,17 +95,17 @@ fn main() -> ExitCode {
     } else {
         tracing_subscriber::registry().with(fmt).with(filter).init();
     }
+    // Each once, at start-up.
     for n in &notes {
         tracing::warn!("{n}");
     }
-    let mut cfg = match ProxyConfig::from_cli(cli) {
+    let cfg = match ProxyConfig::from_cli(cli) {
         Ok(c) => c,
         Err(e) => {
             report(&e.to_string());
             return ExitCode::from(2);
         }
     };
-    cfg.conntrack = conntrack;
     if let Some(path) = &cfg.write_config_to {
         let text = kube_nft_proxy::kubeproxyconfig::to_yaml(&cfg.to_kube_proxy_config());
         return match std::fs::write(path, text) {
@@ -118,7 +117,13 @@ fn main() -> ExitCode {
         };
     }
     let api = cfg.manifests.is_empty();
-    let result = if cfg.cleanup {
+    let result = if cfg.init_only {
+        // kube-proxy's --init-only: the privileged step (conntrack sysctls, with
+        // kube-proxy's defaults unless set), so that the proxy itself needs only
+        // CAP_NET_ADMIN.
+        kube_nft_proxy::conntrack::apply_settings(&cfg.conntrack.clone().unwrap_or_default());
+        Ok(())
+    } else if cfg.cleanup {
         proxier::cleanup().map(|n| tracing::info!(tables = n, "deleted our tables"))
     } else if api && !cfg.once {
         if !cfg.dry_run {

@@ -12,14 +12,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{NodePortAddresses, ProxyConfig};
+use crate::config::{LocalDetect, NodePortAddresses, ProxyConfig};
 use crate::host;
 use crate::model::{ClusterState, Problem, ProxyModel, ServiceName};
 use crate::netlink::{self, Kernel};
 use crate::quarantine::Quarantine;
 use crate::ruleset::diff::{self, Known, Op};
 use crate::ruleset::ir::{Family, Key, Ruleset, Value, TABLE_NAME};
-use crate::ruleset::{build, render, BuildConfig};
+use crate::ruleset::{build, render, BuildConfig, PodInterface};
 use crate::source::manifests;
 
 /// Errors of a sync.
@@ -34,6 +34,9 @@ pub enum Error {
     /// Reading this host's addresses failed.
     #[error("reading this host's addresses failed")]
     HostAddresses(#[source] std::io::Error),
+    /// `--detect-local-mode=NodeCIDR` and the Node has no `spec.podCIDRs` (yet).
+    #[error("--detect-local-mode=NodeCIDR: Node {0:?} has no spec.podCIDRs (yet)")]
+    NoPodCidrs(String),
 }
 
 /// What one sync did.
@@ -122,11 +125,41 @@ pub struct Desired {
 /// The model and builder inputs of a cluster state (see [`Desired`]).
 pub fn desired_full(cfg: &ProxyConfig, state: &ClusterState) -> Result<Desired, Error> {
     let mut problems = Default::default();
-    let model = ProxyModel::compute(state, &cfg.node_name, &mut problems);
+    let mut model = ProxyModel::compute(state, &cfg.node_name, &mut problems);
+    if let Some(ip) = cfg.node_ip_override {
+        // Upstream's detectNodeIPs: --bind-address is the primary IP of its family.
+        model.node.ips.retain(|a| *a != ip);
+        model.node.ips.insert(0, ip);
+    }
+    let (cluster_cidrs, pod_interface) = match &cfg.local_detect {
+        LocalDetect::ClusterCidr => (cfg.cluster_cidrs.clone(), None),
+        LocalDetect::NodeCidr => {
+            let cidrs = node_pod_cidrs(cfg, state);
+            if cidrs.is_empty() {
+                return Err(Error::NoPodCidrs(cfg.node_name.clone()));
+            }
+            (cidrs, None)
+        }
+        LocalDetect::BridgeInterface(name) => (
+            Vec::new(),
+            Some(PodInterface {
+                name: name.clone(),
+                prefix: false,
+            }),
+        ),
+        LocalDetect::InterfaceNamePrefix(name) => (
+            Vec::new(),
+            Some(PodInterface {
+                name: name.clone(),
+                prefix: true,
+            }),
+        ),
+    };
     let bc = BuildConfig {
         masquerade_mark: cfg.masquerade_mark,
         masquerade_all: cfg.masquerade_all,
-        cluster_cidrs: cfg.cluster_cidrs.clone(),
+        cluster_cidrs,
+        pod_interface,
         nodeport_ips: nodeport_ips(cfg, &model)?,
     };
     Ok(Desired {
@@ -134,6 +167,36 @@ pub fn desired_full(cfg: &ProxyConfig, state: &ClusterState) -> Result<Desired, 
         model,
         build: bc,
     })
+}
+
+/// The pod networks of this node (`spec.podCIDRs`, else `spec.podCIDR`), for
+/// `--detect-local-mode=NodeCIDR`. Values that are not CIDRs are left out.
+pub fn node_pod_cidrs(cfg: &ProxyConfig, state: &ClusterState) -> Vec<ipnet::IpNet> {
+    let Some(spec) = state.nodes.get(&cfg.node_name).map(|n| &n.spec) else {
+        return Vec::new();
+    };
+    let all: Vec<&String> = if spec.pod_cidrs.is_empty() {
+        vec![&spec.pod_cidr]
+    } else {
+        spec.pod_cidrs.iter().collect()
+    };
+    all.into_iter()
+        .filter_map(|c| crate::model::convert::parse_cidr_sloppy(c.trim()))
+        .collect()
+}
+
+/// Why nothing may be programmed yet although every source has listed: in NodeCIDR
+/// mode, as upstream's `waitForPodCIDR`, the Node's pod networks must be known, else
+/// pod traffic would be masqueraded (or not) by a guess.
+pub fn waiting_for(cfg: &ProxyConfig, state: &ClusterState) -> Option<String> {
+    (cfg.local_detect == LocalDetect::NodeCidr && node_pod_cidrs(cfg, state).is_empty()).then(
+        || {
+            format!(
+                "--detect-local-mode=NodeCIDR: waiting for Node {:?} to have spec.podCIDRs",
+                cfg.node_name
+            )
+        },
+    )
 }
 
 /// Logs each problem with the object it came from.

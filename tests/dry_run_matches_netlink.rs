@@ -38,6 +38,8 @@ kind: Node
 metadata:
   name: node1
   labels: {{topology.kubernetes.io/zone: zone-a}}
+spec:
+  podCIDRs: [10.1.0.0/24, "fd00:1::/96"]
 status:
   addresses:
     - {{type: InternalIP, address: 192.168.7.1}}
@@ -390,17 +392,126 @@ fn list_both(ns: &NetNs) -> [String; 2] {
 
 /// Loads `--dry-run` output for `manifests` into `ns` with `nft -f -`.
 fn load_dry_run(ns: &NetNs, manifests: &str) {
+    load_dry_run_with(ns, manifests, &NODE_FLAGS);
+}
+
+fn load_dry_run_with(ns: &NetNs, manifests: &str, flags: &[&str]) {
     let mut args = vec!["--manifests", manifests, "--dry-run"];
-    args.extend_from_slice(&NODE_FLAGS);
+    args.extend_from_slice(flags);
     let text = ns.proxy(&args);
     assert!(text.contains("table ip kube-nft-proxy") && text.contains("table ip6 kube-nft-proxy"));
     ns.run_with_stdin(&["nft", "-f", "-"], &text);
 }
 
 fn once(ns: &NetNs, manifests: &str) {
+    once_with(ns, manifests, &NODE_FLAGS);
+}
+
+fn once_with(ns: &NetNs, manifests: &str, flags: &[&str]) {
     let mut args = vec!["--manifests", manifests, "--once"];
-    args.extend_from_slice(&NODE_FLAGS);
+    args.extend_from_slice(flags);
     ns.proxy(&args);
+}
+
+/// Each `--detect-local-mode` (and `--bind-address`): the `--dry-run` text loads with
+/// `nft -f`, and lists the same as what `--once` programs over netlink, with the
+/// pod match each mode promises in `mark-unless-pod` (the interface matches are
+/// encoded as `meta iifname` compares: the full name NUL-padded, a prefix without NUL).
+#[test]
+fn detect_local_modes_text_equals_netlink_programming() {
+    if !require_privileged() {
+        return;
+    }
+    let dir = TempDir::new("dry-modes");
+    let full = dir.write("cluster.yaml", &manifests(true));
+    type Case<'a> = (&'a str, &'a [&'a str], [&'a str; 2]);
+    let cases: [Case; 5] = [
+        (
+            "ClusterCIDR",
+            &[
+                "--detect-local-mode=ClusterCIDR",
+                "--cluster-cidr=10.1.0.0/16,fd00:1::/64",
+            ],
+            [
+                "ip saddr 10.1.0.0/16 return",
+                "ip6 saddr fd00:1::/64 return",
+            ],
+        ),
+        (
+            "NodeCIDR",
+            // --cluster-cidr is not used in this mode.
+            &["--detect-local-mode=NodeCIDR", "--cluster-cidr=10.0.0.0/8"],
+            [
+                "ip saddr 10.1.0.0/24 return",
+                "ip6 saddr fd00:1::/96 return",
+            ],
+        ),
+        (
+            "BridgeInterface",
+            &[
+                "--detect-local-mode=BridgeInterface",
+                "--pod-bridge-interface=cni0",
+            ],
+            ["iifname \"cni0\" return", "iifname \"cni0\" return"],
+        ),
+        (
+            "InterfaceNamePrefix",
+            &[
+                "--detect-local-mode=InterfaceNamePrefix",
+                "--pod-interface-name-prefix=veth",
+            ],
+            ["iifname \"veth*\" return", "iifname \"veth*\" return"],
+        ),
+        (
+            "bind-address",
+            &["--bind-address=192.168.7.99", "--cluster-cidr=10.1.0.0/16"],
+            ["ip saddr 10.1.0.0/16 return", ""],
+        ),
+    ];
+    for (name, flags, want) in cases {
+        let mut all = vec!["--hostname-override", "node1"];
+        all.extend_from_slice(flags);
+        let a = NetNs::new("dry-ma");
+        let b = NetNs::new("dry-mb");
+        load_dry_run_with(&a, &full, &all);
+        once_with(&b, &full, &all);
+        let (la, lb) = (list_both(&a), list_both(&b));
+        for (k, f) in FAMILIES.iter().enumerate() {
+            assert_same(
+                &format!("{name}: table {f}"),
+                "dry-run via nft -f",
+                &la[k],
+                "--once via netlink",
+                &lb[k],
+            );
+            let chain = lb[k]
+                .split("chain mark-unless-pod {")
+                .nth(1)
+                .map(|c| c.split('}').next().unwrap_or_default().to_string());
+            match (want[k], chain) {
+                ("", None) => {}
+                ("", Some(c)) => panic!("{name}: {f} detects no local traffic, yet:\n{c}"),
+                (w, Some(c)) => assert!(c.contains(w), "{name}: {f}: {w:?} not in:\n{c}"),
+                (w, None) => panic!(
+                    "{name}: {f}: no mark-unless-pod chain (want {w:?}):\n{}",
+                    lb[k]
+                ),
+            }
+        }
+        let v4 = Listing::parse(&lb[0]);
+        let nodeport_ip = if name == "bind-address" {
+            "192.168.7.99"
+        } else {
+            "192.168.7.1"
+        };
+        assert!(
+            v4.elements.get("pick-1").is_some_and(|s| s
+                .iter()
+                .any(|e| e.starts_with(&format!("{nodeport_ip} . tcp . 30080")))),
+            "{name}: NodePort not on {nodeport_ip}:\n{}",
+            v4.render()
+        );
+    }
 }
 
 #[test]

@@ -27,6 +27,7 @@ fn cfg() -> BuildConfig {
         masquerade_mark: 1 << 14,
         masquerade_all: false,
         cluster_cidrs: vec!["10.244.0.0/16".parse().expect("static CIDR")],
+        pod_interface: None,
         nodeport_ips: vec![],
     }
 }

@@ -911,7 +911,8 @@ pub struct Node {
     /// metadata
     #[serde(default, deserialize_with = "object")]
     pub metadata: NodeMeta,
-    /// spec
+    /// spec (taints for `/healthz` node eligibility; pod networks for
+    /// `--detect-local-mode=NodeCIDR`)
     #[serde(default, deserialize_with = "object")]
     pub spec: NodeSpec,
     /// status
@@ -919,13 +920,20 @@ pub struct Node {
     pub status: NodeStatus,
 }
 
-/// A Node's spec: the keys of its taints (`/healthz` node eligibility).
+/// A Node's spec: the keys of its taints (`/healthz` node eligibility) and its pod
+/// networks (`--detect-local-mode=NodeCIDR`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSpec {
     /// taints
     #[serde(default, deserialize_with = "objects")]
     pub taints: Vec<Taint>,
+    /// `podCIDR` (the first of `podCIDRs`; older clusters set only this)
+    #[serde(default, rename = "podCIDR", deserialize_with = "nullable")]
+    pub pod_cidr: String,
+    /// `podCIDRs`, at most one per family
+    #[serde(default, rename = "podCIDRs", deserialize_with = "nullable")]
+    pub pod_cidrs: Vec<String>,
 }
 
 /// One entry of `spec.taints`.

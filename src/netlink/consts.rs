@@ -39,6 +39,10 @@ pub const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 pub const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 
 pub const NFT_META_MARK: u32 = 3;
+/// `meta iifname`: the input interface's name, IFNAMSIZ bytes
+pub const NFT_META_IIFNAME: u32 = 6;
+/// IFNAMSIZ: an interface name with its terminating NUL
+pub const IFNAMSIZ: usize = 16;
 pub const NFT_META_L4PROTO: u32 = 16;
 
 pub const NFT_CT_STATE: u32 = 0;

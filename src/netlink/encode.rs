@@ -939,6 +939,14 @@ mod tests {
                 Stmt::Dnat(addr, 8080),
                 Stmt::Masquerade,
                 Stmt::Reject,
+                Stmt::Iifname {
+                    name: "n".repeat(15),
+                    prefix: false,
+                },
+                Stmt::Iifname {
+                    name: "n".repeat(15),
+                    prefix: true,
+                },
                 Stmt::Verdict(Verdict::Jump(name.clone())),
                 Stmt::Verdict(Verdict::Goto(name.clone())),
                 Stmt::Verdict(Verdict::Accept),

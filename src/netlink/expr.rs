@@ -278,6 +278,23 @@ impl RawRule {
                 let op = if *negate { NFT_CMP_NEQ } else { NFT_CMP_EQ };
                 self.cmp(NFT_REG_1, op, &octets(net.network())[..bytes])
             }
+            Stmt::Iifname { name, prefix } => {
+                // As nft: an exact name is compared with its NUL padding to IFNAMSIZ;
+                // a prefix (`"veth*"`) only on its own bytes, without a NUL.
+                let mut data = name.as_bytes().to_vec();
+                if data.len() >= IFNAMSIZ {
+                    return Err(EncodeError::ValueTooLong {
+                        what: "interface name",
+                        len: data.len(),
+                        max: IFNAMSIZ - 1,
+                    });
+                }
+                if !prefix {
+                    data.resize(IFNAMSIZ, 0);
+                }
+                self.meta_load(NFT_META_IIFNAME, NFT_REG_1)?;
+                self.cmp(NFT_REG_1, NFT_CMP_EQ, &data)
+            }
             Stmt::Lookup {
                 fields,
                 set,

@@ -113,8 +113,12 @@ pub struct BuildConfig {
     pub masquerade_mark: u32,
     /// `--masquerade-all`
     pub masquerade_all: bool,
-    /// `--cluster-cidr`: pod networks, for local-traffic detection
+    /// pod networks, for local-traffic detection by source address (`--cluster-cidr`
+    /// in ClusterCIDR mode, the Node's `spec.podCIDRs` in NodeCIDR mode)
     pub cluster_cidrs: Vec<IpNet>,
+    /// local-traffic detection by input interface (BridgeInterface and
+    /// InterfaceNamePrefix modes); when set, `cluster_cidrs` is not used
+    pub pod_interface: Option<PodInterface>,
     /// addresses NodePorts answer on (resolved from `--nodeport-addresses`)
     pub nodeport_ips: Vec<IpAddr>,
 }
@@ -125,9 +129,41 @@ impl Default for BuildConfig {
             masquerade_mark: 1 << 14,
             masquerade_all: false,
             cluster_cidrs: Vec::new(),
+            pod_interface: None,
             nodeport_ips: Vec::new(),
         }
     }
+}
+
+/// Pod traffic is what arrives on this interface (`--pod-bridge-interface`) or on any
+/// interface whose name starts with it (`--pod-interface-name-prefix`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInterface {
+    /// the interface name or name prefix
+    pub name: String,
+    /// a name prefix
+    pub prefix: bool,
+}
+
+/// The statements that each, alone, recognise a packet from a pod (upstream's
+/// `LocalTrafficDetector`): one per pod network of the family, or one interface
+/// match. Empty: local traffic is not detected in this family.
+pub(crate) fn pod_matches(cfg: &BuildConfig, family: Family) -> Vec<Stmt> {
+    if let Some(i) = &cfg.pod_interface {
+        return vec![Stmt::Iifname {
+            name: i.name.clone(),
+            prefix: i.prefix,
+        }];
+    }
+    cfg.cluster_cidrs
+        .iter()
+        .filter(|n| Family::of_net(n) == family)
+        .map(|n| Stmt::Cidr {
+            field: Field::Saddr,
+            net: *n,
+            negate: false,
+        })
+        .collect()
 }
 
 fn frontend_key() -> Vec<KeyType> {
@@ -235,10 +271,7 @@ pub(crate) fn service_plans(
     family: Family,
 ) -> Vec<(Key, Plan)> {
     let mut plans: Vec<(Key, Plan)> = Vec::new();
-    let has_pod_cidr = cfg
-        .cluster_cidrs
-        .iter()
-        .any(|n| Family::of_net(n) == family);
+    let has_pod_cidr = !pod_matches(cfg, family).is_empty();
     {
         let svc = &entry.port;
         let eps = of_family(&entry.endpoints, family);
@@ -934,16 +967,8 @@ pub(crate) fn affinity_parts(key: &Key, plan: &Plan, cfg: &BuildConfig, parts: &
     };
     if let Some(cluster) = plan.shortcut.as_ref().filter(|c| !c.is_empty()) {
         let goto = target(false, cluster, parts);
-        for net in cfg
-            .cluster_cidrs
-            .iter()
-            .filter(|n| Family::of_net(n) == family)
-        {
-            let mut r = vec![Stmt::Cidr {
-                field: Field::Saddr,
-                net: *net,
-                negate: false,
-            }];
+        for pod in pod_matches(cfg, family) {
+            let mut r = vec![pod];
             r.extend(frontend_match());
             r.push(goto.clone());
             parts.rules.entry(key.clone()).or_default().push(rule(r));
@@ -974,12 +999,7 @@ pub(crate) fn chains(
     affinity: &AffinityParts,
 ) -> Vec<Chain> {
     let mark = cfg.masquerade_mark;
-    let pod_cidrs: Vec<IpNet> = cfg
-        .cluster_cidrs
-        .iter()
-        .filter(|n| Family::of_net(n) == family)
-        .copied()
-        .collect();
+    let pods = pod_matches(cfg, family);
     let mut chains = Vec::new();
     chains.push(regular(
         ENDPOINTS_CHECK,
@@ -1059,19 +1079,10 @@ pub(crate) fn chains(
         },
         Stmt::MarkSetOr(mark),
     ])];
-    if !pod_cidrs.is_empty() {
-        let mut rules: Vec<Rule> = pod_cidrs
+    if !pods.is_empty() {
+        let mut rules: Vec<Rule> = pods
             .iter()
-            .map(|n| {
-                rule(vec![
-                    Stmt::Cidr {
-                        field: Field::Saddr,
-                        net: *n,
-                        negate: false,
-                    },
-                    Stmt::Verdict(Verdict::Return),
-                ])
-            })
+            .map(|m| rule(vec![m.clone(), Stmt::Verdict(Verdict::Return)]))
             .collect();
         rules.push(rule(vec![Stmt::MarkSetOr(mark)]));
         chains.push(regular(MARK_UNLESS_POD, rules));
@@ -1096,16 +1107,8 @@ pub(crate) fn chains(
             set: set.clone(),
             negate: false,
         };
-        for net in &pod_cidrs {
-            svc_rules.push(rule(vec![
-                Stmt::Cidr {
-                    field: Field::Saddr,
-                    net: *net,
-                    negate: false,
-                },
-                lookup.clone(),
-                jump(&set),
-            ]));
+        for m in &pods {
+            svc_rules.push(rule(vec![m.clone(), lookup.clone(), jump(&set)]));
         }
         // The set lookup before `fib`: a hash lookup is cheaper than a route lookup,
         // and this rule is walked by every new connection.

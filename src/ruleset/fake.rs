@@ -599,6 +599,10 @@ fn walk_chain<'a>(
                         continue 'rules;
                     }
                 }
+                // The walk knows a source by address only.
+                Stmt::Iifname { .. } => {
+                    return Err(Unmodelled("an input interface match".into()));
+                }
                 Stmt::FibLocal {
                     saddr: true,
                     negate,

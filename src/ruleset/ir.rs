@@ -218,6 +218,14 @@ pub enum Stmt {
         /// `!=`
         negate: bool,
     },
+    /// `iifname "NAME"`, or `iifname "NAME*"` (any interface whose name starts with
+    /// `NAME`) when `prefix`
+    Iifname {
+        /// the interface name or prefix (1-15 bytes, no `"` or `*`)
+        name: String,
+        /// match the name as a prefix
+        prefix: bool,
+    },
     /// `ip daddr . meta l4proto . th dport @set`
     Lookup {
         /// concatenated key

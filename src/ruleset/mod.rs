@@ -7,5 +7,5 @@ pub mod incremental;
 pub mod ir;
 pub mod render;
 
-pub use build::{build, BuildConfig};
+pub use build::{build, BuildConfig, PodInterface};
 pub use ir::{Family, Ruleset, Table};

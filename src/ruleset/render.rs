@@ -163,6 +163,9 @@ pub fn stmt(s: &Stmt, family: Family) -> String {
             };
             format!("{} {op}{net}", field(*f, family))
         }
+        Stmt::Iifname { name, prefix } => {
+            format!("iifname \"{name}{}\"", if *prefix { "*" } else { "" })
+        }
         Stmt::Lookup {
             fields: fs,
             set,

@@ -201,6 +201,7 @@ fn cfg(rng: &mut Rng) -> BuildConfig {
                 "fd00:10::/64".parse().unwrap(),
             ]
         },
+        pod_interface: None,
         nodeport_ips: vec!["192.168.0.2".parse().unwrap(), "fd00::2".parse().unwrap()],
     }
 }
