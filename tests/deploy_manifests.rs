@@ -365,6 +365,28 @@ fn daemonset_shape() {
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     let caps = sc.capabilities.as_ref().unwrap();
     assert_eq!(caps.add.as_deref(), Some(&["NET_ADMIN".to_string()][..]));
+    // The one privileged container only writes the conntrack sysctls (--init-only),
+    // from the main container's config file, and exits.
+    let inits = pod.init_containers.as_deref().unwrap_or_default();
+    assert_eq!(inits.len(), 1, "{file}: one init container");
+    let init = &inits[0];
+    assert_eq!(
+        init.security_context.as_ref().and_then(|s| s.privileged),
+        Some(true)
+    );
+    let init_cmd = init.command.as_deref().unwrap_or_default();
+    assert!(init_cmd.iter().any(|a| a == "--init-only"), "{init_cmd:?}");
+    let config_flag = |cmd: &[String]| {
+        cmd.iter()
+            .find(|a| a.starts_with("--config="))
+            .cloned()
+            .expect("--config= in the command")
+    };
+    assert_eq!(
+        config_flag(init_cmd),
+        config_flag(c.command.as_deref().unwrap_or_default())
+    );
+    assert_eq!(init.image, c.image);
     // The probes hit the health server the config binds.
     let (cfg, _) = kubeproxyconfig::parse(&config_conf()).unwrap();
     let healthz_port: i32 = cfg
