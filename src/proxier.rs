@@ -18,7 +18,7 @@ use crate::model::{ClusterState, Problem, ProxyModel, ServiceName};
 use crate::netlink::{self, Kernel};
 use crate::quarantine::Quarantine;
 use crate::ruleset::diff::{self, Known, Op};
-use crate::ruleset::ir::{Family, Key, Ruleset, Value, TABLE_NAME};
+use crate::ruleset::ir::{Family, Key, Ruleset, Table, Value, TABLE_NAME};
 use crate::ruleset::{build, render, BuildConfig, PodInterface};
 use crate::source::manifests;
 
@@ -448,20 +448,10 @@ impl Proxier {
         self.last = None;
         let mut ops = Vec::new();
         for table in &desired.tables {
-            let Some(raw) = self.kernel()?.read_structure(table.family)? else {
+            let Some(structural) = self.structure_diff(table)? else {
                 diff::diff(None, table, &mut ops);
                 continue;
             };
-            let known = netlink::to_known(&raw, table.family, table);
-            let mut structural = Vec::new();
-            diff::diff(
-                Some(Known {
-                    table: &known,
-                    rules_known: true,
-                }),
-                &table.clone_structure(),
-                &mut structural,
-            );
             let mut fills = Vec::new();
             for op in &structural {
                 let Op::AddSet(f, decl) = op else {
@@ -639,25 +629,33 @@ impl Proxier {
         }
         self.checked_gen = Some(gen);
         for table in &desired.tables {
-            let Some(raw) = self.kernel()?.read_structure(table.family)? else {
-                return Ok(true);
-            };
-            let known = netlink::to_known(&raw, table.family, table);
-            let shape = table.clone_structure();
-            let mut ops = Vec::new();
-            diff::diff(
-                Some(Known {
-                    table: &known,
-                    rules_known: true,
-                }),
-                &shape,
-                &mut ops,
-            );
-            if !ops.is_empty() {
+            if self
+                .structure_diff(table)?
+                .is_none_or(|ops| !ops.is_empty())
+            {
                 return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    /// The operations that bring our table's structure in the kernel (chains, rules,
+    /// set declarations; not elements) to `table`'s, or `None` when the table is gone.
+    fn structure_diff(&mut self, table: &Table) -> Result<Option<Vec<Op>>, Error> {
+        let Some(raw) = self.kernel()?.read_structure(table.family)? else {
+            return Ok(None);
+        };
+        let known = netlink::to_known(&raw, table.family, table);
+        let mut ops = Vec::new();
+        diff::diff(
+            Some(Known {
+                table: &known,
+                rules_known: true,
+            }),
+            &table.clone_structure(),
+            &mut ops,
+        );
+        Ok(Some(ops))
     }
 
     /// The kernel handle, opened on first use.
