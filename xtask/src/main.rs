@@ -684,6 +684,7 @@ mod tests {
                 "iproute2",
                 "conntrack",
                 "python3",
+                "util-linux",
                 "procps"
             ])
         );
