@@ -24,7 +24,7 @@ use crate::metrics::{now_unix, IpFamily, Metrics};
 use crate::model::objects::AddressType;
 use crate::model::{
     Endpoint, Object, Problem, Problems, Protocol, ProxyModel, ServiceEntry, ServiceName,
-    ServicePortName,
+    ServicePort, ServicePortName,
 };
 use crate::proxier::{self, error_chain, Proxier};
 use crate::quarantine::Quarantine;
@@ -137,16 +137,7 @@ fn stale_udp_flows(
                     .collect()
             })
             .unwrap_or_default();
-        let mut frontends: Vec<(IpAddr, u16)> = svc
-            .cluster_ips
-            .iter()
-            .chain(&svc.external_ips)
-            .chain(&svc.load_balancer_ips)
-            .map(|ip| (*ip, svc.port))
-            .collect();
-        if let Some(np) = svc.node_port {
-            frontends.extend(nodeport_ips.iter().map(|ip| (*ip, np)));
-        }
+        let frontends: Vec<(IpAddr, u16)> = frontends_of(svc, nodeport_ips).collect();
         for ep in o.endpoints.iter().filter(|e| e.serving) {
             if still.contains(&(ep.ip, ep.port)) {
                 continue;
@@ -617,21 +608,31 @@ fn udp_frontends(model: &ProxyModel, nodeport_ips: &[IpAddr]) -> conntrack::UdpF
                 .map(|ep| (ep.ip, ep.port));
             out.entry((ip, port)).or_default().extend(serving);
         };
-        for ip in svc
-            .cluster_ips
-            .iter()
-            .chain(&svc.external_ips)
-            .chain(&svc.load_balancer_ips)
-        {
-            add(*ip, svc.port);
-        }
-        if let Some(np) = svc.node_port {
-            for ip in nodeport_ips {
-                add(*ip, np);
-            }
+        for (ip, port) in frontends_of(svc, nodeport_ips) {
+            add(ip, port);
         }
     }
     out
+}
+
+/// The addresses and ports a client reaches a service port at, as conntrack's
+/// original destination shows them: its ClusterIPs, external and load-balancer IPs
+/// with the service port, the node's NodePort addresses with the node port.
+fn frontends_of<'a>(
+    svc: &'a ServicePort,
+    nodeport_ips: &'a [IpAddr],
+) -> impl Iterator<Item = (IpAddr, u16)> + 'a {
+    let vips = svc
+        .cluster_ips
+        .iter()
+        .chain(&svc.external_ips)
+        .chain(&svc.load_balancer_ips)
+        .map(|ip| (*ip, svc.port));
+    let node_ports = svc
+        .node_port
+        .into_iter()
+        .flat_map(move |np| nodeport_ips.iter().map(move |ip| (*ip, np)));
+    vips.chain(node_ports)
 }
 
 fn clean_conntrack(
