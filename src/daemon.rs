@@ -30,7 +30,7 @@ use crate::proxier::{self, error_chain, Proxier};
 use crate::quarantine::Quarantine;
 use crate::ruleset::incremental::Incremental;
 use crate::ruleset::render;
-use crate::ruleset::{build, BuildConfig};
+use crate::ruleset::{build, BuildConfig, Ruleset};
 use crate::source::kube::{watch_all, SourceEvent, Sources};
 use crate::topology;
 
@@ -186,6 +186,12 @@ pub async fn run(cfg: ProxyConfig) -> Result<(), Error> {
 /// `--dry-run` against the API server: list everything once, print the ruleset the
 /// named node would get.
 pub async fn dry_run(cfg: &ProxyConfig) -> Result<String, Error> {
+    let (rs, _) = desired_from_cluster(cfg).await?;
+    Ok(render::ruleset(&rs))
+}
+
+/// Lists everything once: the ruleset the named node would get, and its addresses.
+pub async fn desired_from_cluster(cfg: &ProxyConfig) -> Result<(Ruleset, Vec<IpAddr>), Error> {
     let client = client(cfg).await?;
     let mut rx = watch_all(client, &cfg.node_name);
     let mut sources = Sources::default();
@@ -195,7 +201,7 @@ pub async fn dry_run(cfg: &ProxyConfig) -> Result<String, Error> {
     }
     let d = proxier::desired_full(cfg, &sources.state)?;
     proxier::log_problems(&d.problems);
-    Ok(render::ruleset(&build(&d.model, &d.build)))
+    Ok((build(&d.model, &d.build), d.model.node.ips.clone()))
 }
 
 /// The daemon loop over an event channel (the API watchers, or anything that speaks

@@ -7,6 +7,7 @@ pub mod config;
 pub mod conntrack;
 pub mod daemon;
 pub mod error_text;
+pub mod explain;
 pub mod health;
 pub mod host;
 pub mod kubeproxyconfig;

@@ -62,6 +62,11 @@ fn run_async(dry_run: bool, cfg: ProxyConfig) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Subcommands first: their flags are not kube-proxy's.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("explain") {
+        return kube_nft_proxy::explain::main(&argv[2..]);
+    }
     let (cli, notes) = match kube_nft_proxy::config::parse_args(std::env::args().collect()) {
         Ok(x) => x,
         Err(kube_nft_proxy::config::ArgsError::Clap(e)) => e.exit(),

@@ -786,10 +786,17 @@ fn load_state(paths: &[PathBuf]) -> Result<ClusterState, Error> {
 
 /// `--dry-run`: the ruleset as nft text.
 pub fn dry_run(cfg: &ProxyConfig) -> Result<String, Error> {
-    let state = load_state(&cfg.manifests)?;
-    let (rs, problems) = desired(cfg, &state)?;
-    log_problems(&problems);
+    let (rs, _) = desired_from_manifests(cfg)?;
     Ok(render::ruleset(&rs))
+}
+
+/// The ruleset the manifests give, and the node's addresses (its Node object's, or
+/// `--bind-address`).
+pub fn desired_from_manifests(cfg: &ProxyConfig) -> Result<(Ruleset, Vec<IpAddr>), Error> {
+    let state = load_state(&cfg.manifests)?;
+    let d = desired_full(cfg, &state)?;
+    log_problems(&d.problems);
+    Ok((build(&d.model, &d.build), d.model.node.ips.clone()))
 }
 
 /// `--once`: program the current namespace once. A Service whose rules the kernel

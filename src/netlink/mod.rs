@@ -10,6 +10,7 @@ pub mod encode;
 pub mod expr;
 pub mod ffi;
 pub mod readback;
+pub mod rules;
 pub mod socket;
 
 use std::io;
@@ -115,6 +116,11 @@ impl Kernel {
     /// Our table of one family without set elements (None: it does not exist).
     pub fn read_structure(&mut self, family: Family) -> Result<Option<RawTable>, Error> {
         readback::read_structure(&mut self.conn, family)
+    }
+
+    /// Our table of one family as IR, every rule decoded (None: it does not exist).
+    pub fn read_ir(&mut self, family: Family) -> Result<Option<rules::ReadBack>, Error> {
+        rules::read_ir(&mut self.conn, family)
     }
 
     /// The nftables generation id (moves by one per committed transaction).

@@ -214,7 +214,12 @@ fn net_of(start: IpAddr, end: IpAddr) -> Option<ipnet::IpNet> {
     ipnet::IpNet::new(start, prefix).ok()
 }
 
-fn decode_tuple(types: &[KeyType], family: Family, bytes: &[u8], end: &[u8]) -> Option<Vec<Value>> {
+pub(crate) fn decode_tuple(
+    types: &[KeyType],
+    family: Family,
+    bytes: &[u8],
+    end: &[u8],
+) -> Option<Vec<Value>> {
     let concat = types.len() > 1;
     let mut off = 0usize;
     let mut out = Vec::with_capacity(types.len());
@@ -249,7 +254,7 @@ fn decode_tuple(types: &[KeyType], family: Family, bytes: &[u8], end: &[u8]) -> 
     (off == bytes.len()).then_some(out)
 }
 
-fn decode_comment(ud: &[u8]) -> Option<String> {
+pub(crate) fn decode_comment(ud: &[u8]) -> Option<String> {
     let mut off = 0;
     while off + 2 <= ud.len() {
         let (ty, len) = (ud[off], ud[off + 1] as usize);

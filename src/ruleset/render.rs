@@ -93,7 +93,7 @@ pub fn type_line(decl: &SetDecl, family: Family) -> String {
     }
 }
 
-fn proto_name(p: u8) -> String {
+pub fn proto_name(p: u8) -> String {
     match p {
         6 => "tcp".into(),
         17 => "udp".into(),
