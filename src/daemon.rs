@@ -255,6 +255,19 @@ pub async fn run_with(
     let mut next_drift_check = Instant::now();
     // Set by the drift check: reconcile at once instead of at the next period.
     let mut reconcile_now = false;
+    // Set by an nftables notification of another program's change to our tables: after
+    // the structure repair (which restores traffic after a flush), a reconcile that
+    // reads every element back follows at once instead of at the next period (the
+    // generation poll sees structure only). Two syncs, so that a change queued
+    // meanwhile goes in between.
+    let mut readback_now = false;
+    let foreign = match crate::netlink::monitor::start() {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(error = %e, "no nftables notifications; another program's changes to our elements are repaired at the next --sync-period");
+            None
+        }
+    };
     let mut migrated = !cfg.cleanup_kube_proxy;
     // What programming waits for, logged once (see `proxier::waiting_for`).
     let mut waiting: Option<String> = None;
@@ -340,6 +353,12 @@ pub async fn run_with(
                 continue;
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
+            _ = async {
+                match &foreign {
+                    Some(f) => f.raised().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
         if !sources.ready() {
             continue;
@@ -368,6 +387,13 @@ pub async fn run_with(
                     _ => {}
                 }
             }
+        }
+        if foreign.as_ref().is_some_and(|f| f.take()) && !need_full && retry_at.is_none() {
+            tracing::warn!(
+                "another program changed our tables (nftables notification); repairing them now"
+            );
+            reconcile_now = true;
+            readback_now = true;
         }
         let full = need_full || now >= full_due || reconcile_now;
         let retry = retry_at.is_some_and(|r| now >= r);
@@ -575,7 +601,13 @@ pub async fn run_with(
                 dirty = false;
                 dirty_services.clear();
                 need_full = false;
+                if readback_now {
+                    if let Some(t) = Instant::now().checked_sub(cfg.sync_period) {
+                        last_full = t;
+                    }
+                }
                 reconcile_now = false;
+                readback_now = false;
                 retry_at = None;
                 backoff = Duration::from_millis(100);
             }

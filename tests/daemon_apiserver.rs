@@ -1430,6 +1430,10 @@ fn kill_and_restart_without_failed_connections() {
     looper.finish_clean(&env, 4 * WINDOW);
 }
 
+/// The `--sync-period` of the drift tests: far beyond their waits, so that a repair
+/// they see cannot be the periodic reconcile's.
+const NO_PERIODIC_RECONCILE: &str = "600s";
+
 /// `nft flush table ip kube-nft-proxy` by hand: the daemon's periodic reconcile puts
 /// every rule and element back (the listing equals the one before) and traffic works.
 #[test]
@@ -1455,6 +1459,44 @@ fn flushed_table_is_repaired() {
         }
     );
     env.wait_until("the flushed table is repaired", WAIT, || {
+        let now = env.listing();
+        if now == before {
+            Ok(())
+        } else {
+            Err(format!("differences:\n{}", line_diff(&before, &now)))
+        }
+    });
+    env.wait_backends(dst, &[A, B], "traffic after the repair", WAIT);
+}
+
+/// One element of our table edited by hand (the endpoints map's entry for index 0 of
+/// the web Service sent to an address nobody holds), with the periodic reconcile out of
+/// reach: the daemon puts the element back (the listing equals the one before) and
+/// every endpoint answers again.
+#[test]
+fn edited_element_is_repaired() {
+    if !require_privileged() {
+        return;
+    }
+    let env = Env::started("edit", web_cluster(&[A, B]), NO_PERIODIC_RECONCILE);
+    let dst = sockaddr(WEB_IP, 80);
+    env.wait_backends(dst, &[A, B], "2 endpoints programmed", WAIT);
+    let before = env.listing();
+    let key = format!("{WEB_IP} . tcp . 80 . 0");
+    let line = before
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with(&format!("{key} : ")))
+        .unwrap_or_else(|| panic!("no element {key} in the listing:\n{before}"));
+    let script = format!(
+        "delete element ip kube-nft-proxy endpoints {{ {key} }}\n\
+         add element ip kube-nft-proxy endpoints {{ {key} : 10.0.2.99 . 8080 }}\n"
+    );
+    let path = env.dir.write("edit.nft", &script);
+    // `run` fails the test if nft refuses the edit.
+    env.topo.node.run(&["nft", "-f", &path]);
+    eprintln!("edited {line}");
+    env.wait_until("the edited element is repaired", WAIT, || {
         let now = env.listing();
         if now == before {
             Ok(())
@@ -1875,14 +1917,16 @@ fn drift_is_repaired_without_waiting_for_the_sync_period() {
     }
 }
 
-/// Another program deletes one element of our table: the periodic reconcile (2 s here)
-/// reads our tables back because the generation moved, and restores it.
+/// Another program deletes one element of our table, with the periodic reconcile out of
+/// reach: the nftables notification of that transaction (not sent from one of the
+/// daemon's sockets, and touching our table) makes the daemon read our tables back at
+/// once and restore the element.
 #[test]
 fn an_element_deleted_by_hand_is_repaired() {
     if !require_privileged() {
         return;
     }
-    let env = Env::new("element", web_cluster(&[A, B]));
+    let env = Env::started("element", web_cluster(&[A, B]), NO_PERIODIC_RECONCILE);
     let dst = sockaddr(WEB_IP, 80);
     env.wait_backends(dst, &[A, B], "2 endpoints programmed", WAIT);
     let before = env.listing();

@@ -9,6 +9,7 @@ pub mod consts;
 pub mod encode;
 pub mod expr;
 pub mod ffi;
+pub mod monitor;
 pub mod readback;
 pub mod rules;
 pub mod socket;

@@ -71,6 +71,18 @@ fn parse_error(payload: &[u8]) -> Option<(i32, u32, Option<String>)> {
     Some((code, seq, msg))
 }
 
+/// The netlink port ids of every socket this process opened to commit: the
+/// notification listener ([`super::monitor`]) tells our own transactions from other
+/// programs' by them. Kept for the life of the process: a transaction whose
+/// notifications are read after its socket closed is still ours.
+static OWN_PORTS: std::sync::Mutex<std::collections::BTreeSet<u32>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// Whether netlink port `port` is one of this process's sockets.
+pub fn own_port(port: u32) -> bool {
+    OWN_PORTS.lock().map(|s| s.contains(&port)).unwrap_or(false)
+}
+
 impl Conn {
     /// Opens and binds a socket.
     pub fn open() -> Result<Conn, Error> {
@@ -83,6 +95,9 @@ impl Conn {
         let _ = set_recv_timeout(&sock, 60);
         let _ = setsockopt_int(&sock, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 8 << 20);
         let portid = sock.portid();
+        if let Ok(mut own) = OWN_PORTS.lock() {
+            own.insert(portid);
+        }
         Ok(Conn {
             sock,
             portid,
