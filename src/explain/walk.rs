@@ -779,3 +779,85 @@ mod tests {
         assert_eq!(s.endpoints.len(), 4);
     }
 }
+
+#[cfg(test)]
+mod fake_kernel_tests {
+    use super::*;
+    use crate::ruleset::fake::FakeKernel;
+    use crate::ruleset::{build, diff, BuildConfig};
+    use crate::synthetic::{random_entry, random_node, Rng};
+
+    /// The tracer gives the same answer on a ruleset as on what a kernel holds after
+    /// the operations that program it (the fake kernel, without root): for random
+    /// clusters, every frontend from every role.
+    #[test]
+    fn the_tracer_agrees_on_the_built_and_the_programmed_table() {
+        let (mut asked, mut dnat) = (0, 0);
+        for seed in 1..25u64 {
+            let mut rng = Rng::new(seed);
+            let mut model = crate::model::ProxyModel {
+                node: random_node(),
+                service_cidrs: vec!["10.96.0.0/16".parse().unwrap()],
+                ..Default::default()
+            };
+            for i in 0..10 {
+                let e = random_entry(&mut rng, i);
+                model.services.insert(e.port.name.clone(), e);
+            }
+            let cfg = BuildConfig {
+                masquerade_mark: 0x4000,
+                masquerade_all: rng.one_in(3),
+                cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
+                pod_interface: None,
+                nodeport_ips: random_node().ips,
+            };
+            let rs = build(&model, &cfg);
+            let Some(built) = rs.table(Family::V4) else {
+                continue;
+            };
+            let mut ops = Vec::new();
+            diff::diff(None, built, &mut ops);
+            let mut fk = FakeKernel::new();
+            fk.apply(&ops).unwrap();
+            let programmed = fk.table(Family::V4).unwrap();
+            let node = model.node.ips.clone();
+            let local = move |a: IpAddr| node.contains(&a);
+            for e in model.services.values() {
+                let proto = e.port.name.protocol.number();
+                let mut dests: Vec<(IpAddr, u16)> = e
+                    .port
+                    .cluster_ips
+                    .iter()
+                    .map(|a| (*a, e.port.port))
+                    .collect();
+                if let Some(np) = e.port.node_port {
+                    dests.push((model.node.ips[0], np));
+                }
+                for (dst, port) in dests.into_iter().filter(|(a, _)| a.is_ipv4()) {
+                    for (src, role) in [
+                        ("10.1.2.3", Role::Pod),
+                        ("192.168.0.2", Role::Node),
+                        ("203.0.113.7", Role::External),
+                    ] {
+                        let q = Query {
+                            source: src.parse().unwrap(),
+                            role,
+                            protocol: proto,
+                            destination: dst,
+                            port,
+                        };
+                        let a = summarize(&Tracer::new(built, q, &local).run().unwrap());
+                        let b = summarize(&Tracer::new(programmed, q, &local).run().unwrap());
+                        assert_eq!(a, b, "seed {seed} {q:?}");
+                        asked += 1;
+                        dnat += usize::from(a.verdict == "DNAT");
+                    }
+                }
+            }
+        }
+        assert!(
+            asked > 300 && dnat > asked / 4,
+            "{asked} queries, {dnat} DNAT"
+        );
+    }
+}
