@@ -1095,6 +1095,59 @@ pub fn recv_nonblocking(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize
     }
 }
 
+/// Receives into `buf`, waiting for a message; `Ok(0)` at end of stream.
+pub fn recv_wait(sock: &impl AsRawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // Safety: `buf` outlives the call and its length is passed.
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            0,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// A netlink socket of `protocol` (e.g. `NETLINK_NETFILTER`), bound to a port the
+/// kernel picks and to no multicast group yet.
+pub fn netlink_socket(protocol: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // Safety: socket(2) has no memory arguments; the descriptor it returns is owned by
+    // the `OwnedFd` from here on.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Safety: `fd` is a fresh descriptor nobody else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // Safety: all-zero is a valid sockaddr_nl (port 0: the kernel picks one).
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // Safety: a pointer to a local sockaddr_nl and its size.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
 /// Sends `bytes` to the kernel (netlink port 0) with one `sendmsg`.
 pub fn send_to_kernel(sock: &impl AsRawFd, bytes: &[u8]) -> io::Result<usize> {
     let mut iov = libc::iovec {

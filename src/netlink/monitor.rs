@@ -15,12 +15,14 @@
 //! not changes to repair: notifications for sets named `affinity-*` are ignored. A lost
 //! notification (the socket's buffer overran: `ENOBUFS`) counts as a foreign change,
 //! since what it said is unknown.
-#![allow(unsafe_code)] // socket(2), bind(2), setsockopt(2), recv(2): see the blocks.
+#![forbid(unsafe_code)]
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use super::ffi::{netlink_socket, recv_wait, setsockopt_int};
 
 use super::consts::NFNL_SUBSYS_NFTABLES;
 use crate::ruleset::ir::TABLE_NAME;
@@ -149,50 +151,16 @@ impl Transactions {
 }
 
 fn subscribe() -> io::Result<OwnedFd> {
-    // Safety: plain system calls on a descriptor we own from here on; every pointer
-    // passed points to a live local of the size given.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        );
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd = OwnedFd::from_raw_fd(fd);
-        let mut addr: libc::sockaddr_nl = std::mem::zeroed();
-        addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        if libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        ) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        let group = NFNLGRP_NFTABLES;
-        if libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_NETLINK,
-            libc::NETLINK_ADD_MEMBERSHIP,
-            &group as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
-        // Room for a large foreign transaction; an overrun is handled (ENOBUFS).
-        let size: libc::c_int = 4 << 20;
-        let _ = libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &size as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        Ok(fd)
-    }
+    let fd = netlink_socket(libc::NETLINK_NETFILTER)?;
+    setsockopt_int(
+        &fd,
+        libc::SOL_NETLINK,
+        libc::NETLINK_ADD_MEMBERSHIP,
+        NFNLGRP_NFTABLES,
+    )?;
+    // Room for a large foreign transaction; an overrun is handled (ENOBUFS).
+    let _ = setsockopt_int(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 4 << 20);
+    Ok(fd)
 }
 
 /// Subscribes to nf_tables notifications and starts the listener thread. An error
@@ -207,17 +175,9 @@ pub fn start() -> io::Result<Arc<ForeignChange>> {
             let mut buf = vec![0u8; 1 << 16];
             let mut tx = Transactions::default();
             loop {
-                // Safety: `buf` is a live buffer of the length given.
-                let n = unsafe {
-                    libc::recv(
-                        fd.as_raw_fd(),
-                        buf.as_mut_ptr() as *mut libc::c_void,
-                        buf.len(),
-                        0,
-                    )
-                };
-                if n < 0 {
-                    let e = io::Error::last_os_error();
+                let n = match recv_wait(&fd, &mut buf) {
+                    Ok(n) => n,
+                    Err(e) => {
                     match e.raw_os_error() {
                         Some(libc::ENOBUFS) => {
                             tracing::warn!("nftables notifications were lost (ENOBUFS); reading our tables back");
@@ -231,8 +191,9 @@ pub fn start() -> io::Result<Arc<ForeignChange>> {
                         }
                     }
                     continue;
-                }
-                let mut b = &buf[..n as usize];
+                    }
+                };
+                let mut b = &buf[..n];
                 while b.len() >= 16 {
                     let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
                     if len < 16 || len > b.len() {
