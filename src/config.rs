@@ -86,9 +86,9 @@ pub struct Cli {
 
     /// Take over from kube-proxy: once our rules are in place, delete what kube-proxy
     /// left behind in any mode: its `ip`/`ip6 kube-proxy` nftables tables, its
-    /// iptables `KUBE-*` chains (iptables-nft over netlink; legacy iptables through
-    /// iptables-legacy-save/-restore when installed), its `KUBE-*` ipsets, its IPVS
-    /// virtual servers and `kube-ipvs0`.
+    /// iptables chains (iptables-nft over netlink; legacy iptables through
+    /// iptables-legacy-save/-restore when installed), its ipsets, its IPVS virtual
+    /// servers and `kube-ipvs0`.
     #[arg(long)]
     pub cleanup_kube_proxy: bool,
 
@@ -926,6 +926,53 @@ mod tests {
             .chain(v.iter().copied())
             .map(String::from)
             .collect()
+    }
+
+    /// `--ipvs-exclude-cidrs` (and the file's `ipvs.excludeCIDRs`) reach the takeover:
+    /// IPVS virtual servers there are not kube-proxy's.
+    #[test]
+    fn ipvs_exclude_cidrs_from_flag_and_file() {
+        let c = parse(&["--ipvs-exclude-cidrs", "192.0.2.0/24,2001:db8::/64"]).unwrap();
+        assert_eq!(
+            c.ipvs_exclude_cidrs,
+            vec![
+                "192.0.2.0/24".parse::<IpNet>().unwrap(),
+                "2001:db8::/64".parse().unwrap()
+            ]
+        );
+        assert!(matches!(
+            parse(&["--ipvs-exclude-cidrs", "192.0.2.0"]),
+            Err(Error::BadCidr { .. })
+        ));
+        let dir = std::env::temp_dir().join(format!("knp-config-ipvs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("config.conf");
+        std::fs::write(
+            &f,
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\nipvs:\n  excludeCIDRs: [192.0.2.0/24]\n  scheduler: rr\n",
+        )
+        .unwrap();
+        let (cli, notes) = parse_args(args(&["--config", f.to_str().unwrap()])).unwrap();
+        assert!(
+            notes.iter().any(|n| n.contains("ipvs.scheduler")),
+            "{notes:?}"
+        );
+        assert!(
+            !notes.iter().any(|n| n.contains("excludeCIDRs")),
+            "{notes:?}"
+        );
+        let c = ProxyConfig::from_cli(cli).unwrap();
+        assert_eq!(
+            c.ipvs_exclude_cidrs,
+            vec!["192.0.2.0/24".parse::<IpNet>().unwrap()]
+        );
+        std::fs::write(
+            &f,
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nipvs:\n  excludeCIDRs: [nope]\n",
+        )
+        .unwrap();
+        assert!(parse_args(args(&["--config", f.to_str().unwrap()])).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -8,9 +8,10 @@
 //! with `tests/migration.rs`. Each takeover test checks: the proxy exits 0; not one
 //! connection fails before, during or after the takeover, and every endpoint answers
 //! before (through kube-proxy's rules alone) and after (through ours alone); every
-//! `KUBE-*` chain of kube-proxy and every jump to one is gone; kubelet's own chains
-//! (`KUBE-FIREWALL`, `KUBE-KUBELET-CANARY`, `KUBE-IPTABLES-HINT`) and every unrelated
-//! rule, chain, table and set are still there; the log's counts match.
+//! chain of kube-proxy and every jump to one is gone; kubelet's own chains
+//! (`KUBE-FIREWALL`, `KUBE-KUBELET-CANARY`, `KUBE-IPTABLES-HINT`, `KUBE-MARK-DROP`),
+//! kube-router's network-policy chains and sets (also named `KUBE-*`) and every
+//! unrelated rule, chain, table and set are still there; the log's counts match.
 //!
 //! The kernel these tests were written on has no IPVS and no dummy links: IPVS's part
 //! of the DNAT is played by an iptables chain (see [`IPVS_MODE_V4`]), and `kube-ipvs0`
@@ -32,11 +33,41 @@ use common::{require_privileged, NetNs, TempDir, BIN};
 // What the node holds before we arrive
 
 /// kubelet's chains: `KUBE-*`, but not kube-proxy's; the takeover must keep them.
-const KUBELET_CHAINS: [&str; 3] = ["KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT"];
+const KUBELET_CHAINS: [&str; 4] = [
+    "KUBE-FIREWALL",
+    "KUBE-KUBELET-CANARY",
+    "KUBE-IPTABLES-HINT",
+    "KUBE-MARK-DROP",
+];
 
+/// kube-router's network-policy chain prefixes (k3s runs it next to kube-proxy).
+const KUBE_ROUTER_PREFIXES: [&str; 3] = ["KUBE-ROUTER-", "KUBE-NWPLCY-", "KUBE-POD-FW-"];
+
+/// Which of the fixtures' `KUBE-*` chains are kube-proxy's: said here by what they
+/// are not (the proxy says it by what they are).
 fn is_kube_proxys(chain: &str) -> bool {
-    chain.starts_with("KUBE-") && !KUBELET_CHAINS.contains(&chain)
+    chain.starts_with("KUBE-")
+        && !KUBELET_CHAINS.contains(&chain)
+        && !KUBE_ROUTER_PREFIXES.iter().any(|p| chain.starts_with(p))
 }
+
+/// kube-router's set, which its rules below reference: it must survive the takeover.
+const KUBE_ROUTER_SET: &str = "KUBE-SRC-ABCDEFGHIJKLMNOP";
+
+fn create_kube_router_set(node: &NetNs) {
+    node.run(&["ipset", "create", KUBE_ROUTER_SET, "hash:ip"]);
+}
+
+/// kube-router's chains and the jump into them, for a fixture's `filter` table: they
+/// must survive the takeover.
+const KUBE_ROUTER_DECLS: &str = ":KUBE-NWPLCY-LC6LKJIS3EXL2QBO - [0:0]
+:KUBE-ROUTER-INPUT - [0:0]
+";
+const KUBE_ROUTER_RULES: &str =
+    "-A INPUT -m comment --comment \"kube-router netpol\" -j KUBE-ROUTER-INPUT
+-A KUBE-NWPLCY-LC6LKJIS3EXL2QBO -m set --match-set KUBE-SRC-ABCDEFGHIJKLMNOP src -j RETURN
+-A KUBE-ROUTER-INPUT -s 192.0.2.0/24 -j KUBE-NWPLCY-LC6LKJIS3EXL2QBO
+";
 
 /// The chains upstream kube-proxy's iptables mode names for the Service (`KUBE-SVC-`
 /// and `KUBE-SEP-` plus 16 characters of a hash, shaped like upstream's).
@@ -103,12 +134,12 @@ COMMIT
 :KUBE-PROXY-CANARY - [0:0]
 :KUBE-PROXY-FIREWALL - [0:0]
 :KUBE-SERVICES - [0:0]
--A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL
+{KUBE_ROUTER_DECLS}-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL
 -A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS
 -A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES
 -A INPUT -j KUBE-FIREWALL
 -A INPUT -p udp -m udp --dport 9 -j KEEP-ME
--A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL
+{KUBE_ROUTER_RULES}-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL
 -A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD
 -A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
 -A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES
@@ -127,6 +158,7 @@ COMMIT
 :OUTPUT ACCEPT [0:0]
 :POSTROUTING ACCEPT [0:0]
 :KUBE-KUBELET-CANARY - [0:0]
+:KUBE-MARK-DROP - [0:0]
 :KUBE-MARK-MASQ - [0:0]
 :KUBE-NODEPORTS - [0:0]
 :KUBE-POSTROUTING - [0:0]
@@ -137,6 +169,7 @@ COMMIT
 -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
 -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
 -A POSTROUTING -s 192.0.2.0/24 -j MASQUERADE
+-A KUBE-MARK-DROP -j MARK --set-xmark 0x8000/0x8000
 -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
 -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
 -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0
@@ -218,12 +251,12 @@ COMMIT
 :KUBE-PROXY-CANARY - [0:0]
 :KUBE-PROXY-FIREWALL - [0:0]
 :KUBE-SOURCE-RANGES-FIREWALL - [0:0]
--A INPUT -m comment --comment \"kubernetes ipvs access filter\" -j KUBE-IPVS-FILTER
+{KUBE_ROUTER_DECLS}-A INPUT -m comment --comment \"kubernetes ipvs access filter\" -j KUBE-IPVS-FILTER
 -A INPUT -m comment --comment \"kube-proxy firewall rules\" -j KUBE-PROXY-FIREWALL
 -A INPUT -m comment --comment \"kubernetes health check rules\" -j KUBE-NODE-PORT
 -A INPUT -j KUBE-FIREWALL
 -A INPUT -m set --match-set keepme-set src -j DROP
--A FORWARD -m comment --comment \"kube-proxy firewall rules\" -j KUBE-PROXY-FIREWALL
+{KUBE_ROUTER_RULES}-A FORWARD -m comment --comment \"kube-proxy firewall rules\" -j KUBE-PROXY-FIREWALL
 -A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD
 -A OUTPUT -m comment --comment \"kubernetes ipvs access filter\" -j KUBE-IPVS-OUT-FILTER
 -A OUTPUT -j KUBE-FIREWALL
@@ -271,8 +304,8 @@ COMMIT
 }
 
 /// kube-proxy's IPVS-mode ipsets for the Service (names and types from
-/// pkg/proxy/ipvs/ipset.go), as `ipset save` prints them, and another program's set
-/// (referenced by its rule in [`ipvs_mode_v4`]).
+/// pkg/proxy/ipvs/ipset.go), as `ipset save` prints them, another program's set and
+/// kube-router's (each referenced by its rule in [`ipvs_mode_v4`]).
 fn ipvs_mode_sets() -> String {
     let mut s = format!(
         "create KUBE-CLUSTER-IP hash:ip,port family inet hashsize 1024 maxelem 65536
@@ -451,7 +484,9 @@ fn check_one_transaction_per_family(transactions: &[Vec<String>]) {
 /// nothing is said about legacy iptables (this node has none).
 #[test]
 fn iptables_nft_takeover_without_failed_connections() {
-    if !require_privileged() || !tools_present(&["iptables-nft-restore", "ip6tables-nft-restore"]) {
+    if !require_privileged()
+        || !tools_present(&["iptables-nft-restore", "ip6tables-nft-restore", "ipset"])
+    {
         return;
     }
     let topo = topology("mipn");
@@ -461,6 +496,7 @@ fn iptables_nft_takeover_without_failed_connections() {
     assert_unreachable_without_rules(&topo);
 
     topo.node.run_with_stdin(&["nft", "-f", "-"], KEEPME_RULES);
+    create_kube_router_set(&topo.node);
     topo.node
         .run_with_stdin(&["iptables-nft-restore"], &iptables_mode_v4());
     topo.node
@@ -530,6 +566,7 @@ fn iptables_legacy_takeover_without_failed_connections() {
             "iptables-legacy-restore",
             "ip6tables-legacy-save",
             "ip6tables-legacy-restore",
+            "ipset",
         ])
     {
         return;
@@ -540,6 +577,7 @@ fn iptables_legacy_takeover_without_failed_connections() {
     let manifests = dir.write("cluster.json", &manifests());
     assert_unreachable_without_rules(&topo);
 
+    create_kube_router_set(&topo.node);
     topo.node
         .run_with_stdin(&["iptables-legacy-restore"], &iptables_mode_v4());
     topo.node
@@ -576,12 +614,13 @@ fn iptables_legacy_takeover_without_failed_connections() {
 /// exits 0.
 #[test]
 fn legacy_tables_without_tools_are_reported() {
-    if !require_privileged() || !tools_present(&["iptables-legacy-restore"]) {
+    if !require_privileged() || !tools_present(&["iptables-legacy-restore", "ipset"]) {
         return;
     }
     let node = NetNs::new("mipx");
     let dir = TempDir::new("mipx");
     let manifests = dir.write("cluster.json", &manifests());
+    create_kube_router_set(&node);
     node.run_with_stdin(&["iptables-legacy-restore"], &iptables_mode_v4());
     let before = normalized(&node.run(&["iptables-legacy-save"]));
 
@@ -644,6 +683,7 @@ fn ipvs_mode_ipsets_and_kube_ipvs0_takeover_without_failed_connections() {
     let manifests = dir.write("cluster.json", &manifests());
     assert_unreachable_without_rules(&topo);
 
+    create_kube_router_set(&topo.node);
     topo.node
         .run_with_stdin(&["ipset", "restore"], &ipvs_mode_sets());
     topo.node
@@ -664,7 +704,7 @@ fn ipvs_mode_ipsets_and_kube_ipvs0_takeover_without_failed_connections() {
             .lines()
             .filter(|l| l.starts_with("KUBE-"))
             .count(),
-        KUBE_SETS,
+        KUBE_SETS + 1,
         "ipsets before the takeover: {sets_before}"
     );
     let kernel_has_ipvs = topo
@@ -690,9 +730,11 @@ fn ipvs_mode_ipsets_and_kube_ipvs0_takeover_without_failed_connections() {
         want.join("\n"),
         "iptables-nft rules after the takeover (kube-proxy's removed, everything else kept)"
     );
+    let mut sets_after: Vec<&str> = sets_after.lines().map(str::trim).collect();
+    sets_after.sort();
     assert_eq!(
-        sets_after.lines().map(str::trim).collect::<Vec<_>>(),
-        vec!["keepme-set"],
+        sets_after,
+        vec![KUBE_ROUTER_SET, "keepme-set"],
         "ipsets after the takeover"
     );
     assert!(

@@ -1,4 +1,4 @@
-//! kube-proxy's ipsets (`KUBE-*`: IPVS mode's `KUBE-CLUSTER-IP`, `KUBE-LOOP-BACK`,
+//! kube-proxy's ipsets (IPVS mode's `KUBE-CLUSTER-IP`, `KUBE-LOOP-BACK`,
 //! `KUBE-NODE-PORT-TCP`, ...), destroyed over ipset's netlink protocol (nfnetlink
 //! subsystem `NFNL_SUBSYS_IPSET`, linux/netfilter/ipset/ip_set.h).
 //!

@@ -62,9 +62,10 @@ pub fn tables(names_file: &str) -> Vec<String> {
         .collect()
 }
 
-/// A restore script (for `--noflush`) that removes every chain `wanted` accepts and
+/// A restore script (for `--noflush`) that removes every chain `wanted` accepts (given
+/// table and chain) and
 /// every rule elsewhere that jumps or goes to one, table by table; and the counts.
-pub fn cleanup_script(saved: &str, wanted: &dyn Fn(&str) -> bool) -> (String, Removed) {
+pub fn cleanup_script(saved: &str, wanted: &dyn Fn(&str, &str) -> bool) -> (String, Removed) {
     let mut out = String::new();
     let mut removed = Removed::default();
     let mut table: Option<String> = None;
@@ -96,7 +97,7 @@ pub fn cleanup_script(saved: &str, wanted: &dyn Fn(&str) -> bool) -> (String, Re
             table = Some(t.trim().to_string());
         } else if let Some(c) = line.strip_prefix(':') {
             let name = c.split_whitespace().next().unwrap_or("");
-            if wanted(name) {
+            if wanted(table.as_deref().unwrap_or_default(), name) {
                 chains.push(name.to_string());
                 removed.chains += 1;
             }
@@ -157,7 +158,7 @@ fn run(tool: &str, args: &[&str], input: Option<&str>) -> Result<String, String>
 
 /// Removes the chains `wanted` accepts, and the jumps to them, from one family's
 /// legacy tables. `Err`: the tools ran and failed.
-pub fn remove(tools: &Tools, wanted: &dyn Fn(&str) -> bool) -> Result<Outcome, String> {
+pub fn remove(tools: &Tools, wanted: &dyn Fn(&str, &str) -> bool) -> Result<Outcome, String> {
     let present = tables(tools.names);
     if present.is_empty() {
         return Ok(Outcome::NoTables);
@@ -184,8 +185,8 @@ pub fn remove(tools: &Tools, wanted: &dyn Fn(&str) -> bool) -> Result<Outcome, S
 mod tests {
     use super::*;
 
-    fn kube(c: &str) -> bool {
-        super::super::is_kube_proxy_chain(c)
+    fn kube(t: &str, c: &str) -> bool {
+        super::super::is_kube_proxy_chain(t, c)
     }
 
     #[test]
@@ -206,8 +207,8 @@ mod tests {
     }
 
     #[test]
-    fn kubelets_chains_and_the_jumps_to_them_stay() {
-        let saved = "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FIREWALL - [0:0]\n:KUBE-KUBELET-CANARY - [0:0]\n:KUBE-FORWARD - [0:0]\n-A INPUT -j KUBE-FIREWALL\n-A FORWARD -j KUBE-FORWARD\n-A KUBE-FIREWALL -j DROP\nCOMMIT\n*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n";
+    fn kubelets_and_kube_routers_chains_and_the_jumps_to_them_stay() {
+        let saved = "*filter\n:INPUT ACCEPT [0:0]\n:KUBE-FIREWALL - [0:0]\n:KUBE-KUBELET-CANARY - [0:0]\n:KUBE-FORWARD - [0:0]\n:KUBE-ROUTER-INPUT - [0:0]\n-A INPUT -j KUBE-FIREWALL\n-A INPUT -j KUBE-ROUTER-INPUT\n-A FORWARD -j KUBE-FORWARD\n-A KUBE-FIREWALL -j DROP\nCOMMIT\n*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n";
         let (script, n) = cleanup_script(saved, &kube);
         assert_eq!(
             n,

@@ -1,8 +1,8 @@
 //! kube-proxy's iptables rules as iptables-nft keeps them: nftables tables `filter`,
-//! `nat`, `mangle`, `raw` and `security` of families `ip` and `ip6`, with its
-//! `KUBE-*` chains and, in other chains (the built-in `PREROUTING`, `OUTPUT`, ... or
-//! another program's), rules that jump to them (an `immediate` expression whose
-//! verdict is `jump`/`goto` to the chain).
+//! `nat`, `mangle`, `raw` and `security` of families `ip` and `ip6`, with its chains
+//! (`KUBE-SERVICES`, `KUBE-SVC-*`, ...) and, in other chains (the built-in
+//! `PREROUTING`, `OUTPUT`, ... or another program's), rules that jump to them (an
+//! `immediate` expression whose verdict is `jump`/`goto` to the chain).
 //!
 //! Removed over netlink, without iptables' tools: per family, the tables' chains and
 //! rules (with their handles) are dumped, and one transaction deletes by handle every
@@ -48,6 +48,9 @@ const NFTA_VERDICT_CHAIN: u16 = 2;
 
 /// Tries of the transaction when the tables changed between dump and commit.
 const TRIES: usize = 3;
+
+/// A chain: (table, name).
+pub type TableChain = (String, String);
 
 /// One rule as the dump shows it: where it is, its handle, and the chains its
 /// `immediate` verdicts jump or go to.
@@ -135,10 +138,17 @@ impl Plan {
 }
 
 /// The deletions for the dumped `chains` and `rules` of one family's tables, removing
-/// the chains `wanted` accepts.
-pub fn plan(chains: &[(String, String)], rules: &[RuleRef], wanted: &dyn Fn(&str) -> bool) -> Plan {
-    let removed: Vec<(String, String)> =
-        chains.iter().filter(|(_, c)| wanted(c)).cloned().collect();
+/// the chains `wanted` accepts (given table and chain).
+pub fn plan(
+    chains: &[(String, String)],
+    rules: &[RuleRef],
+    wanted: &dyn Fn(&str, &str) -> bool,
+) -> Plan {
+    let removed: Vec<(String, String)> = chains
+        .iter()
+        .filter(|(t, c)| wanted(t, c))
+        .cloned()
+        .collect();
     let is_removed = |t: &str, c: &str| removed.iter().any(|(rt, rc)| rt == t && rc == c);
     let jumps = rules
         .iter()
@@ -229,7 +239,7 @@ pub fn encode(family: Family, plan: &Plan) -> (Batch, Vec<String>) {
 fn dump(
     kernel: &mut Kernel,
     family: Family,
-) -> Result<(Vec<(String, String)>, Vec<RuleRef>), netlink::Error> {
+) -> Result<(Vec<TableChain>, Vec<RuleRef>), netlink::Error> {
     let present: Vec<String> = kernel
         .table_names(family)?
         .into_iter()
@@ -269,7 +279,7 @@ fn dump(
 pub fn remove(
     kernel: &mut Kernel,
     family: Family,
-    wanted: &dyn Fn(&str) -> bool,
+    wanted: &dyn Fn(&str, &str) -> bool,
 ) -> Result<Removed, netlink::Error> {
     let mut tries = 0;
     loop {
@@ -410,7 +420,7 @@ mod tests {
             // A chain of the same name in another table is not the target.
             rule("filter", "KEEP-ME", 8, &["KUBE-SVC-A"]),
         ];
-        let wanted = |c: &str| c.starts_with("KUBE-") && c != "KUBE-FIREWALL";
+        let wanted = |_: &str, c: &str| c.starts_with("KUBE-") && c != "KUBE-FIREWALL";
         let p = plan(&chains, &rules, &wanted);
         assert_eq!(p.jumps, vec![("nat".into(), "PREROUTING".into(), 3)]);
         assert_eq!(

@@ -5,21 +5,25 @@
 //! what kube-proxy left behind, in this order:
 //!
 //! 1. nftables mode: the `ip`/`ip6 kube-proxy` tables, in one transaction.
-//! 2. iptables and IPVS modes through iptables-nft: the `KUBE-*` chains and the jumps
+//! 2. iptables and IPVS modes through iptables-nft: kube-proxy's chains and the jumps
 //!    to them in the `ip`/`ip6` `filter`, `nat`, `mangle`, `raw` and `security`
 //!    tables, over netlink, one transaction per family ([`iptables_nft`]).
 //! 3. The same through legacy iptables (xtables), with `iptables-legacy-save` and
 //!    `-restore` when they are installed ([`iptables_legacy`]).
-//! 4. ipsets named `KUBE-*` (IPVS mode), over ipset's netlink protocol, once no rule
+//! 4. kube-proxy's ipsets (IPVS mode), over ipset's netlink protocol, once no rule
 //!    references them ([`ipset`]).
 //! 5. If `kube-ipvs0` exists (kube-proxy's IPVS mode ran here since boot): its IPVS
 //!    virtual servers over generic netlink ([`ipvs`]), then the interface itself over
 //!    rtnetlink ([`link`]).
 //!
-//! kubelet's own chains (`KUBE-FIREWALL`, `KUBE-KUBELET-CANARY`,
-//! `KUBE-IPTABLES-HINT`) are not kube-proxy's and stay, with the jumps to them (as in
-//! upstream's cleanup). The [`Report`] counts what each step removed and says what was
-//! skipped (the kernel or the image lacks something) and what failed.
+//! Chains and sets are kube-proxy's by name ([`is_kube_proxy_chain`],
+//! [`is_kube_proxy_set`]), not by the `KUBE-` prefix alone: kubelet's own chains
+//! (`KUBE-FIREWALL`, `KUBE-KUBELET-CANARY`, `KUBE-IPTABLES-HINT`, `KUBE-MARK-DROP`) and
+//! kube-router's network-policy chains and sets (`KUBE-ROUTER-*`, `KUBE-NWPLCY-*`,
+//! `KUBE-POD-FW-*`, `KUBE-SRC-*`, `KUBE-DST-*`; k3s runs it next to kube-proxy) are
+//! named `KUBE-*` too, and stay, with the jumps to them. The [`Report`] counts what
+//! each step removed and says what was skipped (the kernel or the image lacks
+//! something) and what failed.
 
 pub mod ipset;
 pub mod iptables_legacy;
@@ -38,20 +42,88 @@ use crate::ruleset::ir::Family;
 /// Upstream kube-proxy's nftables table name.
 pub const KUBE_PROXY_TABLE: &str = "kube-proxy";
 
-/// Chains named `KUBE-*` that kubelet creates and keeps, not kube-proxy
-/// (kubelet_network_linux.go): its localhost-martian filter, its canary, and the hint
-/// the iptables wrapper scripts read to pick iptables-nft or -legacy.
-pub const KUBELET_CHAINS: [&str; 3] =
-    ["KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT"];
+/// kube-proxy's fixed iptables chains, in every mode and version since 1.2
+/// (pkg/proxy/iptables and pkg/proxy/ipvs; the userspace mode's, removed in 1.26).
+/// Not here, because kubelet creates them: `KUBE-FIREWALL` (in `filter`; see
+/// [`is_kube_proxy_chain`]), `KUBE-KUBELET-CANARY`, `KUBE-IPTABLES-HINT`,
+/// `KUBE-MARK-DROP`.
+pub const KUBE_PROXY_CHAINS: [&str; 17] = [
+    "KUBE-SERVICES",
+    "KUBE-EXTERNAL-SERVICES",
+    "KUBE-NODEPORTS",
+    "KUBE-POSTROUTING",
+    "KUBE-MARK-MASQ",
+    "KUBE-FORWARD",
+    "KUBE-PROXY-FIREWALL",
+    "KUBE-PROXY-CANARY",
+    "KUBE-NODE-PORT",
+    "KUBE-LOAD-BALANCER",
+    "KUBE-SOURCE-RANGES-FIREWALL",
+    "KUBE-IPVS-FILTER",
+    "KUBE-IPVS-OUT-FILTER",
+    "KUBE-PORTALS-CONTAINER",
+    "KUBE-PORTALS-HOST",
+    "KUBE-NODEPORT-CONTAINER",
+    "KUBE-NODEPORT-HOST",
+];
 
-/// Whether an iptables chain is kube-proxy's.
-pub fn is_kube_proxy_chain(name: &str) -> bool {
-    name.starts_with("KUBE-") && !KUBELET_CHAINS.contains(&name)
+/// The prefixes of kube-proxy's per-Service chains (iptables mode): service, local
+/// service, external, firewall, endpoint, and the older external-local ones.
+pub const KUBE_PROXY_CHAIN_PREFIXES: [&str; 6] = [
+    "KUBE-SVC-",
+    "KUBE-SVL-",
+    "KUBE-EXT-",
+    "KUBE-FW-",
+    "KUBE-SEP-",
+    "KUBE-XLB-",
+];
+
+/// kube-proxy's IPVS-mode ipsets (pkg/proxy/ipvs/ipset.go, current and older names).
+/// On IPv6 the same names start `KUBE-6-` instead of `KUBE-`.
+pub const KUBE_PROXY_SETS: [&str; 23] = [
+    "KUBE-LOOP-BACK",
+    "KUBE-CLUSTER-IP",
+    "KUBE-EXTERNAL-IP",
+    "KUBE-EXTERNAL-IP-LOCAL",
+    "KUBE-LOAD-BALANCER",
+    "KUBE-LOAD-BALANCER-FW",
+    "KUBE-LOAD-BALANCER-LOCAL",
+    "KUBE-LOAD-BALANCER-SOURCE-IP",
+    "KUBE-LOAD-BALANCER-SOURCE-CIDR",
+    "KUBE-LOAD-BALANCER-MASQ",
+    "KUBE-NODE-PORT-TCP",
+    "KUBE-NODE-PORT-LOCAL-TCP",
+    "KUBE-NODE-PORT-UDP",
+    "KUBE-NODE-PORT-LOCAL-UDP",
+    "KUBE-NODE-PORT-SCTP-HASH",
+    "KUBE-NODE-PORT-LOCAL-SCTP-HASH",
+    "KUBE-NODE-PORT-SCTP",
+    "KUBE-NODE-PORT-LOCAL-SCTP",
+    "KUBE-HEALTH-CHECK-NODE-PORT",
+    "KUBE-IPVS-IPS",
+    "KUBE-MASQ-ALL",
+    "KUBE-CLUSTER-CIDR",
+    "KUBE-SERVICE-ACCESS",
+];
+
+/// Whether the iptables chain `name` of `table` is kube-proxy's. `KUBE-FIREWALL` is
+/// kubelet's in `filter`, but kube-proxy's IPVS mode before 1.28 had its own in `nat`
+/// (for loadBalancerSourceRanges).
+pub fn is_kube_proxy_chain(table: &str, name: &str) -> bool {
+    (table == "nat" && name == "KUBE-FIREWALL")
+        || KUBE_PROXY_CHAINS.contains(&name)
+        || KUBE_PROXY_CHAIN_PREFIXES
+            .iter()
+            .any(|p| name.len() > p.len() && name.starts_with(p))
 }
 
-/// Whether an ipset is kube-proxy's (kubelet makes none).
+/// Whether an ipset is kube-proxy's.
 pub fn is_kube_proxy_set(name: &str) -> bool {
-    name.starts_with("KUBE-")
+    let v4 = match name.strip_prefix("KUBE-6-") {
+        Some(rest) => format!("KUBE-{rest}"),
+        None => name.to_string(),
+    };
+    KUBE_PROXY_SETS.contains(&v4.as_str())
 }
 
 /// What the takeover needs from the configuration.
@@ -64,7 +136,7 @@ pub struct Options {
 /// Chains and rules removed from one kind of iptables.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Removed {
-    /// `KUBE-*` chains deleted (with their rules)
+    /// kube-proxy's chains deleted (with their rules)
     pub chains: usize,
     /// rules deleted from other chains: the jumps into those
     pub rules: usize,
@@ -231,24 +303,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn kube_proxys_chains_are_kube_but_not_kubelets() {
+    fn kube_proxys_chains_are_not_kubelets_nor_kube_routers() {
         for c in [
             "KUBE-SERVICES",
-            "KUBE-SVC-ABCDEF",
+            "KUBE-SVC-7RRAOYVM6IVRE2IL",
+            "KUBE-SEP-BZ3XJ5QDF3SFTTL7",
+            "KUBE-EXT-7RRAOYVM6IVRE2IL",
             "KUBE-POSTROUTING",
             "KUBE-MARK-MASQ",
             "KUBE-PROXY-CANARY",
+            "KUBE-IPVS-FILTER",
         ] {
-            assert!(is_kube_proxy_chain(c), "{c}");
+            assert!(is_kube_proxy_chain("nat", c), "{c}");
         }
+        assert!(is_kube_proxy_chain("nat", "KUBE-FIREWALL"));
         for c in [
             "KUBE-FIREWALL",
             "KUBE-KUBELET-CANARY",
             "KUBE-IPTABLES-HINT",
+            "KUBE-MARK-DROP",
+            "KUBE-ROUTER-INPUT",
+            "KUBE-NWPLCY-LC6LKJIS3EXL2QBO",
+            "KUBE-POD-FW-3KBJ3JJGUJ5QWEOZ",
+            "KUBE-SVC-",
             "INPUT",
             "kube-services",
         ] {
-            assert!(!is_kube_proxy_chain(c), "{c}");
+            assert!(!is_kube_proxy_chain("filter", c), "{c}");
+        }
+    }
+
+    #[test]
+    fn kube_proxys_sets_of_both_families() {
+        for s in [
+            "KUBE-CLUSTER-IP",
+            "KUBE-6-CLUSTER-IP",
+            "KUBE-6-LOOP-BACK",
+            "KUBE-IPVS-IPS",
+        ] {
+            assert!(is_kube_proxy_set(s), "{s}");
+        }
+        for s in [
+            "KUBE-SRC-ABCDEFGHIJKLMNOP",
+            "KUBE-DST-ABCDEFGHIJKLMNOP",
+            "KUBE-6-SRC-X",
+            "kube-router-pod-subnets",
+            "KUBE-",
+        ] {
+            assert!(!is_kube_proxy_set(s), "{s}");
         }
     }
 }
