@@ -713,7 +713,7 @@ fn ipvs_mode_ipsets_and_kube_ipvs0_takeover_without_failed_connections() {
         .status()
         .is_ok_and(|s| s.success());
 
-    let run = takeover_under_load(&topo, &manifests, &[], |node| {
+    let run = takeover_under_load(&topo, &manifests, &["-v", "2"], |node| {
         (
             normalized(&node.run(&["iptables-nft-save"])),
             node.run(&["ipset", "list", "-n"]),

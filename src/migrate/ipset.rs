@@ -153,6 +153,9 @@ pub fn remove(wanted: impl Fn(&str) -> bool) -> Result<Outcome, nl::Error> {
             }
         }
         if busy.is_empty() {
+            if round > 0 {
+                tracing::debug!(rounds = round + 1, "every ipset destroyed");
+            }
             break;
         }
         if round + 1 == BUSY_ROUNDS {
@@ -163,6 +166,11 @@ pub fn remove(wanted: impl Fn(&str) -> bool) -> Result<Outcome, nl::Error> {
             }
             break;
         }
+        tracing::debug!(
+            round,
+            busy = busy.len(),
+            "ipsets still referenced; trying again"
+        );
         todo = busy.into_iter().map(|(n, _)| n).collect();
         std::thread::sleep(BUSY_PAUSE);
     }
