@@ -84,10 +84,18 @@ pub struct Cli {
     #[arg(long)]
     pub cleanup: bool,
 
-    /// Take over from kube-proxy: once our rules are in place, delete kube-proxy's
-    /// `ip`/`ip6 kube-proxy` nftables tables and its iptables `KUBE-*` chains.
+    /// Take over from kube-proxy: once our rules are in place, delete what kube-proxy
+    /// left behind in any mode: its `ip`/`ip6 kube-proxy` nftables tables, its
+    /// iptables chains (iptables-nft over netlink; legacy iptables through
+    /// iptables-legacy-save/-restore when installed), its ipsets, its IPVS virtual
+    /// servers and `kube-ipvs0`.
     #[arg(long)]
     pub cleanup_kube_proxy: bool,
+
+    /// kube-proxy's IPVS mode flag: IPVS virtual servers in these CIDRs are not
+    /// kube-proxy's, and --cleanup-kube-proxy leaves them in place.
+    #[arg(long, value_name = "CIDR[,CIDR]", value_delimiter = ',')]
+    pub ipvs_exclude_cidrs: Vec<String>,
 
     /// How often to reconcile everything with the kernel when running continuously.
     #[arg(long, visible_alias = "iptables-sync-period", default_value = "30s", value_parser = parse_duration)]
@@ -211,8 +219,6 @@ pub struct Ignored {
     ipvs_min_sync_period: Option<String>,
     #[arg(long, value_name = "NAME")]
     ipvs_scheduler: Option<String>,
-    #[arg(long, value_name = "CIDRS")]
-    ipvs_exclude_cidrs: Option<String>,
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     ipvs_strict_arp: Option<String>,
     #[arg(long, value_name = "DURATION")]
@@ -267,7 +273,6 @@ pub const IGNORED: &[(&str, &str)] = &[
     ("ipvs_sync_period", "IPVS mode only"),
     ("ipvs_min_sync_period", "IPVS mode only"),
     ("ipvs_scheduler", "IPVS mode only"),
-    ("ipvs_exclude_cidrs", "IPVS mode only"),
     ("ipvs_strict_arp", "IPVS mode only"),
     ("ipvs_tcp_timeout", "IPVS mode only"),
     ("ipvs_tcpfin_timeout", "IPVS mode only"),
@@ -470,6 +475,8 @@ pub struct ProxyConfig {
     pub cleanup: bool,
     /// delete kube-proxy's leftovers after our first sync
     pub cleanup_kube_proxy: bool,
+    /// IPVS virtual servers the takeover leaves alone
+    pub ipvs_exclude_cidrs: Vec<IpNet>,
     /// full resync period
     pub sync_period: Duration,
     /// shortest time between syncs
@@ -517,6 +524,18 @@ impl ProxyConfig {
         {
             cluster_cidrs.push(parse_cidr_sloppy(c).ok_or_else(|| Error::BadCidr {
                 flag: "cluster-cidr",
+                value: c.to_string(),
+            })?);
+        }
+        let mut ipvs_exclude_cidrs = Vec::new();
+        for c in cli
+            .ipvs_exclude_cidrs
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+        {
+            ipvs_exclude_cidrs.push(parse_cidr_sloppy(c).ok_or_else(|| Error::BadCidr {
+                flag: "ipvs-exclude-cidrs",
                 value: c.to_string(),
             })?);
         }
@@ -640,6 +659,7 @@ impl ProxyConfig {
             masquerade_mark: 1u32 << cli.masquerade_bit,
             cleanup: cli.cleanup,
             cleanup_kube_proxy: cli.cleanup_kube_proxy,
+            ipvs_exclude_cidrs,
             sync_period: cli.sync_period,
             min_sync_period: cli.min_sync_period,
             kubeconfig: cli.kubeconfig,
@@ -700,6 +720,11 @@ impl ProxyConfig {
         k.nftables.masquerade_all = self.masquerade_all;
         k.nftables.sync_period = self.sync_period;
         k.nftables.min_sync_period = self.min_sync_period;
+        k.ipvs.exclude_cidrs = self
+            .ipvs_exclude_cidrs
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
         k.logging.format = self.logging_format.clone();
         k.logging.verbosity = u32::from(self.verbosity);
         if let Some(c) = &self.conntrack {
@@ -901,6 +926,53 @@ mod tests {
             .chain(v.iter().copied())
             .map(String::from)
             .collect()
+    }
+
+    /// `--ipvs-exclude-cidrs` (and the file's `ipvs.excludeCIDRs`) reach the takeover:
+    /// IPVS virtual servers there are not kube-proxy's.
+    #[test]
+    fn ipvs_exclude_cidrs_from_flag_and_file() {
+        let c = parse(&["--ipvs-exclude-cidrs", "192.0.2.0/24,2001:db8::/64"]).unwrap();
+        assert_eq!(
+            c.ipvs_exclude_cidrs,
+            vec![
+                "192.0.2.0/24".parse::<IpNet>().unwrap(),
+                "2001:db8::/64".parse().unwrap()
+            ]
+        );
+        assert!(matches!(
+            parse(&["--ipvs-exclude-cidrs", "192.0.2.0"]),
+            Err(Error::BadCidr { .. })
+        ));
+        let dir = std::env::temp_dir().join(format!("knp-config-ipvs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("config.conf");
+        std::fs::write(
+            &f,
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: ipvs\nipvs:\n  excludeCIDRs: [192.0.2.0/24]\n  scheduler: rr\n",
+        )
+        .unwrap();
+        let (cli, notes) = parse_args(args(&["--config", f.to_str().unwrap()])).unwrap();
+        assert!(
+            notes.iter().any(|n| n.contains("ipvs.scheduler")),
+            "{notes:?}"
+        );
+        assert!(
+            !notes.iter().any(|n| n.contains("excludeCIDRs")),
+            "{notes:?}"
+        );
+        let c = ProxyConfig::from_cli(cli).unwrap();
+        assert_eq!(
+            c.ipvs_exclude_cidrs,
+            vec!["192.0.2.0/24".parse::<IpNet>().unwrap()]
+        );
+        std::fs::write(
+            &f,
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nipvs:\n  excludeCIDRs: [nope]\n",
+        )
+        .unwrap();
+        assert!(parse_args(args(&["--config", f.to_str().unwrap()])).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -268,7 +268,11 @@ pub async fn run_with(
             None
         }
     };
-    let mut migrated = !cfg.cleanup_kube_proxy;
+    // Takeover attempts left: one after the first sync, and a few more after later
+    // syncs while something could not be removed (a set still referenced, a table
+    // changed meanwhile); then what is left is left, with the last report logged.
+    let mut migrate_attempts: u32 = if cfg.cleanup_kube_proxy { 5 } else { 0 };
+    let migrate_options = crate::proxier::migrate_options(&cfg);
     // What programming waits for, logged once (see `proxier::waiting_for`).
     let mut waiting: Option<String> = None;
     loop {
@@ -583,18 +587,23 @@ pub async fn run_with(
                         }
                     }
                 }
-                if !migrated {
-                    match proxier.migrate_from_kube_proxy() {
+                if migrate_attempts > 0 {
+                    migrate_attempts -= 1;
+                    // Runs iptables-legacy tools and waits for ipsets to be released:
+                    // off the async workers, as the conntrack reconcile.
+                    match tokio::task::block_in_place(|| {
+                        proxier.migrate_from_kube_proxy(&migrate_options)
+                    }) {
                         Ok(m) => {
-                            migrated = true;
-                            tracing::info!(
-                                tables = m.tables,
-                                iptables_chains = m.chains,
-                                "our rules are in place; removed kube-proxy's rules"
-                            );
+                            m.log("our rules are in place; removed kube-proxy's leftovers");
+                            if m.complete() {
+                                migrate_attempts = 0;
+                            } else if migrate_attempts > 0 {
+                                tracing::warn!(attempts_left = migrate_attempts, "kube-proxy cleanup incomplete; will try again after the next sync");
+                            }
                         }
                         Err(e) => {
-                            tracing::warn!(error = %error_chain(&e), "kube-proxy cleanup failed; will retry after the next sync")
+                            tracing::warn!(error = %error_chain(&e), attempts_left = migrate_attempts, "kube-proxy cleanup failed; will retry after the next sync")
                         }
                     }
                 }

@@ -3,8 +3,9 @@
 //! the `kube-proxy` ConfigMap's `config.conf`.
 //!
 //! Only the fields that mean something to kube-nft-proxy are typed (see
-//! [`KubeProxyConfiguration`]); every other key (the `iptables`, `ipvs` and `winkernel`
-//! sections, `featureGates`, `oomScoreAdj`, ...) is accepted and reported by its dotted
+//! [`KubeProxyConfiguration`]); every other key (the `iptables` and `winkernel`
+//! sections, `ipvs` but for `excludeCIDRs`, `featureGates`, `oomScoreAdj`, ...) is
+//! accepted and reported by its dotted
 //! path, so the caller can warn about each instead of failing on a file written for
 //! upstream kube-proxy.
 //!
@@ -157,6 +158,16 @@ impl Default for NfTables {
     }
 }
 
+/// `ipvs`: of kube-proxy's IPVS mode, only what the takeover from it needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Ipvs {
+    /// `--ipvs-exclude-cidrs`: IPVS virtual servers that are not kube-proxy's, left in
+    /// place by `--cleanup-kube-proxy`.
+    #[serde(rename = "excludeCIDRs")]
+    pub exclude_cidrs: Vec<String>,
+}
+
 /// `conntrack`: the conntrack sysctls kube-proxy sets at start-up. kube-nft-proxy reads
 /// and writes these back but does not set any sysctl (see
 /// [`KubeProxyConfiguration::warnings`]).
@@ -269,6 +280,8 @@ pub struct KubeProxyConfiguration {
     pub mode: String,
     /// nftables mode settings.
     pub nftables: NfTables,
+    /// IPVS mode settings the takeover from it reads.
+    pub ipvs: Ipvs,
     /// conntrack sysctls (`--conntrack-*`).
     pub conntrack: Conntrack,
     /// Logging.
@@ -291,6 +304,7 @@ impl Default for KubeProxyConfiguration {
             node_port_addresses: Vec::new(),
             mode: MODE_NFTABLES.to_string(),
             nftables: NfTables::default(),
+            ipvs: Ipvs::default(),
             conntrack: Conntrack::default(),
             logging: Logging::default(),
         }
@@ -419,6 +433,16 @@ impl KubeProxyConfiguration {
             .collect();
         if !np.is_empty() {
             push("nodeport-addresses", &np.join(","));
+        }
+        let exclude: Vec<&str> = self
+            .ipvs
+            .exclude_cidrs
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if !exclude.is_empty() {
+            push("ipvs-exclude-cidrs", &exclude.join(","));
         }
         push("sync-period", &flag_duration(self.nftables.sync_period));
         push(
@@ -607,6 +631,18 @@ impl KubeProxyConfiguration {
             return Err(field_error(
                 "nodePortAddresses",
                 format!("{bad:?} is not a CIDR or \"primary\""),
+            ));
+        }
+        if let Some(bad) = self
+            .ipvs
+            .exclude_cidrs
+            .iter()
+            .map(|c| c.trim())
+            .find(|c| !c.is_empty() && !is_cidr_sloppy(c))
+        {
+            return Err(field_error(
+                "ipvs.excludeCIDRs",
+                format!("{bad:?} is not a CIDR"),
             ));
         }
         if self.client_connection.qps.is_nan() || self.client_connection.qps < 0.0 {

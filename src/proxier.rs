@@ -37,6 +37,16 @@ pub enum Error {
     /// `--detect-local-mode=NodeCIDR` and the Node has no `spec.podCIDRs` (yet).
     #[error("--detect-local-mode=NodeCIDR: Node {0:?} has no spec.podCIDRs (yet)")]
     NoPodCidrs(String),
+    /// `--cleanup-kube-proxy` could not remove everything it found (each logged).
+    #[error("{0} of kube-proxy's leftovers could not be removed (see the warnings above)")]
+    KubeProxyLeftovers(usize),
+}
+
+/// What the kube-proxy takeover needs from the configuration.
+pub fn migrate_options(cfg: &ProxyConfig) -> crate::migrate::Options {
+    crate::migrate::Options {
+        ipvs_exclude_cidrs: cfg.ipvs_exclude_cidrs.clone(),
+    }
 }
 
 /// What one sync did.
@@ -250,8 +260,11 @@ impl Proxier {
     }
 
     /// Runs the kube-proxy takeover (after our rules are committed).
-    pub fn migrate_from_kube_proxy(&mut self) -> Result<crate::migrate::Report, Error> {
-        Ok(crate::migrate::cleanup_kube_proxy(self.kernel()?)?)
+    pub fn migrate_from_kube_proxy(
+        &mut self,
+        opts: &crate::migrate::Options,
+    ) -> Result<crate::migrate::Report, Error> {
+        Ok(crate::migrate::cleanup_kube_proxy(self.kernel()?, opts)?)
     }
 
     /// The last ruleset the kernel accepted (shared, so side outputs need no copy).
@@ -818,12 +831,11 @@ pub fn once(cfg: &ProxyConfig) -> Result<SyncReport, Error> {
     log_problems(&held);
     r.service_ports = rs.tables.iter().map(|t| t.element_count()).sum::<usize>();
     if cfg.cleanup_kube_proxy {
-        let m = p.migrate_from_kube_proxy()?;
-        tracing::info!(
-            tables = m.tables,
-            iptables_chains = m.chains,
-            "removed kube-proxy's rules"
-        );
+        let m = p.migrate_from_kube_proxy(&migrate_options(cfg))?;
+        m.log("removed kube-proxy's leftovers");
+        if !m.complete() {
+            return Err(Error::KubeProxyLeftovers(m.failed.len()));
+        }
     }
     Ok(r)
 }
@@ -895,12 +907,8 @@ pub fn run_files(cfg: &ProxyConfig) -> Result<(), Error> {
                         "synced"
                     );
                     if cfg.cleanup_kube_proxy && seen.is_none() {
-                        match p.migrate_from_kube_proxy() {
-                            Ok(m) => tracing::info!(
-                                tables = m.tables,
-                                iptables_chains = m.chains,
-                                "removed kube-proxy's rules"
-                            ),
+                        match p.migrate_from_kube_proxy(&migrate_options(cfg)) {
+                            Ok(m) => m.log("removed kube-proxy's leftovers"),
                             Err(e) => {
                                 tracing::warn!(error = %error_chain(&e), "kube-proxy cleanup failed")
                             }

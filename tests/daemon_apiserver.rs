@@ -558,6 +558,7 @@ struct DaemonOpts {
     min_sync_period: &'static str,
     healthz: &'static str,
     metrics: &'static str,
+    cleanup_kube_proxy: bool,
 }
 
 impl Default for DaemonOpts {
@@ -567,6 +568,7 @@ impl Default for DaemonOpts {
             min_sync_period: "10ms",
             healthz: HEALTHZ,
             metrics: METRICS,
+            cleanup_kube_proxy: false,
         }
     }
 }
@@ -592,6 +594,8 @@ impl DaemonOpts {
             "2",
         ]
         .iter()
+        .copied()
+        .chain(self.cleanup_kube_proxy.then_some("--cleanup-kube-proxy"))
         .map(|s| s.to_string())
         .collect()
     }
@@ -675,7 +679,20 @@ impl Env {
         opts: DaemonOpts,
         prepare: impl FnOnce(&ApiServer),
     ) -> Env {
+        Env::started_on(tag, objects, opts, prepare, |_| {})
+    }
+
+    /// Like [`Env::started_with`], with `prepare_node` run in the node namespace before
+    /// the daemon starts.
+    fn started_on(
+        tag: &str,
+        objects: Vec<Value>,
+        opts: DaemonOpts,
+        prepare: impl FnOnce(&ApiServer),
+        prepare_node: impl FnOnce(&NetNs),
+    ) -> Env {
         let topo = topology(tag);
+        prepare_node(&topo.node);
         let servers = start_servers(&topo.backends, &BACKENDS);
         let api = Api::start(&topo.node);
         prepare(&api);
@@ -2269,4 +2286,111 @@ fn changes_pending_while_a_sync_waits() {
             Err(format!("service {s}, endpoint {e}; want 2 and 1"))
         }
     });
+}
+
+/// `--cleanup-kube-proxy` in the daemon: after its first sync it removes what
+/// kube-proxy's iptables mode left in iptables-nft's tables (in one transaction per
+/// family, over netlink) and its ipsets, keeps kubelet's chain, and logs the report.
+#[test]
+fn daemon_takes_over_from_kube_proxys_iptables_leftovers() {
+    if !require_privileged() {
+        return;
+    }
+    for tool in ["iptables-nft-restore", "iptables-nft-save", "ipset"] {
+        let there = Command::new(tool)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !there {
+            assert!(
+                std::env::var("KNP_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+                "KNP_REQUIRE_PRIVILEGED=1 but {tool} is missing (Debian packages iptables, ipset)"
+            );
+            eprintln!("skipping: {tool} is missing");
+            return;
+        }
+    }
+    const LEFTOVERS: &str = "*filter
+:INPUT ACCEPT [0:0]
+:KUBE-FIREWALL - [0:0]
+:KUBE-SERVICES - [0:0]
+-A INPUT -j KUBE-FIREWALL
+-A INPUT -m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-SERVICES
+-A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -j DROP
+COMMIT
+*nat
+:PREROUTING ACCEPT [0:0]
+:KUBE-SERVICES - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A KUBE-SERVICES -j KUBE-MARK-MASQ
+COMMIT
+";
+    let opts = DaemonOpts {
+        cleanup_kube_proxy: true,
+        ..DaemonOpts::default()
+    };
+    let env = Env::started_on(
+        "dmig",
+        web_cluster(&[A, B]),
+        opts,
+        |_| {},
+        |node| {
+            node.run_with_stdin(
+                &["ipset", "restore"],
+                "create KUBE-CLUSTER-IP hash:ip,port family inet\n",
+            );
+            node.run_with_stdin(&["iptables-nft-restore"], LEFTOVERS);
+        },
+    );
+    let log_path = env.dir.path().join("daemon-1.log");
+    let log = env.wait_until(
+        "the daemon reports kube-proxy's leftovers removed",
+        WAIT,
+        || {
+            let log = strip_ansi(&std::fs::read_to_string(&log_path).unwrap_or_default());
+            if log.contains("removed kube-proxy's leftovers") {
+                Ok(log)
+            } else {
+                Err(tail(&log, 20))
+            }
+        },
+    );
+    let report = log
+        .lines()
+        .find(|l| l.contains("removed kube-proxy's leftovers"))
+        .unwrap_or_default();
+    for field in [
+        "iptables_nft_chains=3",
+        "iptables_nft_rules=2",
+        "ipsets=1",
+        "skipped=0",
+        "failed=0",
+    ] {
+        assert!(
+            report.contains(field),
+            "no {field} in: {report}\n{}",
+            env.diag()
+        );
+    }
+    let save = env.topo.node.run(&["iptables-nft-save"]);
+    assert!(
+        !save.contains("KUBE-SERVICES") && !save.contains("KUBE-MARK-MASQ"),
+        "kube-proxy's chains are still there:\n{save}"
+    );
+    assert!(
+        save.contains(":KUBE-FIREWALL") && save.contains("-A INPUT -j KUBE-FIREWALL"),
+        "kubelet's chain or its jump was removed:\n{save}"
+    );
+    let sets = env.topo.node.run(&["ipset", "list", "-n"]);
+    assert!(sets.trim().is_empty(), "ipsets left: {sets}");
+    assert!(
+        env.try_listing(false).is_some(),
+        "our table is missing\n{}",
+        env.diag()
+    );
+    env.check_daemon();
 }

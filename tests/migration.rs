@@ -1,16 +1,8 @@
 //! Taking a node over from upstream kube-proxy's nftables mode (`--cleanup-kube-proxy`)
 //! under real packets.
 //!
-//! Topology (three network namespaces per test, created and deleted by the test; the
-//! same as `netns_clusterip.rs`):
-//!
-//! ```text
-//!  client (a pod)            node (kube-proxy, then we, run here)  backends
-//!  eth0 10.0.1.2/24 ---- to-client 10.0.1.1/24
-//!  default via 10.0.1.1      to-backends 10.0.2.1/24 ---- eth0 10.0.2.10/24, .11, .12
-//!                            ip_forward=1                 default via 10.0.2.1
-//!                            default via 10.0.2.254 (no such host)
-//! ```
+//! The topology, the Service, the looping client and the run are in
+//! `tests/common/takeover.rs` (shared with `tests/migration_iptables.rs`).
 //!
 //! The node starts out with the `ip`/`ip6 kube-proxy` tables upstream kube-proxy's
 //! nftables mode would have programmed for the Service 172.30.0.10:80 (three endpoints
@@ -21,42 +13,16 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
-use std::io;
-use std::net::SocketAddr;
-
-use common::backends::{sockaddr, tcp_ask_reset, Answer, EmptyAnswer, ServerOpts, Servers};
-use common::manifests::{
-    clusterip_service_obj, list, named_ports_slice_obj, node_obj, ready_eps, service_cidr_obj,
-    TARGET_PORT,
+use common::backends::sockaddr;
+use common::manifests::TARGET_PORT;
+use common::takeover::{
+    assert_unreachable_without_rules, list_with_handles, manifests, mentions_table, record,
+    run_proxy_once, start_servers, table_set, tables, takeover_under_load, tcp_ask_reset_to,
+    topology, BACKENDS, CLIENT_IP, CLUSTER_IP, KEEPME_RULES, SERVICE_CIDR,
 };
-use common::monitor::Monitor;
-use common::topology::{Setup, Topology, CLUSTER_CIDR, NODE_IP, NODE_NAME};
-use common::{join, require_privileged, NetNs, TempDir, BIN};
-
-const CLIENT_IP: &str = "10.0.1.2";
-const CLUSTER_IP: &str = "172.30.0.10";
-const SERVICE_CIDR: &str = "172.30.0.0/16";
-const BACKENDS: [&str; 3] = ["10.0.2.10", "10.0.2.11", "10.0.2.12"];
-
-// ---------------------------------------------------------------------------------
-// Topology
-
-/// The three namespaces (see the top of the file); the node keeps its ICMP rate limit.
-fn topology(tag: &str) -> Topology {
-    Topology::new(
-        tag,
-        Setup {
-            no_icmp_ratelimit: false,
-            ..Setup::new(&BACKENDS)
-        },
-    )
-}
+use common::topology::CLUSTER_CIDR;
+use common::{join, require_privileged, NetNs, TempDir};
 
 // ---------------------------------------------------------------------------------
 // What the node holds before we arrive
@@ -232,248 +198,20 @@ fn kube_proxy_rules() -> String {
     s
 }
 
-/// Another program's table, which the takeover must not touch (it does not affect the
-/// test's traffic).
-const KEEPME_RULES: &str = "table inet keepme {
-	chain input {
-		type filter hook input priority 0; policy accept;
-		udp dport 9 drop
-	}
-}
-";
-
 /// Loads kube-proxy's tables and the unrelated `inet keepme` table into the node.
 fn load_node_state(node: &NetNs) {
     node.run_with_stdin(&["nft", "-f", "-"], KEEPME_RULES);
     node.run_with_stdin(&["nft", "-f", "-"], &kube_proxy_rules());
 }
 
-/// `nft list tables` in `ns`, as a set of `table FAMILY NAME` lines.
-fn tables(ns: &NetNs) -> BTreeSet<String> {
-    ns.run(&["nft", "list", "tables"])
-        .lines()
-        .map(|l| l.trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
-}
-
-fn table_set(names: &[&str]) -> BTreeSet<String> {
-    names.iter().map(|n| format!("table {n}")).collect()
-}
-
-/// `nft -a list table FAMILY NAME` (with handles, so a table that was deleted and
-/// re-created, or a chain or rule replaced, would not compare equal).
-fn list_with_handles(ns: &NetNs, family: &str, name: &str) -> String {
-    ns.run(&["nft", "-a", "list", "table", family, name])
-}
-
-// ---------------------------------------------------------------------------------
-// Backend servers and the client's connections
-
-/// One TCP listener per backend address, in the backends namespace, until dropped.
-/// Declare it after the [`Topology`] so that it is dropped (joined) first.
-fn start_servers(ns: &NetNs) -> Servers {
-    let tcp_only = ServerOpts {
-        udp: false,
-        report_port: false,
-    };
-    Servers::start_with(ns, &BACKENDS, TARGET_PORT, tcp_only)
-}
-
-/// A new TCP connection to `dst`; reads the backend's answer, then ends the connection
-/// with a reset (`SO_LINGER` 0) so that a tight loop leaves no TIME_WAIT behind and
-/// cannot run out of ephemeral ports.
-fn tcp_ask_reset_to(dst: SocketAddr) -> io::Result<Answer> {
-    tcp_ask_reset(dst, EmptyAnswer::Unparsed)
-}
-
-// ---------------------------------------------------------------------------------
-// Manifests (a JSON `List`, as `kubectl get -o json` prints it)
-
-fn manifests() -> String {
-    list(vec![
-        node_obj(&[NODE_IP], None),
-        service_cidr_obj(&[SERVICE_CIDR]),
-        clusterip_service_obj("web", CLUSTER_IP, &[("http", "TCP", 80)]),
-        named_ports_slice_obj("web", "web-1", &[("http", "TCP")], &ready_eps(&BACKENDS)),
-    ])
-}
-
-/// Runs the proxy once in `node` with `extra` flags; returns (success, stderr).
-fn run_proxy_once(node: &NetNs, manifests: &str, extra: &[&str]) -> (bool, String) {
-    let mut args = vec![
-        BIN,
-        "--manifests",
-        manifests,
-        "--once",
-        "--hostname-override",
-        NODE_NAME,
-        "--cluster-cidr",
-        CLUSTER_CIDR,
-    ];
-    args.extend_from_slice(extra);
-    let out = node
-        .command(&args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the proxy: {e}"));
-    (
-        out.status.success(),
-        format!(
-            "{}; stdout:\n{}\nstderr:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-// ---------------------------------------------------------------------------------
-// The looping client
-
-const BEFORE: usize = 0;
-const DURING: usize = 1;
-const AFTER: usize = 2;
-const PHASES: [&str; 3] = [
-    "before the takeover (kube-proxy's rules alone)",
-    "while the proxy ran",
-    "after the takeover (our rules alone)",
-];
-
-/// Shared between the test and its looping client.
-#[derive(Default)]
-struct Progress {
-    /// the phase the test is in; a connection counts in the phase it started in
-    phase: AtomicUsize,
-    /// tells the client to stop
-    stop: AtomicBool,
-    /// connections that got a proper answer, per phase
-    ok: [AtomicUsize; 3],
-    /// bit `i`: `BACKENDS[i]` answered, per phase
-    seen: [AtomicUsize; 3],
-    /// connections that failed, all phases
-    failed: AtomicUsize,
-    /// what went wrong, all phases
-    failures: Mutex<Vec<String>>,
-}
-
-impl Progress {
-    fn seen(&self, phase: usize) -> BTreeSet<&'static str> {
-        let bits = self.seen[phase].load(Ordering::SeqCst);
-        (0..BACKENDS.len())
-            .filter(|i| bits & (1 << i) != 0)
-            .map(|i| BACKENDS[i])
-            .collect()
-    }
-
-    fn summary(&self) -> String {
-        let mut s = String::new();
-        for (p, name) in PHASES.iter().enumerate() {
-            s.push_str(&format!(
-                "{name}: {} ok, backends {:?}\n",
-                self.ok[p].load(Ordering::SeqCst),
-                self.seen(p)
-            ));
-        }
-        let failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        s.push_str(&format!("{} failed", failures.len()));
-        for f in failures.iter().take(20) {
-            s.push_str(&format!("\n  {f}"));
-        }
-        s
-    }
-}
-
-/// Stops the client when dropped (also when an assertion fails).
-struct StopOnDrop(Arc<Progress>);
-
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Loops new TCP connections to the ClusterIP, flat out, until told to stop. A
-/// connection succeeds when an endpoint answers and saw the pod's own address (neither
-/// rule set masquerades traffic from inside `--cluster-cidr`).
-fn looping_client(ns: &NetNs, progress: Arc<Progress>) -> JoinHandle<()> {
-    let dst = sockaddr(CLUSTER_IP, 80);
-    ns.spawn(move || {
-        // Bounded: `stop` ends it normally; the cap only guards against a hung test.
-        for n in 0..2_000_000usize {
-            if progress.stop.load(Ordering::SeqCst) {
-                break;
-            }
-            let phase = progress.phase.load(Ordering::SeqCst);
-            let failure = match tcp_ask_reset_to(dst) {
-                Ok(a) if a.seen_client != CLIENT_IP => {
-                    Some(format!("masqueraded: the backend saw {a:?}"))
-                }
-                Ok(a) => match BACKENDS.iter().position(|b| *b == a.backend) {
-                    Some(i) => {
-                        progress.seen[phase].fetch_or(1 << i, Ordering::SeqCst);
-                        progress.ok[phase].fetch_add(1, Ordering::SeqCst);
-                        None
-                    }
-                    None => Some(format!("answer from a non-endpoint: {a:?}")),
-                },
-                Err(e) => Some(format!("{e} ({:?})", e.kind())),
-            };
-            if let Some(f) = failure {
-                progress
-                    .failures
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(format!("#{n}, {}: {f}", PHASES[phase]));
-                progress.failed.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-    })
-}
-
-/// Connections per phase (before and after) that must succeed.
-const MIN_OK: usize = 200;
-
-/// Waits (bounded, and no longer once a connection failed) until the client has made
-/// `MIN_OK` successful connections in `phase` and reached every endpoint in it; returns
-/// whether it did.
-fn wait_for_phase(progress: &Progress, phase: usize) -> bool {
-    for _ in 0..2000 {
-        if progress.failed.load(Ordering::SeqCst) > 0 {
-            return false;
-        }
-        if progress.ok[phase].load(Ordering::SeqCst) >= MIN_OK
-            && progress.seen(phase).len() == BACKENDS.len()
-        {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
-}
-
 // ---------------------------------------------------------------------------------
 // Watching the ruleset change
-
-/// Whether a monitor line is about the table `FAMILY NAME` (`add table ip x`,
-/// `delete rule ip x chain handle 4`, ...).
-fn mentions_table(line: &str, family: &str, name: &str) -> bool {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    words.windows(2).any(|w| w[0] == family && w[1] == name)
-}
 
 /// Checks, from the monitor's record of the proxy's run, that kube-proxy's tables were
 /// deleted in one transaction of their own, committed after every change to ours, and
 /// that nothing else was touched; panics with the record otherwise.
 fn check_takeover_order(transactions: &[Vec<String>]) {
-    let record = || {
-        transactions
-            .iter()
-            .enumerate()
-            .map(|(i, t)| format!("transaction {i}:\n  {}", t.join("\n  ")))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let record = || record(transactions);
     let is_ours = |l: &str| {
         mentions_table(l, "ip", "kube-nft-proxy") || mentions_table(l, "ip6", "kube-nft-proxy")
     };
@@ -545,16 +283,7 @@ fn kube_proxy_nftables_takeover_without_failed_connections() {
     let dir = TempDir::new("mig");
     let manifests = dir.write("cluster.json", &manifests());
 
-    // Control: with no rules at all the ClusterIP goes nowhere, so every answer below
-    // comes from a rule set.
-    let control = join(
-        topo.client
-            .spawn(|| tcp_ask_reset_to(sockaddr(CLUSTER_IP, 80))),
-    );
-    assert!(
-        control.is_err(),
-        "control: {CLUSTER_IP}:80 answered with no rules on the node: {control:?}"
-    );
+    assert_unreachable_without_rules(&topo);
 
     load_node_state(&topo.node);
     assert_eq!(
@@ -564,40 +293,13 @@ fn kube_proxy_nftables_takeover_without_failed_connections() {
     );
     let keepme_before = list_with_handles(&topo.node, "inet", "keepme");
 
-    let progress = Arc::new(Progress::default());
-    let client = looping_client(&topo.client, progress.clone());
-    let stopper = StopOnDrop(progress.clone());
+    let run = takeover_under_load(&topo, &manifests, &[], |node| {
+        (tables(node), list_with_handles(node, "inet", "keepme"))
+    });
+    let (after_tables, keepme_after) = run.inspected;
 
-    // kube-proxy's rules alone carry the traffic to every endpoint.
-    assert!(
-        wait_for_phase(&progress, BEFORE),
-        "the client did not reach every endpoint {MIN_OK} times without a failure through kube-proxy's rules:\n{}",
-        progress.summary()
-    );
-
-    let mut monitor = Monitor::start(&topo.node);
-    progress.phase.store(DURING, Ordering::SeqCst);
-    let (ok, output) = run_proxy_once(&topo.node, &manifests, &["--cleanup-kube-proxy"]);
-    progress.phase.store(AFTER, Ordering::SeqCst);
-    monitor.sync(&topo.node);
-    let transactions = monitor.transactions();
-    drop(monitor);
-    let after_tables = tables(&topo.node);
-    let keepme_after = list_with_handles(&topo.node, "inet", "keepme");
-
-    // Keep looping for about a second through our rules alone, then until every
-    // endpoint has answered enough times.
-    std::thread::sleep(Duration::from_secs(1));
-    if ok {
-        // The outcome is asserted below.
-        wait_for_phase(&progress, AFTER);
-    }
-    drop(stopper);
-    join(client);
-    eprintln!("{}", progress.summary());
-
-    assert!(ok, "the proxy failed: {output}");
-    check_takeover_order(&transactions);
+    assert!(run.ok, "the proxy failed: {}", run.output);
+    check_takeover_order(&run.transactions);
     for family in ["ip", "ip6"] {
         assert!(
             after_tables.contains(&format!("table {family} kube-nft-proxy")),
@@ -617,26 +319,7 @@ fn kube_proxy_nftables_takeover_without_failed_connections() {
         keepme_after, keepme_before,
         "another program's table was changed by the takeover"
     );
-    let failures = progress
-        .failures
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    assert!(
-        failures.is_empty(),
-        "{} connections failed across the takeover:\n{}",
-        failures.len(),
-        progress.summary()
-    );
-    for phase in [BEFORE, AFTER] {
-        assert!(
-            progress.seen(phase).len() == BACKENDS.len()
-                && progress.ok[phase].load(Ordering::SeqCst) >= MIN_OK,
-            "not every endpoint answered, or fewer than {MIN_OK} connections succeeded, {}:\n{}",
-            PHASES[phase],
-            progress.summary()
-        );
-    }
+    run.progress.assert_no_failed_connections();
 }
 
 /// Without `--cleanup-kube-proxy` the proxy programs its own tables and leaves

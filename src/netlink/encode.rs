@@ -54,6 +54,21 @@ impl Batch {
         i.checked_sub(1).map(|i| self.seq_ops[i].1)
     }
 
+    /// A batch whose messages were encoded elsewhere (the takeover's deletions in
+    /// tables that are not ours): `bytes` holds BEGIN (numbered `begin_seq`), then
+    /// `messages` messages numbered from `begin_seq + 1`, the last one asking for the
+    /// ACK, then END, which starts at `end_at`. Errors name no operation.
+    pub fn from_encoded(bytes: Vec<u8>, begin_seq: u32, messages: usize, end_at: usize) -> Batch {
+        Batch {
+            bytes,
+            begin_seq,
+            ack_seq: begin_seq.wrapping_add(messages as u32),
+            messages,
+            seq_ops: Vec::new(),
+            end_at,
+        }
+    }
+
     /// The same batch without its END message: the kernel processes every message,
     /// reports each error, and then aborts instead of committing (what `nft --check`
     /// does). A dry run of a transaction against the real kernel.

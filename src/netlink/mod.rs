@@ -104,6 +104,12 @@ impl Kernel {
         })
     }
 
+    /// The socket, for requests with no method here: the takeover's dumps and
+    /// deletions in tables that are not ours (`migrate::iptables_nft`).
+    pub fn conn(&mut self) -> &mut Conn {
+        &mut self.conn
+    }
+
     /// The names of every table of one family (ours and others').
     pub fn table_names(&mut self, family: Family) -> Result<Vec<String>, Error> {
         readback::table_names(&mut self.conn, family)

@@ -12,6 +12,7 @@
 pub mod backends;
 pub mod manifests;
 pub mod monitor;
+pub mod takeover;
 pub mod topology;
 pub mod transitions;
 

@@ -3,7 +3,8 @@
 //! Each first makes sure the machine has the system packages the build needs (pkg-config
 //! and the development files of libnftnl and libmnl, which the `-sys` crates' build
 //! scripts look up) and, for `test`, the tools the kernel tests and the conformance
-//! runner call (`nft`, `ip`, `conntrack`, `python3`, `sysctl`). What is missing is
+//! runner call (`nft`, `ip`, `conntrack`, `python3`, `sysctl`, `setpriv`, iptables'
+//! and ipset's tools). What is missing is
 //! installed with apt-get when running as root on a system that has it; otherwise the one
 //! command to run is printed and nothing is compiled. Then the real cargo command runs and
 //! its exit code is passed through.
@@ -121,9 +122,9 @@ const BUILD: &[Requirement] = &[
     },
 ];
 
-/// What the kernel tests (`nft`, `ip`, `conntrack`, `setpriv`) and the conformance runner
-/// (`python3`, and `sysctl`, which container base images lack) call, on top of
-/// [`BUILD`].
+/// What the kernel tests (`nft`, `ip`, `conntrack`, `setpriv`, `iptables-*-restore`,
+/// `ipset`) and the conformance runner (`python3`, and `sysctl`, which container base
+/// images lack) call, on top of [`BUILD`].
 const TEST_TOOLS: &[Requirement] = &[
     Requirement {
         name: "nft",
@@ -177,6 +178,35 @@ const TEST_TOOLS: &[Requirement] = &[
             apt: "procps",
             dnf: "procps-ng",
             pacman: "procps-ng",
+        },
+    },
+    // The takeover tests load kube-proxy's leftovers with iptables' and ipset's own
+    // tools (tests/migration_iptables.rs); the proxy itself needs none of them.
+    Requirement {
+        name: "iptables-nft",
+        probe: Probe::Program("iptables-nft-restore"),
+        packages: Packages {
+            apt: "iptables",
+            dnf: "iptables-nft",
+            pacman: "iptables",
+        },
+    },
+    Requirement {
+        name: "iptables-legacy",
+        probe: Probe::Program("iptables-legacy-restore"),
+        packages: Packages {
+            apt: "iptables",
+            dnf: "iptables-legacy",
+            pacman: "iptables",
+        },
+    },
+    Requirement {
+        name: "ipset",
+        probe: Probe::Program("ipset"),
+        packages: Packages {
+            apt: "ipset",
+            dnf: "ipset",
+            pacman: "ipset",
         },
     },
 ];
@@ -566,12 +596,14 @@ usage:
       exists; otherwise printing the command to run, and stopping), then run the demo:
       cargo run --release -- --manifests demo/cluster.yaml --dry-run ... [PROXY ARGS...]
   cargo xtask test [CARGO TEST ARGS...]
-      the same checks plus nft, ip, conntrack, python3 and sysctl, then run the tests:
+      the same checks plus nft, ip, conntrack, python3, setpriv, sysctl, iptables and
+      ipset, then run the tests:
       cargo test --release [CARGO TEST ARGS...]
 
 environment:
   KNP_XTASK_ASSUME_MISSING=a,b   treat these as missing (pkg-config, libnftnl, libmnl, nft,
-                                 ip, conntrack, python3, sysctl) to try the install path
+                                 ip, conntrack, python3, setpriv, sysctl, iptables-nft,
+                                 iptables-legacy, ipset) to try the install path
   KNP_XTASK_ASSUME_NOT_ROOT=1    act as a non-root user: print the command, install nothing
   PKG_CONFIG                     the pkg-config to check with, as the build scripts use it";
 
@@ -685,7 +717,9 @@ mod tests {
                 "conntrack",
                 "python3",
                 "util-linux",
-                "procps"
+                "procps",
+                "iptables",
+                "ipset"
             ])
         );
     }
