@@ -491,6 +491,28 @@ impl BatchBuilder {
         self.message(msg, f, flags | NLM_F_REQUEST, Payload::Elems(&mut s))
     }
 
+    /// Appends one message the caller built (an object of a table other than ours, such
+    /// as `trace`'s temporary table), numbered as operation `op_index` for
+    /// [`Batch::op_for_seq`]. On error the batch is as it was before the call.
+    pub fn add_message(
+        &mut self,
+        op_index: usize,
+        msg: u16,
+        family: Family,
+        flags: u16,
+        payload: Payload<'_>,
+    ) -> Result<(), EncodeError> {
+        let mark = (self.buf.len(), self.seq, self.seq_ops.len());
+        self.seq_ops.push((self.seq, op_index));
+        self.message(msg, family, flags | NLM_F_REQUEST, payload)
+            .inspect_err(|_| {
+                let (len, seq, ops) = mark;
+                self.buf.truncate(len);
+                self.seq = seq;
+                self.seq_ops.truncate(ops);
+            })
+    }
+
     /// Finishes the batch: the last message asks for an ACK, then END.
     pub fn finish(mut self) -> Batch {
         let begin_seq = 1;

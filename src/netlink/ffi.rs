@@ -298,6 +298,10 @@ impl Table {
     pub fn set_family(&mut self, family: u32) -> Result<(), EncodeError> {
         self.set_u32(sys::NFTNL_TABLE_FAMILY, family)
     }
+    /// `NFTNL_TABLE_FLAGS` (`NFT_TABLE_F_*`)
+    pub fn set_flags(&mut self, flags: u32) -> Result<(), EncodeError> {
+        self.set_u32(sys::NFTNL_TABLE_FLAGS, flags)
+    }
     /// The table's name.
     pub fn name(&self) -> String {
         // Safety: a valid table; NAME is a string attribute.
@@ -1171,6 +1175,16 @@ pub fn send_to_kernel(sock: &impl AsRawFd, bytes: &[u8]) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
+}
+
+/// A netlink socket registered with the current tokio runtime's reactor, so that a
+/// task can wait until it is readable (`kube-nft-proxy trace` waits for trace events
+/// and signals together). The returned `AsyncFd` owns the socket.
+pub fn register_readable(sock: mnl::Socket) -> io::Result<tokio::io::unix::AsyncFd<mnl::Socket>> {
+    // Safety: `register` needs the descriptor to stay open as long as it is registered:
+    // the AsyncFd owns the socket and deregisters the descriptor before it drops it.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(sock, tokio::io::Interest::READABLE) }
+        .map_err(io::Error::from)
 }
 
 #[cfg(test)]
