@@ -263,6 +263,214 @@ fn delete_where(victim: &dyn Fn(&Entry) -> bool) -> Result<usize, Error> {
     Ok(deleted)
 }
 
+/// One direction of a conntrack entry: addresses and ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Tuple {
+    /// IP protocol number
+    pub protocol: u8,
+    /// source address
+    pub src: IpAddr,
+    /// destination address
+    pub dst: IpAddr,
+    /// source port (0 for a protocol without ports)
+    pub sport: u16,
+    /// destination port
+    pub dport: u16,
+}
+
+/// A conntrack entry, as `kube-nft-proxy trace` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// the original direction (as the client sent it)
+    pub original: Tuple,
+    /// the reply direction: after a DNAT its source is the endpoint
+    pub reply: Tuple,
+    /// `CTA_STATUS` (IPS_* bits)
+    pub status: u32,
+    /// seconds until it expires
+    pub timeout: Option<u32>,
+    /// the TCP state (`ESTABLISHED`, `TIME_WAIT`, ...)
+    pub tcp_state: Option<&'static str>,
+    /// the connection mark
+    pub mark: Option<u32>,
+}
+
+impl Flow {
+    /// Whether the connection was DNATed.
+    pub fn dnat(&self) -> bool {
+        self.status & IPS_DST_NAT != 0
+    }
+    /// Whether the connection was SNATed (masqueraded).
+    pub fn snat(&self) -> bool {
+        self.status & IPS_SRC_NAT != 0
+    }
+}
+
+const IPS_SRC_NAT: u32 = 1 << 4;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_TIMEOUT: u16 = 7;
+const CTA_MARK: u16 = 8;
+const CTA_PROTOINFO_TCP: u16 = 1;
+const CTA_PROTOINFO_TCP_STATE: u16 = 1;
+/// `NLA_F_NESTED`
+const NESTED: u16 = 0x8000;
+
+/// nf_conntrack's TCP state names (`enum tcp_conntrack`).
+fn tcp_state_name(s: u8) -> &'static str {
+    const NAMES: [&str; 10] = [
+        "NONE",
+        "SYN_SENT",
+        "SYN_RECV",
+        "ESTABLISHED",
+        "FIN_WAIT",
+        "CLOSE_WAIT",
+        "LAST_ACK",
+        "TIME_WAIT",
+        "CLOSE",
+        "SYN_SENT2",
+    ];
+    NAMES.get(s as usize).copied().unwrap_or("UNKNOWN")
+}
+
+fn push_attr(out: &mut Vec<u8>, ty: u16, body: &[u8]) {
+    out.extend_from_slice(&((4 + body.len()) as u16).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(body);
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+}
+
+/// `CTA_TUPLE_ORIG` for a lookup of `t`.
+fn tuple_attr(t: &Tuple) -> Vec<u8> {
+    let mut ip = Vec::new();
+    match (t.src, t.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            push_attr(&mut ip, 1, &s.octets());
+            push_attr(&mut ip, 2, &d.octets());
+        }
+        (s, d) => {
+            let v6 = |a: IpAddr| match a {
+                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                IpAddr::V6(a) => a.octets(),
+            };
+            push_attr(&mut ip, 3, &v6(s));
+            push_attr(&mut ip, 4, &v6(d));
+        }
+    }
+    let mut proto = Vec::new();
+    push_attr(&mut proto, CTA_PROTO_NUM, &[t.protocol]);
+    push_attr(&mut proto, CTA_PROTO_SRC_PORT, &t.sport.to_be_bytes());
+    push_attr(&mut proto, CTA_PROTO_DST_PORT, &t.dport.to_be_bytes());
+    let mut inner = Vec::new();
+    push_attr(&mut inner, CTA_TUPLE_IP | NESTED, &ip);
+    push_attr(&mut inner, CTA_TUPLE_PROTO | NESTED, &proto);
+    let mut out = Vec::new();
+    push_attr(&mut out, CTA_TUPLE_ORIG | NESTED, &inner);
+    out
+}
+
+/// Decodes the attributes of one conntrack entry message.
+fn parse_flow(payload: &[u8]) -> Option<Flow> {
+    let as_tuple = |(src, dst, protocol, sport, dport)| Tuple {
+        protocol,
+        src,
+        dst,
+        sport,
+        dport,
+    };
+    let original = as_tuple(tuple(find(payload, CTA_TUPLE_ORIG)?)?);
+    let reply = as_tuple(tuple(find(payload, CTA_TUPLE_REPLY)?)?);
+    let be32 = |ty| {
+        find(payload, ty)
+            .and_then(|v| <[u8; 4]>::try_from(v).ok())
+            .map(u32::from_be_bytes)
+    };
+    let tcp_state = find(payload, CTA_PROTOINFO)
+        .and_then(|p| find(p, CTA_PROTOINFO_TCP))
+        .and_then(|t| find(t, CTA_PROTOINFO_TCP_STATE))
+        .and_then(|s| s.first())
+        .map(|s| tcp_state_name(*s));
+    Some(Flow {
+        original,
+        reply,
+        status: be32(CTA_STATUS).unwrap_or(0),
+        timeout: be32(CTA_TIMEOUT),
+        tcp_state,
+        mark: be32(CTA_MARK),
+    })
+}
+
+/// Looks conntrack entries up by their original tuple (ctnetlink `GET` with the tuple:
+/// one entry, not a dump of the table).
+pub struct Lookup {
+    sock: mnl::Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Lookup {
+    /// Opens a ctnetlink socket in the current network namespace.
+    pub fn open() -> Result<Lookup, Error> {
+        let sock = mnl::Socket::new(mnl::Bus::Netfilter).map_err(Error::Socket)?;
+        // A kernel that never answers must not hang the caller.
+        crate::netlink::ffi::set_recv_timeout(&sock, 5).map_err(Error::Socket)?;
+        Ok(Lookup {
+            sock,
+            seq: 0,
+            buf: vec![0u8; 1 << 16],
+        })
+    }
+
+    /// The entry whose original direction is `t` (in conntrack zone 0), if any.
+    pub fn get(&mut self, t: &Tuple) -> Result<Option<Flow>, Error> {
+        self.seq = self.seq.wrapping_add(1);
+        let family = if t.src.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        } as u8;
+        let body = tuple_attr(t);
+        let mut req = header(IPCTNL_MSG_CT_GET, 0x1, self.seq, family, 20 + body.len());
+        req.extend_from_slice(&body);
+        self.sock.send(&req).map_err(Error::Socket)?;
+        loop {
+            let n = self.sock.recv_raw(&mut self.buf).map_err(Error::Socket)?;
+            let buf = &self.buf[..n];
+            let mut off = 0;
+            while off + 16 <= buf.len() {
+                let len = u32::from_ne_bytes([buf[off], buf[off + 1], buf[off + 2], buf[off + 3]])
+                    as usize;
+                if len < 16 || len > buf.len() - off {
+                    break;
+                }
+                let ty = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
+                let seq =
+                    u32::from_ne_bytes([buf[off + 8], buf[off + 9], buf[off + 10], buf[off + 11]]);
+                let msg = &buf[off..off + len];
+                off += (len + 3) & !3;
+                if seq != self.seq {
+                    continue;
+                }
+                if ty == 2 {
+                    // NLMSG_ERROR: ENOENT is "no such entry".
+                    let code = msg
+                        .get(16..20)
+                        .map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+                        .unwrap_or(0);
+                    return match -code {
+                        0 | libc::ENOENT => Ok(None),
+                        e => Err(Error::Socket(std::io::Error::from_raw_os_error(e))),
+                    };
+                }
+                if len >= 20 {
+                    return Ok(parse_flow(&msg[20..]));
+                }
+            }
+        }
+    }
+}
+
 /// Applies kube-proxy's conntrack settings through sysctls (only values that are set:
 /// 0 leaves a value alone), as kube-proxy does at start-up. Failures are logged: a
 /// read-only `/proc/sys` (e.g. a container without the capability) must not stop the
@@ -350,6 +558,57 @@ mod tests {
             &flows,
             &mut victims
         ));
+    }
+
+    /// A lookup's tuple is what the kernel's own entries carry, and an entry with its
+    /// status, TCP state and timeout is read back whole.
+    #[test]
+    fn an_entry_is_looked_up_and_decoded() {
+        let orig = Tuple {
+            protocol: 6,
+            src: "10.0.1.2".parse().unwrap(),
+            dst: "172.30.0.10".parse().unwrap(),
+            sport: 40000,
+            dport: 80,
+        };
+        let reply = Tuple {
+            protocol: 6,
+            src: "10.0.2.11".parse().unwrap(),
+            dst: "10.0.1.2".parse().unwrap(),
+            sport: 8080,
+            dport: 40000,
+        };
+        let reply_attr = {
+            let a = tuple_attr(&reply);
+            let mut r = a.clone();
+            r[2..4].copy_from_slice(&(CTA_TUPLE_REPLY | NESTED).to_ne_bytes());
+            r
+        };
+        let mut payload = tuple_attr(&orig);
+        payload.extend(reply_attr);
+        push_attr(&mut payload, CTA_STATUS, &(IPS_DST_NAT | 0xe).to_be_bytes());
+        push_attr(&mut payload, CTA_TIMEOUT, &119u32.to_be_bytes());
+        let mut tcp = Vec::new();
+        push_attr(&mut tcp, CTA_PROTOINFO_TCP_STATE, &[7]);
+        let mut info = Vec::new();
+        push_attr(&mut info, CTA_PROTOINFO_TCP | NESTED, &tcp);
+        push_attr(&mut payload, CTA_PROTOINFO | NESTED, &info);
+        let f = parse_flow(&payload).expect("an entry");
+        assert_eq!((f.original, f.reply), (orig, reply));
+        assert!(f.dnat() && !f.snat());
+        assert_eq!(
+            (f.tcp_state, f.timeout, f.mark),
+            (Some("TIME_WAIT"), Some(119), None)
+        );
+        // IPv6 tuples use the IPv6 address attributes.
+        let v6 = Tuple {
+            src: "fd00::1".parse().unwrap(),
+            dst: "fd00::2".parse().unwrap(),
+            ..orig
+        };
+        let a = tuple_attr(&v6);
+        let t = tuple(find(&a, CTA_TUPLE_ORIG).unwrap()).unwrap();
+        assert_eq!((t.0, t.1, t.2, t.3, t.4), (v6.src, v6.dst, 6, 40000, 80));
     }
 
     #[test]
