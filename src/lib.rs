@@ -21,3 +21,4 @@ pub mod ruleset;
 pub mod source;
 pub mod synthetic;
 pub mod topology;
+pub mod trace;

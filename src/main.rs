@@ -67,6 +67,9 @@ fn main() -> ExitCode {
     if argv.get(1).map(String::as_str) == Some("explain") {
         return kube_nft_proxy::explain::main(&argv[2..]);
     }
+    if argv.get(1).map(String::as_str) == Some("trace") {
+        return kube_nft_proxy::trace::main(&argv[2..]);
+    }
     let (cli, notes) = match kube_nft_proxy::config::parse_args(std::env::args().collect()) {
         Ok(x) => x,
         Err(kube_nft_proxy::config::ArgsError::Clap(e)) => e.exit(),
