@@ -2,10 +2,10 @@
 //! in the node namespace while a client connects through a ClusterIP and a NodePort, and
 //! its output must show, for every connection, the DNAT to the very endpoint that
 //! answered (backends answer with their own address), the conntrack entry that says so,
-//! and rules of our table named by their digest. The temporary table must exist while
-//! the trace runs and be gone after it: when it ends on SIGINT, on SIGTERM, after its
-//! duration, and when it is killed. A leftover table is removed at start, and a second
-//! trace is refused while one runs.
+//! and the rules of our table it hit, as nft text read back from the kernel. The
+//! temporary table must exist while the trace runs and be gone after it: when it ends
+//! on SIGINT, on SIGTERM, after its duration, and when it is killed. A leftover table
+//! is removed at start, and a second trace is refused while one runs.
 //!
 //! Topology: `common::topology` (client 10.0.1.2 → node → backends 10.0.2.10-12).
 
@@ -208,7 +208,7 @@ type Reached = BTreeMap<(String, u16, SocketAddr), String>;
 
 /// Checks that the trace shows, for every connection in `reached`, a DNAT of its
 /// packets from the frontend to the backend that answered (port 8080), the conntrack
-/// entry DNATed to that backend, and a hit of one of our rules (named by its digest) on
+/// entry DNATed to that backend, and a hit of one of our rules (as its nft text) on
 /// the same packet as the DNAT.
 fn assert_trace_shows(recs: &[Value], reached: &Reached) {
     let all = || {
@@ -240,8 +240,8 @@ fn assert_trace_shows(recs: &[Value], reached: &Reached) {
                 all()
             );
         }
-        // The first packet was DNATed by a rule: our nat chains' rules, named by their
-        // digest, matched that very packet.
+        // The first packet was DNATed by a rule: our nat chains' rules, read back from
+        // the kernel as nft text, matched that very packet.
         let by_rule: Vec<&&Value> = nats.iter().filter(|n| n["by"] == "rule").collect();
         assert_eq!(
             by_rule.len(),
@@ -261,8 +261,7 @@ fn assert_trace_shows(recs: &[Value], reached: &Reached) {
             .filter_map(|r| r["rule"].as_str())
             .collect();
         assert!(
-            hits.iter()
-                .any(|h| h.starts_with("nat-prerouting rule 1 (digest ")),
+            hits.contains(&"nat-prerouting rule 1: jump services"),
             "{what}: the packet did not hit our nat-prerouting rule: {hits:?}\n{}",
             all()
         );

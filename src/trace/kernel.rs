@@ -418,6 +418,7 @@ pub fn remove(conn: &mut Conn, families: &[Family]) -> Result<(), Error> {
 /// Reads the rules of our table of `family` into `index` (nothing if it does not
 /// exist).
 pub fn read_rules(conn: &mut Conn, family: Family, index: &mut Index) -> Result<(), Error> {
+    // NFTA_RULE_TABLE and NFTA_SET_TABLE are both attribute 1.
     let mut req = Vec::new();
     let name = {
         let mut v = TABLE_NAME.as_bytes().to_vec();
@@ -425,23 +426,33 @@ pub fn read_rules(conn: &mut Conn, family: Family, index: &mut Index) -> Result<
         v
     };
     req.extend(((4 + name.len()) as u16).to_ne_bytes());
-    req.extend(1u16.to_ne_bytes()); // NFTA_RULE_TABLE
+    req.extend(1u16.to_ne_bytes());
     req.extend(&name);
     while req.len() % 4 != 0 {
         req.push(0);
     }
-    let msgs = match conn.dump(NFT_MSG_GETRULE, family.nfproto(), &req) {
-        Ok(m) => m,
-        Err(e) if e.errno() == Some(libc::ENOENT) => Vec::new(),
-        Err(e) => {
-            return Err(nft_err(format!(
-                "cannot list the rules of table {} {TABLE_NAME}",
-                family.nft()
-            ))(e))
-        }
+    let step = |what: &str| {
+        format!(
+            "cannot list the {what} of table {} {TABLE_NAME}",
+            family.nft()
+        )
     };
+    let dump = |conn: &mut Conn, msg: u16, what: &str| match conn.dump(msg, family.nfproto(), &req)
+    {
+        Ok(m) => Ok(m),
+        Err(e) if e.errno() == Some(libc::ENOENT) => Ok(Vec::new()),
+        Err(e) => Err(nft_err(step(what))(e)),
+    };
+    // The rule decoder must know which sets are interval sets.
+    let interval: Vec<String> = dump(conn, NFT_MSG_GETSET, "sets")?
+        .iter()
+        .filter_map(|m| ffi::Set::parse(m))
+        .filter(|s| s.flags().unwrap_or(0) & NFT_SET_INTERVAL != 0)
+        .map(|s| s.name())
+        .collect();
+    let msgs = dump(conn, NFT_MSG_GETRULE, "rules")?;
     index.clear_rules(family.nfproto() as u8, TABLE_NAME);
-    index.add_rules(&msgs);
+    index.add_rules(&msgs, &|set| interval.iter().any(|n| n == set));
     Ok(())
 }
 

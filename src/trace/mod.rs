@@ -14,12 +14,13 @@
 //! # Why a table of its own
 //!
 //! The marking chains live in a separate table, `ip kube-nft-proxy-trace` (and `ip6`),
-//! not in our `kube-nft-proxy` tables. A running daemon would delete them there: any
-//! commit by someone else moves the ruleset generation, which makes the daemon read its
-//! tables' structure back (`Proxier::structure_drifted`), and the structure diff
+//! not in our `kube-nft-proxy` tables. A running daemon would delete them there: it
+//! hears of any other program's change to its tables at once (`netlink::monitor`), and
+//! of any commit at all through the ruleset generation (`Proxier::structure_drifted`);
+//! either makes it read its tables' structure back, and the structure diff
 //! (`diff::diff` against the read-back chains) flushes and deletes every chain that the
 //! desired table lacks; `repair_structure` commits exactly that. The daemon never
-//! touches a table of another name.
+//! touches, nor listens to, a table of another name.
 //!
 //! The table is created *owned* (`NFT_TABLE_F_OWNER`, Linux 5.12) by the netlink socket
 //! that created it: the kernel deletes it when the socket closes, so even a trace killed
@@ -408,7 +409,7 @@ impl Tracer {
         }
         self.events += 1;
         let rule = match (marking, e.handle) {
-            (true, _) => Some("marked for tracing".to_string()),
+            (true, _) => Some(format!("{}: marked for tracing", e.chain)),
             (false, Some(h)) if e.table == TABLE_NAME => Some(
                 self.index
                     .rule(e.family, &e.table, h)
@@ -565,22 +566,25 @@ impl<W: Write> Output<W> {
                 packet,
             } => {
                 let hook_text = hook.as_deref().unwrap_or("?");
-                let what = match (&e.kind, rule) {
-                    (Kind::Rule, Some(r)) => r.clone(),
-                    (Kind::Rule, None) => match e.handle {
-                        Some(h) => format!("rule with handle {h}"),
-                        None => "rule".to_string(),
-                    },
-                    (Kind::End, _) => "end of chain, back to the calling chain".to_string(),
-                    (k, _) => k.name(),
-                };
                 let verdict = e.verdict_text().unwrap_or_default();
+                // A rule's description names its chain.
+                let what = match (&e.kind, rule) {
+                    (Kind::Rule, Some(r)) => format!("{r} => {verdict}"),
+                    (Kind::Rule, None) => match e.handle {
+                        Some(h) => format!("{} rule with handle {h} => {verdict}", e.chain),
+                        None => format!("{} rule => {verdict}", e.chain),
+                    },
+                    (Kind::End, _) => {
+                        format!("{}: end of chain, back to the calling chain", e.chain)
+                    }
+                    (Kind::Policy, _) => format!("{}: policy {verdict}", e.chain),
+                    (k, _) => format!("{}: {} {verdict}", e.chain, k.name()),
+                };
                 let mut text = format!(
-                    "[{}] {hook_text:<11} {} {} {}: {what} => {verdict}",
+                    "[{}] {hook_text:<11} {} {} {what}",
                     id_text(e.id),
                     family_name(e.family),
                     e.table,
-                    e.chain,
                 );
                 if let (Some(p), true) = (packet, e.packet.is_some()) {
                     text.push_str(&format!("  | {}", p.text()));

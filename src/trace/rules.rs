@@ -1,11 +1,15 @@
 //! What a trace event's rule and chain are: our tables' rules by handle (chain,
-//! position, digest, comment) and every base chain's hook, read from the kernel's dumps
-//! at start. Pure: built from the dump messages.
+//! position, digest, comment, and the rule's nft text decoded from its expressions) and
+//! every base chain's hook, read from the kernel's dumps at start. Pure: built from the
+//! dump messages.
 
 use std::collections::HashMap;
 
 use super::event::{attrs, be32, be64, nft_payload, str_attr};
 use crate::netlink::encode::parse_rule_digest;
+use crate::netlink::rules::{decode_rule, rule_parts};
+use crate::ruleset::ir::Family;
+use crate::ruleset::render;
 
 // enum nft_rule_attributes
 const NFTA_RULE_TABLE: u16 = 1;
@@ -39,24 +43,41 @@ pub struct RuleInfo {
     pub digest: Option<u64>,
     /// the rule's comment, if any
     pub comment: Option<String>,
+    /// the rule as nft text, decoded from its expressions and checked against its
+    /// digest (None: it does not decode to the rule its digest names)
+    pub text: Option<String>,
     /// the whole `NFT_MSG_NEWRULE` message of the dump, for a decoder of the rule's
     /// expressions
     pub message: Vec<u8>,
 }
 
-/// What a trace prints for a rule of our tables. The one place that says what a rule
-/// is: today its chain, position, digest and comment; once rules read back from the
-/// kernel can be decoded into the IR, the rule's nft text.
+/// What a trace prints for a rule of our tables: its chain, its position and its nft
+/// text as the kernel holds it, or its digest when its expressions do not read back as
+/// the rule the digest names (another program edited it).
 pub fn describe_rule(rule: &RuleInfo) -> String {
     let mut s = format!("{} rule {}", rule.chain, rule.position);
-    match rule.digest {
-        Some(d) => s.push_str(&format!(" (digest {d:016x})")),
-        None => s.push_str(" (no digest: not a rule kube-nft-proxy wrote)"),
+    match (&rule.text, rule.digest) {
+        (Some(t), _) => s.push_str(&format!(": {t}")),
+        (None, Some(d)) => s.push_str(&format!(
+            " (digest {d:016x}; its expressions do not read back as that rule)"
+        )),
+        (None, None) => s.push_str(" (no digest: not a rule kube-nft-proxy wrote)"),
     }
     if let Some(c) = &rule.comment {
         s.push_str(&format!(" \"{c}\""));
     }
     s
+}
+
+/// The nft text of a rule message of a table of `family` (nfgenmsg's), if its
+/// expressions decode and give the digest the rule carries.
+fn verified_text(family: u8, message: &[u8], interval: &dyn Fn(&str) -> bool) -> Option<String> {
+    let family = Family::ALL
+        .into_iter()
+        .find(|f| f.nfproto() == u16::from(family))?;
+    let (_, _, expressions, digest) = rule_parts(message)?;
+    let rule = decode_rule(family, expressions, interval).ok()?;
+    (digest == Some(render::rule_digest(&rule, family))).then(|| render::rule(&rule, family))
 }
 
 /// A rule comment in a rule's user data (type-length-value, as nft writes it).
@@ -115,8 +136,9 @@ pub struct Index {
 
 impl Index {
     /// Adds the rules of one `NFT_MSG_GETRULE` dump (messages in kernel order, which is
-    /// each chain's rule order).
-    pub fn add_rules(&mut self, messages: &[Vec<u8>]) {
+    /// each chain's rule order); `interval(set)` says whether a set of their table is an
+    /// interval set (which the decoder needs to know).
+    pub fn add_rules(&mut self, messages: &[Vec<u8>], interval: &dyn Fn(&str) -> bool) {
         let mut positions: HashMap<(u8, String, String), usize> = HashMap::new();
         for m in messages {
             let Some((_, family, payload)) = nft_payload(m) else {
@@ -150,6 +172,7 @@ impl Index {
                 handle,
                 digest: parse_rule_digest(userdata),
                 comment: rule_comment(userdata),
+                text: verified_text(family, m, interval),
                 message: m.clone(),
             };
             self.rules.insert((family, table, handle), info);
@@ -229,6 +252,8 @@ mod tests {
     use super::super::event::testing::{attr, message, str_attr};
     use super::*;
     use crate::netlink::encode::rule_digest_udata;
+    use crate::ruleset::diff::Op;
+    use crate::ruleset::ir::{Field, Rule, Stmt, Verdict};
 
     fn rule_msg(chain: &str, handle: u64, ud: &[u8]) -> Vec<u8> {
         let mut p = str_attr(NFTA_RULE_TABLE, "kube-nft-proxy");
@@ -240,27 +265,63 @@ mod tests {
         message((10 << 8) | 6, 2, &p)
     }
 
+    /// A rule message as the kernel dumps it: what our encoder sends for `rule`, with
+    /// the handle the kernel adds.
+    fn encoded(chain: &str, rule: Rule, handle: u64) -> Vec<u8> {
+        use crate::netlink::consts::{NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWRULE};
+        let b = crate::netlink::encode(&[Op::AddRule(Family::V4, chain.into(), rule)]).unwrap();
+        let mut off = 0;
+        while off + 16 <= b.bytes.len() {
+            let len = u32::from_ne_bytes(b.bytes[off..off + 4].try_into().unwrap()) as usize;
+            let ty = u16::from_ne_bytes([b.bytes[off + 4], b.bytes[off + 5]]);
+            if ty == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE {
+                let mut m = b.bytes[off..off + len].to_vec();
+                m.extend(attr(NFTA_RULE_HANDLE, &handle.to_be_bytes()));
+                let n = m.len() as u32;
+                m[..4].copy_from_slice(&n.to_ne_bytes());
+                return m;
+            }
+            off += (len + 3) & !3;
+        }
+        panic!("no NEWRULE message")
+    }
+
     #[test]
-    fn rules_get_their_position_digest_and_comment() {
+    fn rules_get_their_position_text_and_comment() {
+        let jump = Rule(vec![Stmt::Verdict(Verdict::Jump("services".into()))]);
+        let lookup = Rule(vec![
+            Stmt::LookupRange {
+                fields: vec![Field::Saddr],
+                set: "ranges".into(),
+                negate: false,
+            },
+            Stmt::Verdict(Verdict::Drop),
+        ]);
         let mut ud = rule_digest_udata(0x1234);
         ud.extend([UDATA_COMMENT, 3, b'h', b'i', 0]);
         let mut idx = Index::default();
-        idx.add_rules(&[
-            rule_msg("services", 10, &rule_digest_udata(0xabc)),
-            rule_msg("masquerading", 11, &[]),
-            rule_msg("services", 14, &ud),
-        ]);
-        assert_eq!(idx.rule_count(), 3);
-        let r = idx.rule(2, "kube-nft-proxy", 14).expect("rule 14");
-        assert_eq!((r.chain.as_str(), r.position), ("services", 2));
-        assert_eq!(
-            describe_rule(r),
-            "services rule 2 (digest 0000000000001234) \"hi\""
+        let interval = |s: &str| s == "ranges";
+        idx.add_rules(
+            &[
+                rule_msg("services", 10, &rule_digest_udata(0xabc)),
+                encoded("nat-prerouting", jump, 12),
+                rule_msg("masquerading", 11, &[]),
+                rule_msg("services", 14, &ud),
+                encoded("nat-prerouting", lookup, 13),
+            ],
+            &interval,
         );
-        let r = idx.rule(2, "kube-nft-proxy", 11).expect("rule 11");
-        assert_eq!(r.position, 1);
+        assert_eq!(idx.rule_count(), 5);
+        let d = |h| describe_rule(idx.rule(2, "kube-nft-proxy", h).expect("a rule"));
+        assert_eq!(d(12), "nat-prerouting rule 1: jump services");
+        assert_eq!(d(13), "nat-prerouting rule 2: ip saddr @ranges drop");
         assert_eq!(
-            describe_rule(r),
+            d(14),
+            "services rule 2 (digest 0000000000001234; its expressions do not read back as \
+             that rule) \"hi\""
+        );
+        assert_eq!(
+            d(11),
             "masquerading rule 1 (no digest: not a rule kube-nft-proxy wrote)"
         );
         assert!(
