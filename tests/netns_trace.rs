@@ -437,3 +437,48 @@ fn trace_cleans_up_leftovers_and_after_itself() {
     let after = tables(&ns);
     assert!(!after.contains(TRACE_TABLE), "after the duration:\n{after}");
 }
+
+/// CAP_NET_ADMIN is all `trace` needs (what the docs say), and without it the trace
+/// says that it needs it. Root's capabilities are capped with `setpriv`, as in
+/// `tests/capabilities.rs`.
+#[test]
+fn trace_needs_cap_net_admin_only() {
+    if !require_privileged() {
+        return;
+    }
+    let ns = NetNs::new("trace-caps");
+    let with_caps = |caps: &str| {
+        ns.command(&[
+            "setpriv",
+            "--bounding-set",
+            caps,
+            "--inh-caps",
+            caps,
+            BIN,
+            "trace",
+            "--duration",
+            "1",
+            "--output",
+            "json",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run setpriv (util-linux): {e}"))
+    };
+    let out = with_caps("-all,+net_admin");
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    records(
+        out.status,
+        &lines,
+        &String::from_utf8_lossy(&out.stderr),
+        "duration",
+    );
+    let out = with_caps("-all");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "without CAP_NET_ADMIN: {err}");
+    assert!(err.contains("trace needs CAP_NET_ADMIN"), "{err}");
+    assert!(!tables(&ns).contains(TRACE_TABLE));
+}

@@ -772,6 +772,12 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The kernel refused to list the tables: no CAP_NET_ADMIN.
+    #[error(
+        "trace needs CAP_NET_ADMIN in this network namespace (run it as root on the node, \
+         or in the proxy's pod)"
+    )]
+    NotPermitted(#[source] crate::netlink::Error),
     /// Reading the trace events failed.
     #[error("cannot read the trace events")]
     Events(#[source] io::Error),
@@ -866,7 +872,13 @@ pub async fn run<W: Write>(args: &Args, out: &mut Output<W>) -> Result<(), Error
         step: "cannot open a netfilter netlink socket".into(),
         source,
     })?;
-    for f in kernel::remove_leftovers(&mut conn)? {
+    let leftovers = match kernel::remove_leftovers(&mut conn) {
+        Err(kernel::Error::Nftables { source, .. }) if source.errno() == Some(libc::EPERM) => {
+            return Err(Error::NotPermitted(source));
+        }
+        r => r?,
+    };
+    for f in leftovers {
         report(&format!(
             "deleted table {} {TRACE_TABLE}, left behind by an earlier trace",
             f.nft()
