@@ -8,6 +8,7 @@
 //! whole UDP table against the Services, as upstream's `CleanStaleEntries` (1.33+):
 //! [`reconcile_udp`].
 
+use crate::netlink::attr::{attrs, find};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -45,30 +46,11 @@ const CTA_PROTO_SRC_PORT: u16 = 2;
 const CTA_PROTO_DST_PORT: u16 = 3;
 const IPS_DST_NAT: u32 = 1 << 5;
 
-fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while b.len() >= 4 {
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            break;
-        }
-        out.push((ty, &b[4..len]));
-        let adv = ((len + 3) & !3).min(b.len());
-        b = &b[adv..];
-    }
-    out
-}
-
-fn find(b: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(b).into_iter().find(|(t, _)| *t == ty).map(|(_, v)| v)
-}
-
 /// (src, dst, proto, sport, dport) of a tuple attribute.
 fn tuple(b: &[u8]) -> Option<(IpAddr, IpAddr, u8, u16, u16)> {
     let ip = find(b, CTA_TUPLE_IP)?;
     let (src, dst) = {
-        let a = attrs(ip);
+        let a: Vec<_> = attrs(ip).collect();
         let get = |t: u16| a.iter().find(|(x, _)| *x == t).map(|(_, v)| *v);
         if let (Some(s), Some(d)) = (get(1), get(2)) {
             (

@@ -11,6 +11,7 @@
 
 use std::io;
 
+pub use crate::netlink::attr::{attrs, find};
 use crate::netlink::ffi::{set_recv_timeout, setsockopt_int};
 
 pub const NLMSG_HDRLEN: usize = 16;
@@ -153,27 +154,6 @@ impl Attrs {
     pub fn into_bytes(self) -> Vec<u8> {
         self.0
     }
-}
-
-/// The attributes in `b` as (type without the nested/byte-order flags, value); stops
-/// at the first malformed one.
-pub fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while b.len() >= 4 {
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            break;
-        }
-        out.push((ty, &b[4..len]));
-        b = &b[((len + 3) & !3).min(b.len())..];
-    }
-    out
-}
-
-/// The value of the first attribute of type `ty` in `b`.
-pub fn find(b: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(b).into_iter().find(|(t, _)| *t == ty).map(|(_, v)| v)
 }
 
 /// A string attribute's value up to its NUL.
@@ -348,7 +328,7 @@ mod tests {
             .nested(4 | NLA_F_NESTED, Attrs::new().u32(1, 5));
         let b = a.into_bytes();
         assert_eq!(b.len(), 12 + 8 + 8 + 12);
-        let got = attrs(&b);
+        let got: Vec<_> = attrs(&b).collect();
         assert_eq!(got.len(), 4);
         assert_eq!(string(got[0].1), "KUBE");
         assert_eq!(got[1], (2, &[7u8][..]));
@@ -361,7 +341,7 @@ mod tests {
     fn truncated_attributes_stop_the_walk() {
         let mut b = Attrs::new().u32(1, 1).into_bytes();
         b.extend_from_slice(&[40, 0, 2, 0, 1, 2]);
-        assert_eq!(attrs(&b).len(), 1);
+        assert_eq!(attrs(&b).count(), 1);
     }
 
     #[test]

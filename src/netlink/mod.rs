@@ -5,6 +5,7 @@
 //! setters; the other modules are safe Rust (`forbid(unsafe_code)`, and a test in
 //! `ffi.rs` scans the sources).
 
+pub mod attr;
 pub mod consts;
 pub mod encode;
 pub mod expr;

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use super::ffi::{netlink_socket, recv_wait, setsockopt_int};
 
+use super::attr::attrs;
 use super::consts::NFNL_SUBSYS_NFTABLES;
 use crate::ruleset::ir::TABLE_NAME;
 
@@ -68,23 +69,6 @@ pub enum Seen {
     EndOfTransaction(u32),
     /// anything else
     Other,
-}
-
-fn attrs(b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut off = 0usize;
-    std::iter::from_fn(move || {
-        if off + 4 > b.len() {
-            return None;
-        }
-        let len = u16::from_ne_bytes([b[off], b[off + 1]]) as usize;
-        let ty = u16::from_ne_bytes([b[off + 2], b[off + 3]]) & 0x3fff;
-        if len < 4 || off + len > b.len() {
-            return None;
-        }
-        let v = &b[off + 4..off + len];
-        off += (len + 3) & !3;
-        Some((ty, v))
-    })
 }
 
 fn text(v: &[u8]) -> &[u8] {

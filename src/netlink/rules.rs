@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use super::attr::{attrs, find as attr};
 use super::consts::*;
 use super::encode::parse_rule_digest;
 use super::readback::{decode_comment, decode_tuple, set_elements, table_names};
@@ -49,28 +50,6 @@ const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFT_META_L4PROTO_KEY: u32 = NFT_META_L4PROTO;
-
-/// The netlink attributes in `b`: (type without flags, payload).
-fn attrs(b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut off = 0usize;
-    std::iter::from_fn(move || {
-        if off + 4 > b.len() {
-            return None;
-        }
-        let len = u16::from_ne_bytes([b[off], b[off + 1]]) as usize;
-        let ty = u16::from_ne_bytes([b[off + 2], b[off + 3]]) & 0x3fff;
-        if len < 4 || off + len > b.len() {
-            return None;
-        }
-        let v = &b[off + 4..off + len];
-        off += (len + 3) & !3;
-        Some((ty, v))
-    })
-}
-
-fn attr(b: &[u8], ty: u16) -> Option<&[u8]> {
-    attrs(b).find(|(t, _)| *t == ty).map(|(_, v)| v)
-}
 
 fn be32(v: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?))

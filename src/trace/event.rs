@@ -10,6 +10,7 @@
 //! those of its last event that had them. The id is a hash of the packet (`skb`) and
 //! stays the same across the hooks one packet crosses.
 
+pub use crate::netlink::attr::attrs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// `NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_TRACE`.
@@ -36,23 +37,6 @@ const NFTA_TRACE_POLICY: u16 = 16;
 // enum nft_verdict_attributes
 const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
-
-/// The top-level attributes of a netlink payload: (type without flags, value). Stops
-/// at the first attribute whose length does not fit.
-pub fn attrs(mut b: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while b.len() >= 4 {
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let ty = u16::from_ne_bytes([b[2], b[3]]) & 0x3fff;
-        if len < 4 || len > b.len() {
-            break;
-        }
-        out.push((ty, &b[4..len]));
-        let adv = ((len + 3) & !3).min(b.len());
-        b = &b[adv..];
-    }
-    out
-}
 
 /// The payload of one netlink message after nlmsghdr and nfgenmsg, with the message
 /// type and the nfgenmsg family, if the message holds its headers.

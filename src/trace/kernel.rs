@@ -140,7 +140,7 @@ fn trace_table(conn: &mut Conn, family: Family) -> Result<Option<TableState>, Er
         let Some((_, _, payload)) = nft_payload(m) else {
             continue;
         };
-        let a = attrs(payload);
+        let a: Vec<_> = attrs(payload).collect();
         let get = |ty| a.iter().find(|(t, _)| *t == ty).map(|(_, v)| *v);
         if get(NFTA_TABLE_NAME).map(str_attr).as_deref() != Some(TRACE_TABLE) {
             continue;

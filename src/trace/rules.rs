@@ -200,7 +200,7 @@ impl Index {
                     NFTA_CHAIN_TABLE => table = Some(str_attr(v)),
                     NFTA_CHAIN_NAME => name = Some(str_attr(v)),
                     NFTA_CHAIN_HOOK => {
-                        let h = attrs(v);
+                        let h: Vec<_> = attrs(v).collect();
                         let get = |ty| h.iter().find(|(t, _)| *t == ty).and_then(|(_, v)| be32(v));
                         if let (Some(hooknum), Some(priority)) =
                             (get(NFTA_HOOK_HOOKNUM), get(NFTA_HOOK_PRIORITY))
