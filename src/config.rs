@@ -96,6 +96,11 @@ pub struct Cli {
     /// kube-proxy's, and --cleanup-kube-proxy leaves them in place.
     #[arg(long, value_name = "CIDR[,CIDR]", value_delimiter = ',')]
     pub ipvs_exclude_cidrs: Vec<String>,
+    /// Count new connections and refused ones per Service port in the kernel (a
+    /// counter on each frontend set element) and export them on `/metrics`
+    /// (`kubenftproxy_service_*_total`; a series per Service port and family).
+    #[arg(long)]
+    pub service_counters: bool,
 
     /// How often to reconcile everything with the kernel when running continuously.
     #[arg(long, visible_alias = "iptables-sync-period", default_value = "30s", value_parser = parse_duration)]
@@ -305,6 +310,7 @@ const WITH_CONFIG: &[&str] = &[
     "once",
     "dry_run",
     "cleanup_kube_proxy",
+    "service_counters",
 ];
 
 /// The `--flag` spelling of a clap id.
@@ -477,6 +483,8 @@ pub struct ProxyConfig {
     pub cleanup_kube_proxy: bool,
     /// IPVS virtual servers the takeover leaves alone
     pub ipvs_exclude_cidrs: Vec<IpNet>,
+    /// `--service-counters`: per-Service counters in the kernel and on `/metrics`
+    pub service_counters: bool,
     /// full resync period
     pub sync_period: Duration,
     /// shortest time between syncs
@@ -660,6 +668,7 @@ impl ProxyConfig {
             cleanup: cli.cleanup,
             cleanup_kube_proxy: cli.cleanup_kube_proxy,
             ipvs_exclude_cidrs,
+            service_counters: cli.service_counters,
             sync_period: cli.sync_period,
             min_sync_period: cli.min_sync_period,
             kubeconfig: cli.kubeconfig,
@@ -797,6 +806,7 @@ pub fn parse_args(raw: Vec<String>) -> Result<(Cli, Vec<String>), ArgsError> {
         dry_run: cli.dry_run,
         cleanup: cli.cleanup,
         cleanup_kube_proxy: cli.cleanup_kube_proxy,
+        service_counters: cli.service_counters,
         init_only: cli.init_only,
         config: cli.config,
         write_config_to: cli.write_config_to,

@@ -215,6 +215,9 @@ pub async fn run_with(
         health: Health::new(cfg.sync_period * 2),
         rules: Mutex::new(None),
     });
+    if cfg.service_counters {
+        shared.metrics.enable_service_counters();
+    }
     {
         let s = shared.clone();
         listen(cfg.healthz_bind_address, move |p| s.respond_health(p)).await?;

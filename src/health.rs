@@ -362,7 +362,13 @@ pub fn metrics_handler(shared: Arc<Shared>) -> impl Fn(&str) -> Response + Send 
             status: 200,
             headers: vec![],
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: shared.metrics.render(),
+            body: {
+                let mut body = shared.metrics.render();
+                if let Some(counters) = shared.metrics.service_counters() {
+                    body.push_str(&counters.text());
+                }
+                body
+            },
         },
         "/debug/rules" => Response {
             status: 200,

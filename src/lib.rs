@@ -5,6 +5,7 @@
 pub mod allocator;
 pub mod config;
 pub mod conntrack;
+pub mod counters;
 pub mod daemon;
 pub mod error_text;
 pub mod explain;

@@ -4,7 +4,7 @@
 //! buckets) rendered in the Prometheus text format; no dependency needed.
 
 use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// kube-proxy's sync duration buckets: exponential from 1 ms, factor 2, 15 buckets.
@@ -183,25 +183,29 @@ struct Inner {
     conntrack_deleted: u64,
 }
 
-/// The proxy's metrics.
+/// The proxy's metrics, and with `--service-counters` the reader of the per-Service
+/// counters.
 #[derive(Debug)]
-pub struct Metrics(Mutex<Inner>);
+pub struct Metrics(Mutex<Inner>, OnceLock<crate::counters::Scraper>);
 
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics(Mutex::new(Inner {
-            family: [PerFamily::new(), PerFamily::new()],
-            endpoint_changes: 0,
-            service_changes: 0,
-            endpoint_changes_pending: 0,
-            service_changes_pending: 0,
-            healthz: [0; 2],
-            livez: [0; 2],
-            rebuilds: 0,
-            invalid_total: 0,
-            invalid_current: 0,
-            conntrack_deleted: 0,
-        }))
+        Metrics(
+            Mutex::new(Inner {
+                family: [PerFamily::new(), PerFamily::new()],
+                endpoint_changes: 0,
+                service_changes: 0,
+                endpoint_changes_pending: 0,
+                service_changes_pending: 0,
+                healthz: [0; 2],
+                livez: [0; 2],
+                rebuilds: 0,
+                invalid_total: 0,
+                invalid_current: 0,
+                conntrack_deleted: 0,
+            }),
+            OnceLock::new(),
+        )
     }
 }
 
@@ -323,6 +327,17 @@ impl Metrics {
     /// Conntrack entries deleted.
     pub fn conntrack_deleted(&self, n: usize) {
         self.with(|m| m.conntrack_deleted += n as u64)
+    }
+
+    /// Exports the per-Service counters (`--service-counters`) from now on.
+    pub fn enable_service_counters(&self) {
+        self.1.get_or_init(crate::counters::Scraper::new);
+    }
+
+    /// The reader of the per-Service counters, when they are on. Reading them asks the
+    /// kernel, so it is not part of [`Metrics::render`].
+    pub fn service_counters(&self) -> Option<&crate::counters::Scraper> {
+        self.1.get()
     }
 
     /// The Prometheus text exposition.

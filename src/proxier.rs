@@ -171,6 +171,7 @@ pub fn desired_full(cfg: &ProxyConfig, state: &ClusterState) -> Result<Desired, 
         cluster_cidrs,
         pod_interface,
         nodeport_ips: nodeport_ips(cfg, &model)?,
+        service_counters: cfg.service_counters,
     };
     Ok(Desired {
         problems: problems.0,

@@ -29,6 +29,7 @@ fn cfg() -> BuildConfig {
         cluster_cidrs: vec!["10.244.0.0/16".parse().expect("static CIDR")],
         pod_interface: None,
         nodeport_ips: vec![],
+        service_counters: false,
     }
 }
 

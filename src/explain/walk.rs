@@ -698,6 +698,7 @@ mod tests {
             cluster_cidrs: vec!["10.128.0.0/9".parse().unwrap()],
             pod_interface: None,
             nodeport_ips: model.node.ips.clone(),
+            service_counters: false,
         };
         let rs = build(model, &cfg);
         let t = rs.table(Family::V4).unwrap();
@@ -810,6 +811,8 @@ mod fake_kernel_tests {
                 cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
                 pod_interface: None,
                 nodeport_ips: random_node().ips,
+                // Every other seed in the rule order of `--service-counters`.
+                service_counters: seed % 2 == 0,
             };
             let rs = build(&model, &cfg);
             let Some(built) = rs.table(Family::V4) else {

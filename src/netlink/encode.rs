@@ -428,6 +428,12 @@ impl BatchBuilder {
             }
             s.set_id(id)?;
             s.set_userdata(&set_userdata(d, f))?;
+            if d.counter {
+                // As nft sends `counter` in a set declaration: NFTA_SET_EXPR holding a
+                // counter without values; the kernel gives every element its own copy,
+                // also to elements added later without one.
+                s.add_expr(ffi::Expr::new(ffi::ExprKind::Counter)?);
+            }
         }
         self.message(msg, f, flags | NLM_F_REQUEST, Payload::Set(&mut s))
     }
@@ -625,6 +631,7 @@ mod tests {
                     data: vec![],
                     comment: "",
                     timeout: None,
+                    counter: false,
                 },
                 (0..2000u32)
                     .map(|i| {
@@ -651,6 +658,7 @@ mod tests {
             data,
             comment: "",
             timeout,
+            counter: false,
         }
     }
 
@@ -787,6 +795,48 @@ mod tests {
         }
     }
 
+    /// A counted set is declared as nft declares `set s { ...; counter; }`: an
+    /// `NFTA_SET_EXPR` nest holding a `counter` expression without values, and no
+    /// flag; without counters there is none. Read back, the set names its counter.
+    #[test]
+    fn a_counted_set_carries_a_counter_expression() {
+        const NFTA_SET_FLAGS: u16 = 3;
+        const NFTA_SET_EXPR: u16 = 17;
+        let newset = (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSET;
+        let frontend = vec![KeyType::Addr, KeyType::Proto, KeyType::Port];
+        for counter in [false, true] {
+            let d = SetDecl {
+                counter,
+                ..decl(frontend.clone(), vec![], None)
+            };
+            let b = encode(&[Op::AddSet(Family::V4, d)]).unwrap();
+            let msgs = messages(&b.bytes);
+            let m = msgs
+                .iter()
+                .find(|m| u16::from_ne_bytes([m[4], m[5]]) == newset)
+                .expect("a NEWSET message");
+            let a = attrs(m);
+            assert!(!a.iter().any(|(ty, _)| *ty == NFTA_SET_FLAGS));
+            let exprs: Vec<&[u8]> = a
+                .iter()
+                .filter(|(ty, _)| *ty == NFTA_SET_EXPR)
+                .map(|(_, v)| *v)
+                .collect();
+            if counter {
+                // NFTA_EXPR_NAME "counter", then an empty NFTA_EXPR_DATA nest.
+                let mut want = vec![12, 0, 1, 0];
+                want.extend_from_slice(b"counter\0");
+                want.extend_from_slice(&[4, 0, 2, 0x80]);
+                assert_eq!(exprs, vec![&want[..]]);
+            } else {
+                assert!(exprs.is_empty());
+            }
+            let parsed = ffi::Set::parse(m).expect("a set declaration");
+            let names = if counter { vec!["counter"] } else { vec![] };
+            assert_eq!(parsed.expr_names(), names);
+        }
+    }
+
     fn dport_rule(n: usize) -> Op {
         Op::AddRule(
             Family::V4,
@@ -818,6 +868,7 @@ mod tests {
             data: vec![],
             comment: "",
             timeout: None,
+            counter: false,
         };
         let one = vec![(
             vec![Value::Addr("10.0.0.1".parse().unwrap())].into(),
@@ -863,6 +914,7 @@ mod tests {
             data: vec![],
             comment: "",
             timeout: None,
+            counter: false,
         };
         let key = vec![Value::Addr("fd00::1".parse().unwrap()); 5];
         let err = encode(&[Op::AddElements(
@@ -1005,6 +1057,7 @@ mod tests {
                 data: vec![KeyType::Addr, KeyType::Port],
                 comment: "",
                 timeout: None,
+                counter: false,
             };
             let ranges = SetDecl {
                 name: name.clone(),
@@ -1012,6 +1065,7 @@ mod tests {
                 data: vec![],
                 comment: "",
                 timeout: None,
+                counter: false,
             };
             let affinity = decl(vec![KeyType::Addr], vec![], Some(u32::MAX));
             let map_el = (

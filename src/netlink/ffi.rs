@@ -451,6 +451,51 @@ pub struct ElemData {
     pub data: Vec<u8>,
     /// user data (comment)
     pub userdata: Vec<u8>,
+    /// the element's counter (packets, bytes), in a set declared with `counter`
+    pub counter: Option<(u64, u64)>,
+}
+
+/// What [`collect_expr`] finds in a list of expressions.
+#[derive(Default)]
+struct Exprs {
+    /// each expression's name, in order
+    names: Vec<String>,
+    /// the values of the last `counter` expression: (packets, bytes)
+    counter: Option<(u64, u64)>,
+}
+
+/// A 64-bit attribute of an expression; `None` when it is missing or not 8 bytes.
+fn expr_u64(e: *const sys::nftnl_expr, attr: u32) -> Option<u64> {
+    let mut len = 0u32;
+    // Safety: a valid expression; libnftnl writes the length of the buffer it returns,
+    // which the expression owns.
+    let p = unsafe { sys::nftnl_expr_get(e, attr as u16, &mut len) };
+    if p.is_null() || len != 8 {
+        return None;
+    }
+    // Safety: `p` points to `len` (8) readable bytes; they need not be aligned.
+    Some(unsafe { std::ptr::read_unaligned(p as *const u64) })
+}
+
+/// `nftnl_*_expr_foreach` callback: notes each expression's name, and a counter's
+/// values, in the [`Exprs`] that `data` points to. Cannot panic (it runs inside C).
+unsafe extern "C" fn collect_expr(e: *mut sys::nftnl_expr, data: *mut libc::c_void) -> libc::c_int {
+    if e.is_null() || data.is_null() {
+        return -1;
+    }
+    // Safety: `data` is the `&mut Exprs` the caller passed to the foreach, alive and not
+    // otherwise borrowed during it; `e` is a valid expression of the walked list.
+    let found = unsafe { &mut *(data as *mut Exprs) };
+    // Safety: as above; NAME is the expression type's static name.
+    let name = copy_str(unsafe { sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16) });
+    if name == "counter" {
+        found.counter = Some((
+            expr_u64(e, sys::NFTNL_EXPR_CTR_PACKETS).unwrap_or(0),
+            expr_u64(e, sys::NFTNL_EXPR_CTR_BYTES).unwrap_or(0),
+        ));
+    }
+    found.names.push(name);
+    0
 }
 
 /// An element iterator, destroyed with its guard.
@@ -508,6 +553,33 @@ impl Set {
     pub fn set_userdata(&mut self, ud: &[u8]) -> Result<(), EncodeError> {
         self.set_raw(sys::NFTNL_SET_USERDATA, ud, WIRE_DATA + ud.len())
     }
+    /// Adds a stateful expression to a set declaration (`NFTA_SET_EXPR`): the kernel
+    /// gives each element its own copy. The set owns it from now on.
+    pub fn add_expr(&mut self, e: Expr) {
+        let e = ManuallyDrop::new(e);
+        // The nest that holds the expression.
+        self.bound += e.bound + WIRE_ITEM;
+        // Safety: both valid; the set takes ownership of the expression (and frees it
+        // with itself), so `e` is not dropped here.
+        unsafe { sys::nftnl_set_add_expr(self.ptr.as_ptr(), e.ptr.as_ptr()) }
+    }
+
+    /// The names of the set's own expressions (`NFTA_SET_EXPR`/`NFTA_SET_EXPRESSIONS`
+    /// of a received declaration), in order.
+    pub fn expr_names(&self) -> Vec<String> {
+        let mut exprs = Exprs::default();
+        // Safety: a valid set; the callback only reads the expressions the set owns and
+        // writes `exprs`, which outlives the call.
+        unsafe {
+            sys::nftnl_set_expr_foreach(
+                self.ptr.as_ptr(),
+                Some(collect_expr),
+                (&mut exprs as *mut Exprs).cast(),
+            )
+        };
+        exprs.names
+    }
+
     /// Adds an element; the set owns it from now on.
     pub fn add_elem(&mut self, e: SetElem) {
         let e = ManuallyDrop::new(e);
@@ -612,11 +684,22 @@ impl Set {
                 let p = unsafe { sys::nftnl_set_elem_get(e, attr as u16, &mut len) };
                 copy_data(p, len)
             };
+            let mut exprs = Exprs::default();
+            // Safety: `e` is an element of the set; the callback only reads the
+            // expressions the element owns and writes `exprs`, which outlives the call.
+            unsafe {
+                sys::nftnl_set_elem_expr_foreach(
+                    e,
+                    Some(collect_expr),
+                    (&mut exprs as *mut Exprs).cast(),
+                )
+            };
             out.push(ElemData {
                 key: get(sys::NFTNL_SET_ELEM_KEY),
                 key_end: get(sys::NFTNL_SET_ELEM_KEY_END),
                 data: get(sys::NFTNL_SET_ELEM_DATA),
                 userdata: get(sys::NFTNL_SET_ELEM_USERDATA),
+                counter: exprs.counter,
             });
             // Safety: as above.
             e = unsafe { sys::nftnl_set_elems_iter_next(it.0.as_ptr()) };
@@ -724,6 +807,8 @@ pub enum ExprKind {
     Reject,
     /// `fib`
     Fib,
+    /// `counter` (a set's per-element counter; no attribute is set on it)
+    Counter,
 }
 
 /// How libnftnl reads an expression attribute.
@@ -753,6 +838,7 @@ impl ExprKind {
             ExprKind::Masq => c"masq",
             ExprKind::Reject => c"reject",
             ExprKind::Fib => c"fib",
+            ExprKind::Counter => c"counter",
         }
     }
 

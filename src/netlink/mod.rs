@@ -136,6 +136,29 @@ impl Kernel {
         readback::generation(&mut self.conn)
     }
 
+    /// The declarations of the sets of our table of one family, without elements (none
+    /// when the table does not exist).
+    pub fn set_decls(&mut self, family: Family) -> Result<Vec<readback::RawSet>, Error> {
+        if !self
+            .table_names(family)?
+            .iter()
+            .any(|n| n == crate::ruleset::ir::TABLE_NAME)
+        {
+            return Ok(Vec::new());
+        }
+        readback::set_decls(&mut self.conn, family)
+    }
+
+    /// Every element of one set of our table as the kernel holds it (with its counter
+    /// in a counted set).
+    pub fn set_elements(
+        &mut self,
+        family: Family,
+        set: &str,
+    ) -> Result<Vec<readback::RawElement>, Error> {
+        readback::set_elements(&mut self.conn, family, set)
+    }
+
     /// The keys of every element of one set of our table, decoded as `types`.
     pub fn set_keys(
         &mut self,

@@ -27,6 +27,8 @@ pub struct RawSet {
     pub userdata: Vec<u8>,
     /// set flags (NFT_SET_*)
     pub flags: u32,
+    /// the names of the set's own expressions (`counter` for a counted set)
+    pub exprs: Vec<String>,
     /// every element
     pub elements: Vec<RawElement>,
 }
@@ -140,22 +142,7 @@ fn read_table_with(
             }
         }
     }
-    for m in conn.dump(NFT_MSG_GETSET, fam, &attr(1, &strz(TABLE_NAME)))? {
-        if let Some(s) = ffi::Set::parse(&m) {
-            if s.table() == TABLE_NAME {
-                let (kt, kl) = s.key();
-                let (dt, dl) = s.data_type();
-                out.sets.push(RawSet {
-                    name: s.name(),
-                    key: (kt.unwrap_or(0), kl.unwrap_or(0)),
-                    data: (dt.unwrap_or(0), dl.unwrap_or(0)),
-                    flags: s.flags().unwrap_or(0),
-                    userdata: s.userdata(),
-                    elements: Vec::new(),
-                });
-            }
-        }
-    }
+    out.sets = set_decls(conn, family)?;
     for set in &mut out.sets {
         if !elements || set.flags & NFT_SET_TIMEOUT != 0 {
             // Dynamic (affinity) sets are filled by the packet path; never diffed.
@@ -164,6 +151,33 @@ fn read_table_with(
         set.elements = set_elements(conn, family, &set.name)?;
     }
     Ok(Some(out))
+}
+
+/// The declarations of the sets of our table (no elements), in kernel order.
+pub fn set_decls(conn: &mut Conn, family: Family) -> Result<Vec<RawSet>, Error> {
+    let mut out = Vec::new();
+    for m in conn.dump(
+        NFT_MSG_GETSET,
+        family.nfproto(),
+        &attr(1, &strz(TABLE_NAME)),
+    )? {
+        if let Some(s) = ffi::Set::parse(&m) {
+            if s.table() == TABLE_NAME {
+                let (kt, kl) = s.key();
+                let (dt, dl) = s.data_type();
+                out.push(RawSet {
+                    name: s.name(),
+                    key: (kt.unwrap_or(0), kl.unwrap_or(0)),
+                    data: (dt.unwrap_or(0), dl.unwrap_or(0)),
+                    flags: s.flags().unwrap_or(0),
+                    exprs: s.expr_names(),
+                    userdata: s.userdata(),
+                    elements: Vec::new(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Every element of one set of our table.
@@ -254,7 +268,8 @@ pub(crate) fn decode_tuple(
     (off == bytes.len()).then_some(out)
 }
 
-pub(crate) fn decode_comment(ud: &[u8]) -> Option<String> {
+/// The comment in an element's user data (nft's TLV type 0), if any.
+pub fn decode_comment(ud: &[u8]) -> Option<String> {
     let mut off = 0;
     while off + 2 <= ud.len() {
         let (ty, len) = (ud[off], ud[off + 1] as usize);
@@ -266,6 +281,17 @@ pub(crate) fn decode_comment(ud: &[u8]) -> Option<String> {
         off += 2 + len;
     }
     None
+}
+
+/// The expressions the kernel holds on a set we declared: a counter for a counted set,
+/// none otherwise. A set whose expressions differ (counters turned on or off since it
+/// was created, or added by someone else) is another declaration: the diff re-creates it.
+pub fn set_exprs(decl: &SetDecl) -> Vec<String> {
+    if decl.counter {
+        vec!["counter".to_string()]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Turns a raw table into the IR shape the diff expects (as exactly known). Sets whose
@@ -307,6 +333,7 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
                 }) == rs.data
                 && set_userdata(d, family) == rs.userdata
                 && d.timeout.is_some() == (rs.flags & NFT_SET_TIMEOUT != 0)
+                && rs.exprs == set_exprs(d)
         });
         let Some(decl) = matching else {
             t.sets.push(Set {
@@ -316,6 +343,7 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
                     data: vec![],
                     comment: "unknown layout",
                     timeout: None,
+                    counter: false,
                 },
                 elements: BTreeMap::new(),
             });
@@ -355,6 +383,7 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
                 data: vec![],
                 comment: "unknown layout",
                 timeout: None,
+                counter: false,
             }
         } else {
             decl.clone()

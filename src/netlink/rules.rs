@@ -621,6 +621,7 @@ pub fn read_ir(conn: &mut Conn, family: Family) -> Result<Option<ReadBack>, Erro
             data,
             comment: "",
             timeout,
+            counter: s.expr_names().iter().any(|n| n == "counter"),
         };
         let mut elements = BTreeMap::new();
         if timeout.is_none() {
@@ -798,6 +799,8 @@ mod tests {
                     _ => None,
                 },
                 nodeport_ips: random_node().ips,
+                // Every other seed in the rule order of `--service-counters`.
+                service_counters: seed % 2 == 0,
             };
             let rs = build(&model, &cfg);
             for t in &rs.tables {

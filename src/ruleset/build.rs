@@ -121,6 +121,8 @@ pub struct BuildConfig {
     pub pod_interface: Option<PodInterface>,
     /// addresses NodePorts answer on (resolved from `--nodeport-addresses`)
     pub nodeport_ips: Vec<IpAddr>,
+    /// `--service-counters`: the sets of [`counted`] carry a counter per element
+    pub service_counters: bool,
 }
 
 impl Default for BuildConfig {
@@ -131,6 +133,7 @@ impl Default for BuildConfig {
             cluster_cidrs: Vec::new(),
             pod_interface: None,
             nodeport_ips: Vec::new(),
+            service_counters: false,
         }
     }
 }
@@ -182,9 +185,67 @@ fn decl(name: &str, key: Vec<KeyType>, data: Vec<KeyType>, comment: &'static str
             data,
             comment,
             timeout: None,
+            counter: false,
         },
         elements: BTreeMap::new(),
     }
+}
+
+/// What the per-element counters of a counted set count (`--service-counters`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Counted {
+    /// new connections sent to one of the service port's endpoints
+    NewConnections,
+    /// new connections refused (rejected or dropped), for this reason: the `reason`
+    /// label of `kubenftproxy_service_rejected_total`
+    Rejected(&'static str),
+}
+
+/// Whether set `name` carries per-element counters with `--service-counters`, and what
+/// they count.
+///
+/// A counter counts the lookups that find its element, so a set counts connections
+/// only if one new connection to a service port finds the port's frontend in it exactly
+/// once, and only at its first packet. These sets are looked up only in the nat hook
+/// (which sees the first packet of a connection only) or behind `ct state new`:
+///
+/// * `pick-P`, `shortcut-pick-P`, `session-affinity-frontends`: the dispatch. The
+///   `services` chain tests the classes in order and goes to the first one that holds
+///   the frontend, whose DNAT ends the walk; a frontend is in one class of each dispatch
+///   (two for one sync after it shrank: the smaller, found first, counts). With counters
+///   the eTP=Local shortcut asks `fib saddr type local` before its lookup (see
+///   [`chains`]), so traffic from elsewhere is not counted there and again in `pick-P`.
+///   Not `frontends-N`/`shortcut-N` (looked up only after the draws of `pick-P` missed,
+///   by the few connections that got that far) nor the `endpoints` maps (an element per
+///   endpoint index, looked up by every draw, found by one).
+/// * `no-endpoint-reject`, `no-endpoint-drop`, `no-local-endpoint-drop`: the refusals
+///   in `endpoints-check`, which a new connection passes once (input, forward or
+///   output).
+/// * `firewall`: with counters the drop rule asks `firewall-allow` first, so `firewall`
+///   is looked up only for the connections it drops.
+///
+/// Not `cluster-ips` (unknown ports of a ClusterIP): its element is the address, shared
+/// by every port of the Service, and has no comment naming it.
+pub fn counted(name: &str) -> Option<Counted> {
+    match name {
+        NO_ENDPOINT_REJECT => Some(Counted::Rejected("no_endpoints")),
+        NO_ENDPOINT_DROP => Some(Counted::Rejected("no_local_endpoints_internal")),
+        NO_LOCAL_ENDPOINT_DROP => Some(Counted::Rejected("no_local_endpoints_external")),
+        FIREWALL => Some(Counted::Rejected("source_range")),
+        AFFINITY_FRONTENDS => Some(Counted::NewConnections),
+        _ if class_of(name, PICK_PREFIX).is_some()
+            || class_of(name, SHORTCUT_PICK_PREFIX).is_some() =>
+        {
+            Some(Counted::NewConnections)
+        }
+        _ => None,
+    }
+}
+
+/// `set` with a counter per element when `counters` is on and the set is [`counted`].
+fn with_counter(mut set: Set, counters: bool) -> Set {
+    set.decl.counter = counters && counted(&set.decl.name).is_some();
+    set
 }
 
 /// nft refuses element comments over 127 bytes (`comment too long`); the kernel keeps
@@ -578,6 +639,7 @@ fn affinity_chain(
             data: vec![],
             comment: "clients with ClientIP affinity: client . endpoint tag",
             timeout: Some(affinity.timeout),
+            counter: false,
         },
         elements: BTreeMap::new(),
     });
@@ -667,8 +729,9 @@ fn regular(name: &str, rules: Vec<Rule>) -> Chain {
     }
 }
 
-/// The sets every table has, empty, in creation order.
-pub(crate) fn fixed_sets() -> Vec<Set> {
+/// The sets every table has, empty, in creation order; with `counters`, those
+/// [`counted`] carry counters.
+pub(crate) fn fixed_sets(counters: bool) -> Vec<Set> {
     let lb_key = vec![KeyType::Addr, KeyType::Proto, KeyType::Port, KeyType::Index];
     let lb_data = vec![KeyType::Addr, KeyType::Port];
     vec![
@@ -740,28 +803,32 @@ pub(crate) fn fixed_sets() -> Vec<Set> {
             "eTP=Local frontend . index : cluster-wide endpoint, for pod and node traffic",
         ),
     ]
+    .into_iter()
+    .map(|s| with_counter(s, counters))
+    .collect()
 }
 
-/// The class sets of a dispatch, empty, in creation order.
-pub(crate) fn class_decls(d: &Dispatch) -> Vec<Set> {
+/// The class sets of a dispatch, empty, in creation order (with `counters`, the
+/// `pick-P` sets of both dispatches carry counters: see [`counted`]).
+pub(crate) fn class_decls(d: &Dispatch, counters: bool) -> Vec<Set> {
     let mut sets = Vec::new();
     for p in &d.main.picks {
-        sets.push(class_set(PICK_PREFIX, *p));
+        sets.push(class_set(PICK_PREFIX, *p, counters));
     }
     for n in &d.main.exact {
-        sets.push(class_set(FRONTENDS_PREFIX, *n));
+        sets.push(class_set(FRONTENDS_PREFIX, *n, counters));
     }
     for p in &d.shortcut.picks {
-        sets.push(class_set(SHORTCUT_PICK_PREFIX, *p));
+        sets.push(class_set(SHORTCUT_PICK_PREFIX, *p, counters));
     }
     for n in &d.shortcut.exact {
-        sets.push(class_set(SHORTCUT_PREFIX, *n));
+        sets.push(class_set(SHORTCUT_PREFIX, *n, counters));
     }
     sets
 }
 
 /// The class set of this name prefix and count.
-pub(crate) fn class_set(prefix: &str, n: usize) -> Set {
+pub(crate) fn class_set(prefix: &str, n: usize, counters: bool) -> Set {
     let comment = match prefix {
         PICK_PREFIX => "frontends with P/2+1 to P endpoints (P in the name)",
         SHORTCUT_PICK_PREFIX => {
@@ -770,7 +837,10 @@ pub(crate) fn class_set(prefix: &str, n: usize) -> Set {
         SHORTCUT_PREFIX => "eTP=Local frontends with exactly this many cluster-wide endpoints",
         _ => "frontends with exactly this many endpoints",
     };
-    decl(&format!("{prefix}{n}"), frontend_key(), vec![], comment)
+    with_counter(
+        decl(&format!("{prefix}{n}"), frontend_key(), vec![], comment),
+        counters,
+    )
 }
 
 /// One element contributed by a plan: (set, key, value and comment). The set's name is
@@ -1055,22 +1125,26 @@ pub(crate) fn chains(
     chains.push(regular(CLUSTER_IPS_CHECK, cip_rules));
     let mut fw_fields = frontend_fields();
     fw_fields.push(Field::Saddr);
-    chains.push(regular(
-        FIREWALL_CHECK,
-        vec![rule(vec![
-            Stmt::Lookup {
-                fields: frontend_fields(),
-                set: FIREWALL.into(),
-                negate: false,
-            },
-            Stmt::LookupRange {
-                fields: fw_fields,
-                set: FIREWALL_ALLOW.into(),
-                negate: true,
-            },
-            Stmt::Verdict(Verdict::Drop),
-        ])],
-    ));
+    let firewalled = Stmt::Lookup {
+        fields: frontend_fields(),
+        set: FIREWALL.into(),
+        negate: false,
+    };
+    let not_allowed = Stmt::LookupRange {
+        fields: fw_fields,
+        set: FIREWALL_ALLOW.into(),
+        negate: true,
+    };
+    // The cheap hash lookup first, so that most new connections skip the interval
+    // lookup. With counters, the other way round: `firewall` then counts only the
+    // connections the rule drops (a lookup that finds its element counts, a negated
+    // one never does).
+    let drop_rule = if cfg.service_counters {
+        vec![not_allowed, firewalled, Stmt::Verdict(Verdict::Drop)]
+    } else {
+        vec![firewalled, not_allowed, Stmt::Verdict(Verdict::Drop)]
+    };
+    chains.push(regular(FIREWALL_CHECK, vec![rule(drop_rule)]));
     let mut svc_rules = vec![rule(vec![
         Stmt::Lookup {
             fields: frontend_fields(),
@@ -1111,16 +1185,20 @@ pub(crate) fn chains(
             svc_rules.push(rule(vec![m.clone(), lookup.clone(), jump(&set)]));
         }
         // The set lookup before `fib`: a hash lookup is cheaper than a route lookup,
-        // and this rule is walked by every new connection.
-        svc_rules.push(rule(vec![
-            lookup,
-            Stmt::FibLocal {
-                saddr: true,
-                negate: false,
-            },
-            Stmt::MarkSetOr(mark),
-            jump(&set),
-        ]));
+        // and this rule is walked by every new connection. With counters, `fib` first:
+        // the lookup would count traffic from elsewhere, which goes on to `pick-P` and
+        // counts there.
+        let local = Stmt::FibLocal {
+            saddr: true,
+            negate: false,
+        };
+        let mut r = if cfg.service_counters {
+            vec![local, lookup]
+        } else {
+            vec![lookup, local]
+        };
+        r.extend([Stmt::MarkSetOr(mark), jump(&set)]);
+        svc_rules.push(rule(r));
     }
     for p in &dispatch.main.picks {
         let set = format!("{PICK_PREFIX}{p}");
@@ -1384,8 +1462,8 @@ pub(crate) fn assemble(
         hp.insert(hairpin_key(*ip), ElementData::default());
     }
     let dispatch = Dispatch::of_sets(by_set.keys().map(|s| &**s));
-    let mut sets = fixed_sets();
-    sets.extend(class_decls(&dispatch));
+    let mut sets = fixed_sets(cfg.service_counters);
+    sets.extend(class_decls(&dispatch, cfg.service_counters));
     for s in &mut sets {
         if let Some(e) = by_set.remove(s.decl.name.as_str()) {
             s.elements = e;

@@ -708,4 +708,108 @@ mod tests {
             .iter()
             .any(|o| matches!(o, Op::AddElements(..) | Op::DelElements(..))));
     }
+
+    /// `--service-counters`: the dispatch and refusal sets carry counters (and only
+    /// they); an endpoint change stays element-only; turning counters on or off
+    /// re-creates exactly the counted sets (a set with and without counters are two
+    /// declarations), in the fake kernel too.
+    #[test]
+    fn counters_are_part_of_the_declaration() {
+        use crate::ruleset::build::counted;
+        use crate::ruleset::fake::FakeKernel;
+        let on = BuildConfig {
+            service_counters: true,
+            ..BuildConfig::default()
+        };
+        let off = BuildConfig::default();
+        let a = build_table(&model(2), &on, Family::V4);
+        let counted_sets: Vec<&str> = a
+            .sets
+            .iter()
+            .filter(|s| s.decl.counter)
+            .map(|s| s.decl.name.as_str())
+            .collect();
+        assert!(counted_sets.contains(&"pick-2"), "{counted_sets:?}");
+        assert!(
+            counted_sets.contains(&"no-endpoint-reject"),
+            "{counted_sets:?}"
+        );
+        for s in &a.sets {
+            assert_eq!(
+                s.decl.counter,
+                counted(&s.decl.name).is_some(),
+                "{}",
+                s.decl.name
+            );
+        }
+        assert!(build_table(&model(2), &off, Family::V4)
+            .sets
+            .iter()
+            .all(|s| !s.decl.counter));
+
+        // An endpoint more (3: pick-4 and frontends-3 appear, counted and not).
+        let b = build_table(&model(3), &on, Family::V4);
+        let decl = |t: &Table, n: &str| t.set(n).map(|s| s.decl.counter);
+        assert_eq!(decl(&b, "pick-4"), Some(true));
+        assert_eq!(decl(&b, "frontends-3"), Some(false));
+        // Same class, another endpoint address: elements only.
+        let mut m = model(2);
+        for e in m.services.values_mut() {
+            e.endpoints[0].ip = "10.0.0.9".parse().unwrap();
+        }
+        let c = build_table(&m, &on, Family::V4);
+        let mut ops = Vec::new();
+        diff(
+            Some(Known {
+                table: &a,
+                rules_known: true,
+            }),
+            &c,
+            &mut ops,
+        );
+        assert!(!ops.is_empty());
+        assert!(
+            ops.iter()
+                .all(|o| matches!(o, Op::AddElements(..) | Op::DelElements(..))),
+            "{ops:?}"
+        );
+
+        let mut k = FakeKernel::new();
+        let plain = build_table(&model(2), &off, Family::V4);
+        let mut ops = Vec::new();
+        diff(None, &plain, &mut ops);
+        k.apply(&ops).unwrap();
+        for (from, to) in [(&plain, &a), (&a, &plain)] {
+            let mut ops = Vec::new();
+            diff(
+                Some(Known {
+                    table: from,
+                    rules_known: true,
+                }),
+                to,
+                &mut ops,
+            );
+            let recreated: Vec<&str> = ops
+                .iter()
+                .filter_map(|o| match o {
+                    Op::AddSet(_, d) => Some(d.name.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let mut want: Vec<&str> = counted_sets.clone();
+            want.sort();
+            let mut got = recreated.clone();
+            got.sort();
+            assert_eq!(got, want, "{ops:?}");
+            k.apply(&ops).unwrap_or_else(|e| panic!("{e}"));
+            // Re-created sets come last: compare by name.
+            let by_name = |t: &Table| {
+                let mut sets = t.sets.clone();
+                sets.sort_by(|a, b| a.decl.name.cmp(&b.decl.name));
+                (sets, t.chains.clone())
+            };
+            let held = k.table(Family::V4).map(by_name);
+            assert!(held == Some(by_name(to)), "the fake holds {held:?}");
+        }
+    }
 }

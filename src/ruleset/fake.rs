@@ -492,6 +492,9 @@ pub struct Walk {
     pub affinity: f64,
     /// set lookups on the way (with the cut of [`nat_walk`]: how many a cut can split)
     pub lookups: usize,
+    /// lookups that found the frontend in a set with counters (each increments the
+    /// element's counter), weighted by probability
+    pub counted: f64,
 }
 
 impl Walk {
@@ -581,8 +584,14 @@ fn walk_chain<'a>(
                     negate,
                 } => {
                     let key = fields.iter().map(field).collect::<Result<Key, _>>()?;
-                    let found = sets(w.lookups, set).is_some_and(|s| s.elements.contains_key(&key));
+                    let held = sets(w.lookups, set);
+                    let found = held.is_some_and(|s| s.elements.contains_key(&key));
                     w.lookups += 1;
+                    // The kernel counts a lookup that finds its element, never a negated
+                    // one (`nft_lookup_eval`).
+                    if found && !*negate && held.is_some_and(|s| s.decl.counter) {
+                        w.counted += mass;
+                    }
                     if found == *negate {
                         continue 'rules;
                     }

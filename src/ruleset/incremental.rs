@@ -451,7 +451,11 @@ impl Incremental {
         let early = early_shortcuts(table, &adds);
         // Apply to the table, creating count-class sets as needed.
         let mut new_sets = Vec::new();
-        for s in build::class_decls(&Dispatch::of_sets(adds.keys().map(String::as_str))) {
+        let counters = self.cfg.service_counters;
+        for s in build::class_decls(
+            &Dispatch::of_sets(adds.keys().map(String::as_str)),
+            counters,
+        ) {
             if table.set(&s.decl.name).is_none() {
                 new_sets.push(s.decl.clone());
                 table.sets.push(s);

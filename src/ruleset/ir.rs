@@ -326,6 +326,9 @@ pub struct SetDecl {
     pub comment: &'static str,
     /// a dynamic set whose elements expire after this many seconds (session affinity)
     pub timeout: Option<u32>,
+    /// every element carries its own counter (`counter` in the declaration), which each
+    /// lookup that finds the element increments (`--service-counters`)
+    pub counter: bool,
 }
 
 impl SetDecl {

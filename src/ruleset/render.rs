@@ -267,6 +267,9 @@ pub fn table(t: &Table) -> String {
             let _ = writeln!(out, "\t\tflags dynamic,timeout");
             let _ = writeln!(out, "\t\ttimeout {t}s");
         }
+        if s.decl.counter {
+            let _ = writeln!(out, "\t\tcounter");
+        }
         if !s.elements.is_empty() {
             let _ = writeln!(out, "\t\telements = {{");
             for (k, e) in &s.elements {
@@ -316,8 +319,9 @@ pub fn op(op: &super::diff::Op) -> String {
                 None if d.is_interval() => " flags interval;".to_string(),
                 None => String::new(),
             };
+            let counter = if d.counter { " counter;" } else { "" };
             format!(
-                "add {} {} {} {{ {};{flags} }}",
+                "add {} {} {} {{ {};{flags}{counter} }}",
                 kw(d),
                 t(*f),
                 d.name,
