@@ -669,3 +669,136 @@ fn dry_run_text_equals_netlink_programming() {
         );
     }
 }
+
+/// `--service-counters`: the `--dry-run` text (sets declared with `counter`) loads with
+/// `nft -f` and lists the same as what `--once` programs over netlink; the dispatch and
+/// refusal sets carry a counter per element, the others none; an endpoint change is
+/// still element-only; and turning the flag on or off on a programmed node re-creates
+/// the counted sets (the read-back tells a set with counters from one without).
+#[test]
+fn service_counters_text_equals_netlink_and_the_flag_toggles() {
+    if !require_privileged() {
+        return;
+    }
+    let dir = TempDir::new("dry-counters");
+    let full = dir.write("cluster.yaml", &manifests(true));
+    let reduced = dir.write("reduced.yaml", &manifests(false));
+    let mut counters = NODE_FLAGS.to_vec();
+    counters.push("--service-counters");
+    let a = NetNs::new("dry-ca");
+    let b = NetNs::new("dry-cb");
+    load_dry_run_with(&a, &full, &counters);
+    once_with(&b, &full, &counters);
+    let (listed_a, listed_b) = (list_both(&a), list_both(&b));
+    for (k, f) in FAMILIES.iter().enumerate() {
+        assert_same(
+            &format!("--service-counters: table {f}"),
+            "dry-run via nft -f",
+            &listed_a[k],
+            "--once via netlink",
+            &listed_b[k],
+        );
+    }
+    // Which sets count, as nft lists them.
+    let v4 = Listing::parse(&listed_b[0]);
+    let declared_with_counter = |set: &str| {
+        let decl = v4
+            .skeleton
+            .split(&format!("set {set} {{"))
+            .nth(1)
+            .and_then(|d| d.split('}').next())
+            .unwrap_or_else(|| panic!("no set {set} in:\n{}", v4.skeleton));
+        decl.lines().any(|l| l.trim() == "counter")
+    };
+    for (set, counted) in [
+        ("pick-4", true),
+        ("pick-1", true),
+        ("shortcut-pick-2", true),
+        ("no-endpoint-reject", true),
+        ("no-endpoint-drop", true),
+        ("no-local-endpoint-drop", true),
+        ("firewall", true),
+        ("session-affinity-frontends", true),
+        ("frontends-3", false),
+        ("cluster-ips", false),
+        ("masq-unless-pod", false),
+        ("hairpin", false),
+    ] {
+        assert_eq!(declared_with_counter(set), counted, "set {set}");
+    }
+    for (set, needle) in [
+        (
+            "pick-4",
+            "172.30.0.10 . tcp . 80 counter packets 0 bytes 0 comment",
+        ),
+        (
+            "no-endpoint-reject",
+            "172.30.0.30 . tcp . 80 counter packets 0 bytes 0",
+        ),
+    ] {
+        assert!(
+            v4.elements
+                .get(set)
+                .is_some_and(|s| s.iter().any(|e| e.starts_with(needle))),
+            "expected {needle} in {set}; listing:\n{}",
+            v4.render()
+        );
+    }
+    assert!(
+        v4.elements
+            .get("frontends-3")
+            .is_some_and(|s| s.iter().all(|e| !e.contains("counter"))),
+        "{}",
+        v4.render()
+    );
+
+    // One endpoint removed: only elements change; no set is re-created.
+    once_with(&b, &reduced, &counters);
+    let after = Listing::parse(&list_both(&b)[0]);
+    assert_eq!(
+        v4.skeleton,
+        after.skeleton,
+        "with counters, removing an endpoint changed more than elements:\n{}",
+        line_diff(&v4.skeleton, &after.skeleton)
+    );
+
+    // On and off again on a programmed node: each time, what a fresh load gives.
+    let c = NetNs::new("dry-cc");
+    let plain = NetNs::new("dry-cp");
+    load_dry_run(&plain, &full);
+    once(&c, &full);
+    for (flags, fresh, what) in [
+        (&counters[..], &a, "turned on"),
+        (&NODE_FLAGS[..], &plain, "turned off"),
+    ] {
+        once_with(&c, &full, flags);
+        let (now, want) = (list_both(&c), list_both(fresh));
+        for (k, f) in FAMILIES.iter().enumerate() {
+            // Re-created sets are listed after the others (nft lists in creation
+            // order): sets are compared in name order.
+            assert_same(
+                &format!("table {f}, counters {what}"),
+                "a fresh load",
+                &sets_in_name_order(&want[k]),
+                "the programmed node",
+                &sets_in_name_order(&now[k]),
+            );
+        }
+    }
+}
+
+/// An `nft list table` listing with its set and map blocks in name order (chains
+/// stay in their order, after them).
+fn sets_in_name_order(text: &str) -> String {
+    let Some((head, body)) = text.split_once('\n') else {
+        return text.to_string();
+    };
+    let body = body.trim_end();
+    let body = body.strip_suffix('}').unwrap_or(body).trim_end();
+    let (mut sets, chains): (Vec<&str>, Vec<&str>) = body
+        .split("\n\n")
+        .partition(|b| b.starts_with("\tset ") || b.starts_with("\tmap "));
+    sets.sort();
+    let blocks: Vec<&str> = sets.into_iter().chain(chains).collect();
+    format!("{head}\n{}\n}}\n", blocks.join("\n\n"))
+}
