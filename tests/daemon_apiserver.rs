@@ -559,6 +559,8 @@ struct DaemonOpts {
     healthz: &'static str,
     metrics: &'static str,
     cleanup_kube_proxy: bool,
+    /// more flags
+    extra: &'static [&'static str],
 }
 
 impl Default for DaemonOpts {
@@ -569,6 +571,7 @@ impl Default for DaemonOpts {
             healthz: HEALTHZ,
             metrics: METRICS,
             cleanup_kube_proxy: false,
+            extra: &[],
         }
     }
 }
@@ -596,6 +599,7 @@ impl DaemonOpts {
         .iter()
         .copied()
         .chain(self.cleanup_kube_proxy.then_some("--cleanup-kube-proxy"))
+        .chain(self.extra.iter().copied())
         .map(|s| s.to_string())
         .collect()
     }
@@ -2393,4 +2397,194 @@ COMMIT
         env.diag()
     );
     env.check_daemon();
+}
+
+// ---------------------------------------------------------------------------------
+// Per-Service counters (issue 10)
+
+/// One request datagram to `dst` from a new socket (a new flow, on a new port).
+fn udp_ask(dst: SocketAddr) -> io::Result<Answer> {
+    let sock = UdpSocket::bind(sockaddr(CLIENT_IP, 0))?;
+    sock.set_read_timeout(Some(TIMEOUT))?;
+    sock.connect(dst)?;
+    sock.send(b"who are you?\n")?;
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf)?;
+    parse_answer(&String::from_utf8_lossy(&buf[..n]))
+}
+
+/// Panics unless `r` is a refusal (ECONNREFUSED: the node's ICMP port unreachable).
+fn expect_refused(r: io::Result<Answer>, what: &str) {
+    match r {
+        Ok(a) => panic!("{what}: answered by {a:?}, want a refusal"),
+        Err(e) => assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{what}: {e}"),
+    }
+}
+
+/// The per-Service samples of a `/metrics` text: `name{labels}` → value.
+fn service_samples(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter(|l| l.starts_with("kubenftproxy_service_"))
+        .filter_map(|l| {
+            let (series, v) = l.rsplit_once(' ')?;
+            Some((series.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The packets counted by the element of `set` (in the node's IPv4 table) whose key
+/// starts with `prefix`, as nft lists it.
+fn kernel_packets(env: &Env, set: &str, prefix: &str) -> Result<u64, String> {
+    let out = env
+        .topo
+        .node
+        .command(&["nft", "list", "set", "ip", "kube-nft-proxy", set])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("nft: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let body = text
+        .split_once("elements = {")
+        .and_then(|(_, b)| b.split_once('}'))
+        .map(|(b, _)| b)
+        .ok_or_else(|| format!("no elements in set {set}: {text}"))?;
+    split_elements(body)
+        .into_iter()
+        .find(|e| e.starts_with(prefix))
+        .and_then(|e| {
+            e.split_once("counter packets ")
+                .and_then(|(_, r)| r.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .ok_or_else(|| format!("no counted element {prefix} in set {set}: {text}"))
+}
+
+/// Issue 10, acceptance 4: with `--service-counters`, `/metrics` counts each new
+/// connection to a Service port with endpoints once and each refused one once, with its
+/// reason, by exactly the number made (TCP and UDP, from a pod through the node); every
+/// other series stays as it was. Adding a Service whose frontend joins the same counted
+/// set is element-only (the kernel's counter of the other Service's element keeps its
+/// value); a Service that grows into another endpoint-count class gets a new element,
+/// and its series goes on from where it was instead of falling back.
+#[test]
+fn service_counters_count_real_connections_and_refusals() {
+    if !require_privileged() {
+        return;
+    }
+    const EMPTY_IP: &str = "172.30.0.20";
+    const OTHER_IP: &str = "172.30.0.30";
+    let mut objects = web_cluster(&[A, B]);
+    // No EndpointSlice: both ports reject.
+    objects.push(service_obj("empty", EMPTY_IP));
+    let opts = DaemonOpts {
+        extra: &["--service-counters"],
+        ..DaemonOpts::default()
+    };
+    let env = Env::started_with("counters", objects, opts, |_| {});
+    let (web, empty) = (sockaddr(WEB_IP, 80), sockaddr(EMPTY_IP, 80));
+    env.wait_backends(web, &[A, B], "web programmed", WAIT);
+    env.wait_failing(empty, io::ErrorKind::ConnectionRefused, "empty refuses");
+    let series = |svc: &str, port: &str| {
+        format!("kubenftproxy_service_new_connections_total{{namespace=\"default\",service=\"{svc}\",port=\"{port}\",family=\"IPv4\"}}")
+    };
+    let refused = |svc: &str, port: &str| {
+        format!("kubenftproxy_service_rejected_total{{namespace=\"default\",service=\"{svc}\",port=\"{port}\",family=\"IPv4\",reason=\"no_endpoints\"}}")
+    };
+    let names = [
+        series("web", "tcp"),
+        series("web", "udp"),
+        refused("empty", "tcp"),
+        refused("empty", "udp"),
+    ];
+    // Scrapes less than a second apart may share one reading: wait for the values to
+    // be what they must be, and fail on anything else once the wait is over.
+    let wait_samples = |what: &str, want: &BTreeMap<String, u64>| {
+        env.wait_until(what, WAIT, || {
+            let got = service_samples(&env.metrics()?);
+            if &got == want {
+                Ok(())
+            } else {
+                Err(format!("samples {got:#?}\nwant {want:#?}"))
+            }
+        })
+    };
+    let before = env.wait_until("every series on /metrics", WAIT, || {
+        let got = service_samples(&env.metrics()?);
+        if names.iter().all(|n| got.contains_key(n)) {
+            Ok(got)
+        } else {
+            Err(format!("samples {got:#?}"))
+        }
+    });
+    assert!(
+        before[&series("web", "tcp")] >= WINDOW as u64,
+        "the {WINDOW} connections that found web programmed are not counted: {before:#?}"
+    );
+
+    const TCP_OK: u64 = 7;
+    const UDP_OK: u64 = 5;
+    const TCP_REFUSED: u64 = 4;
+    const UDP_REFUSED: u64 = 3;
+    join(env.topo.client.spawn(move || {
+        for i in 0..TCP_OK {
+            tcp_ask(web).unwrap_or_else(|e| panic!("TCP connection {i} to web: {e}"));
+        }
+        for i in 0..UDP_OK {
+            udp_ask(web).unwrap_or_else(|e| panic!("UDP flow {i} to web: {e}"));
+        }
+        for i in 0..TCP_REFUSED {
+            expect_refused(tcp_ask(empty), &format!("TCP connection {i} to empty"));
+        }
+        for i in 0..UDP_REFUSED {
+            expect_refused(udp_ask(empty), &format!("UDP flow {i} to empty"));
+        }
+    }));
+    let mut want = before.clone();
+    for (name, n) in names.iter().zip([TCP_OK, UDP_OK, TCP_REFUSED, UDP_REFUSED]) {
+        *want.entry(name.clone()).or_default() += n;
+    }
+    wait_samples("the counters grow by the connections made", &want);
+
+    // Another Service with 2 endpoints: its frontends join web's class sets (`pick-2`)
+    // in an element-only transaction; web's elements keep their kernel counters.
+    let web_tcp = format!("{WEB_IP} . tcp . 80 ");
+    let kernel_before = kernel_packets(&env, "pick-2", &web_tcp).unwrap_or_else(|e| panic!("{e}"));
+    env.api.apply(service_obj("other", OTHER_IP));
+    env.api.apply(slice_obj("other", "other-1", ready(&[C, D])));
+    env.wait_backends(sockaddr(OTHER_IP, 80), &[C, D], "other programmed", WAIT);
+    assert_eq!(
+        kernel_packets(&env, "pick-2", &web_tcp),
+        Ok(kernel_before),
+        "web's counter in pick-2 changed when another Service joined the set"
+    );
+    let other = env.wait_until("other's series", WAIT, || {
+        let got = service_samples(&env.metrics()?);
+        match got.get(&series("other", "tcp")) {
+            Some(_) => Ok(got),
+            None => Err(format!("samples {got:#?}")),
+        }
+    });
+    for n in &names {
+        assert_eq!(other.get(n), want.get(n), "{n} moved");
+    }
+
+    // web grows to 3 endpoints: its frontends move from pick-2 to pick-4 (new elements,
+    // counting from 0). The series goes on.
+    env.api.apply(slice_obj("web", "web-1", ready(&[A, B, C])));
+    env.wait_until("web in pick-4", WAIT, || {
+        kernel_packets(&env, "pick-4", &web_tcp)
+    });
+    let at_move = want[&series("web", "tcp")];
+    join(env.topo.client.spawn(move || {
+        for i in 0..2 {
+            tcp_ask(web).unwrap_or_else(|e| panic!("TCP connection {i} to web: {e}"));
+        }
+    }));
+    env.wait_until("web's series after the class change", WAIT, || {
+        let got = service_samples(&env.metrics()?);
+        match got.get(&series("web", "tcp")) {
+            Some(v) if *v == at_move + 2 => Ok(()),
+            v => Err(format!("{v:?}, want {}", at_move + 2)),
+        }
+    });
 }
