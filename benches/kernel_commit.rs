@@ -19,6 +19,13 @@
 //! Then the kernel memory per Service of upstream's shape against ours
 //! (`KNP_BENCH_UPSTREAM=3000` Services × 10 endpoints; `0` skips it).
 //!
+//! Then `--service-counters` (`KNP_BENCH_COUNTERS`, a number of Services; default the
+//! largest scale, `0` skips it): the same cluster loaded into two namespaces, without
+//! and with counters; the single changes above committed to both alternately, each with
+//! its ratio to the same change without counters; and one scrape of the counters (the
+//! daemon's path: dump of the counted sets, sums by Service port, text) against a dump
+//! of the same sets without counters.
+//!
 //! Then session affinity (`KNP_BENCH_AFFINITY=300`, the number of ClientIP Services
 //! of 10 endpoints; `0` skips it): the full load through netlink against the same
 //! Services as an upstream-shaped ruleset (a chain and a dynamic timeout set per
@@ -37,6 +44,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kube_nft_proxy::counters;
 use kube_nft_proxy::model::ProxyModel;
 use kube_nft_proxy::netlink::{encode, Kernel};
 use kube_nft_proxy::ruleset::build::{self as builder, names};
@@ -158,6 +166,13 @@ fn main() {
     println!("kernel_commit: {ENDPOINTS} endpoints per service; medians of {REPEAT}; ratio = netlink commit / nft -f of the same change (lower is better)");
     for &n in &scales {
         run_scale(n, &cfg);
+    }
+    let counted: usize = std::env::var("KNP_BENCH_COUNTERS")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| scales.iter().copied().max().unwrap_or(0));
+    if counted > 0 {
+        run_counters(counted, &cfg);
     }
     let classes: usize = std::env::var("KNP_BENCH_CLASSES")
         .ok()
@@ -1007,4 +1022,161 @@ fn run_classes(n: usize, cfg: &BuildConfig) {
             u.ops
         );
     }
+}
+
+/// `--service-counters` at `n` Services × [`ENDPOINTS`] endpoints (see the top of the
+/// file): single changes with and without counters, and one scrape.
+fn run_counters(n: usize, base: &BuildConfig) {
+    let cfgs = [
+        base.clone(),
+        BuildConfig {
+            service_counters: true,
+            ..base.clone()
+        },
+    ];
+    let nss = [Ns::new("ctr-off"), Ns::new("ctr-on")];
+    let mut model: ProxyModel = synthetic::model(n, ENDPOINTS);
+    let mut kernels = Vec::new();
+    let mut cur = Vec::new();
+    for (ns, cfg) in nss.iter().zip(&cfgs) {
+        // A netlink socket stays in the namespace it was opened in.
+        ns.enter();
+        let mut kernel = Kernel::open().expect("netlink socket");
+        let rs = build(&model, cfg);
+        let mut ops = Vec::new();
+        for t in &rs.tables {
+            diff(None, t, &mut ops);
+        }
+        kernel.apply(&ops).expect("full load");
+        kernels.push(kernel);
+        cur.push(rs);
+    }
+    let counted_elements: usize = cur[1]
+        .tables
+        .iter()
+        .flat_map(|t| &t.sets)
+        .filter(|s| s.decl.counter)
+        .map(|s| s.elements.len())
+        .sum();
+    let names = ["endpoint changed", "service added", "service deleted"];
+    // [change][off, on]: commit times; ops of the last commit with counters
+    let mut times: Vec<[Vec<Duration>; 2]> = names.iter().map(|_| Default::default()).collect();
+    let mut ops_on = [0usize; 3];
+    let mut commit = |which: usize, model: &ProxyModel, order: [usize; 2]| {
+        for k in order {
+            let new = build(model, &cfgs[k]);
+            let ops = ops_between(&cur[k], &new);
+            assert!(
+                !ops.iter().any(touches_rules),
+                "{}: a single change touched rules",
+                names[which]
+            );
+            let batch = encode(&ops).expect("encode");
+            let t0 = Instant::now();
+            kernels[k].commit(&batch, &ops).expect("update commit");
+            times[which][k].push(t0.elapsed());
+            if k == 1 {
+                ops_on[which] = ops.len();
+            }
+            cur[k] = new;
+        }
+    };
+    for r in 0..REPEAT {
+        // Which namespace commits first alternates: a slow phase hits both alike.
+        let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+        let k = synthetic::entry(r * 7 % n, ENDPOINTS).port.name;
+        let old_ip = model.services[&k].endpoints[0].ip;
+        model.services.get_mut(&k).expect("service").endpoints[0].ip =
+            synthetic::endpoint(n + 1000 + r, 0).ip;
+        commit(0, &model, order);
+        model.services.get_mut(&k).expect("service").endpoints[0].ip = old_ip;
+        commit(0, &model, order);
+        let e = synthetic::entry(n + r, ENDPOINTS);
+        let key = e.port.name.clone();
+        model.services.insert(key.clone(), e);
+        commit(1, &model, order);
+        model.services.remove(&key);
+        commit(2, &model, order);
+    }
+    // One scrape as the daemon does it, against dumping the same sets without counters.
+    let mut totals = counters::Totals::default();
+    let mut scrape = Vec::new();
+    // read (netlink dumps, parsed), sums by Service port, text
+    let mut parts: [Vec<Duration>; 3] = Default::default();
+    let mut plain = Vec::new();
+    let (mut series, mut bytes, mut read) = (0, 0, 0);
+    for r in 0..REPEAT {
+        let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+        for k in order {
+            let t0 = Instant::now();
+            if k == 1 {
+                let readings = counters::read(&mut kernels[1]).expect("read the counters");
+                let t_read = t0.elapsed();
+                // A dump can list an element twice (a hash table resizing meanwhile);
+                // counted outside the timed part.
+                read = readings
+                    .iter()
+                    .map(|r| r.id)
+                    .collect::<std::collections::HashSet<u64>>()
+                    .len();
+                let t1 = Instant::now();
+                let out = totals.update(readings);
+                let t_sums = t1.elapsed();
+                bytes = counters::render(&out).len();
+                let t_text = t1.elapsed() - t_sums;
+                series = out.len();
+                scrape.push(t_read + t_sums + t_text);
+                for (p, t) in parts.iter_mut().zip([t_read, t_sums, t_text]) {
+                    p.push(t);
+                }
+            } else {
+                let mut elements = std::collections::HashSet::new();
+                for family in Family::ALL {
+                    for set in kernels[0].set_decls(family).expect("set declarations") {
+                        if builder::counted(&set.name).is_some() {
+                            let dump = kernels[0].set_elements(family, &set.name).expect("dump");
+                            elements.extend(dump.into_iter().map(|e| (set.name.clone(), e.key)));
+                        }
+                    }
+                }
+                assert_eq!(
+                    elements.len(),
+                    counted_elements,
+                    "the dump without counters"
+                );
+                plain.push(t0.elapsed());
+            }
+        }
+    }
+    assert_eq!(
+        read, counted_elements,
+        "the scrape read every counted element"
+    );
+    println!(
+        "\n== --service-counters, {n} services x {ENDPOINTS} endpoints: {counted_elements} counted elements; medians of {REPEAT}; ratio = with counters / without (same run)"
+    );
+    for (i, name) in names.iter().enumerate() {
+        let [off, on] = times[i].clone();
+        let (off, on) = (median(off), median(on));
+        println!(
+            "{name:<18} without {:>7.3} ms | with counters {:>7.3} ms | ratio {:.3}  ({} ops)",
+            ms(off),
+            ms(on),
+            on.as_secs_f64() / off.as_secs_f64(),
+            ops_on[i]
+        );
+    }
+    let (s, p) = (median(scrape), median(plain));
+    let [r, u, t] = parts.map(median);
+    println!(
+        "one scrape         {:>7.2} ms ({series} series, {:.0} KiB of text; read {:.2} ms, sums {:.2} ms, text {:.2} ms) | dump of the same sets without counters {:>7.2} ms | ratio {:.2}",
+        ms(s),
+        bytes as f64 / 1024.0,
+        ms(r),
+        ms(u),
+        ms(t),
+        ms(p),
+        s.as_secs_f64() / p.as_secs_f64()
+    );
+    drop(nss);
 }

@@ -102,12 +102,16 @@ pub struct Series {
     pub counted: Counted,
     /// the table's family
     pub family: Family,
-    /// the Service's namespace
-    pub namespace: String,
-    /// the Service's name
-    pub service: String,
-    /// the port's name (empty for a Service's only, unnamed port)
-    pub port: String,
+    /// the Service port as the comments name it, `namespace/name:port` (see
+    /// [`service_port_of`])
+    pub service_port: Arc<str>,
+}
+
+impl Series {
+    /// The Service's namespace, name and port name.
+    pub fn labels(&self) -> (&str, &str, &str) {
+        service_port_of(&self.service_port).unwrap_or_default()
+    }
 }
 
 /// The Service port an element comment names: `namespace/name:port`, the port part
@@ -123,12 +127,33 @@ pub fn service_port_of(comment: &str) -> Option<(&str, &str, &str)> {
     (!namespace.is_empty() && !service.is_empty()).then_some((namespace, service, port))
 }
 
+/// Hashes an element identity, which is a hash already, to itself.
+#[derive(Clone, Copy, Debug, Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// Elements by identity ([`element_id`]): their series and last value.
+type ById = HashMap<u64, (Arc<Series>, u64), std::hash::BuildHasherDefault<IdHasher>>;
+
 /// The counters across scrapes: the last value of each element, and what elements
 /// that went away had counted, by series (see the module documentation).
 #[derive(Debug, Default)]
 pub struct Totals {
     /// by element identity: its series and its last value
-    last: HashMap<u64, (Arc<Series>, u64)>,
+    last: ById,
     /// what elements that went away had counted, by series
     carried: HashMap<Arc<Series>, u64>,
 }
@@ -136,28 +161,27 @@ pub struct Totals {
 impl Totals {
     /// Takes in one scrape's readings; returns every series with its value.
     pub fn update(&mut self, readings: Vec<Reading>) -> BTreeMap<Arc<Series>, u64> {
-        let mut interned: HashMap<Series, Arc<Series>> = HashMap::new();
-        let mut now: HashMap<u64, (Arc<Series>, u64)> = HashMap::with_capacity(readings.len());
-        for r in readings {
-            let Some((namespace, service, port)) = r.comment.as_deref().and_then(service_port_of)
-            else {
+        // The elements of one Service port (its frontends) share one series.
+        let mut interned: HashMap<(Counted, Family, &str), Arc<Series>> = HashMap::new();
+        let mut now = ById::with_capacity_and_hasher(readings.len(), Default::default());
+        for r in &readings {
+            let Some(comment) = r.comment.as_deref() else {
                 continue;
             };
-            let series = Series {
-                counted: r.counted,
-                family: r.family,
-                namespace: namespace.to_string(),
-                service: service.to_string(),
-                port: port.to_string(),
-            };
-            let series = match interned.get(&series) {
-                Some(s) => s.clone(),
-                None => {
-                    let s = Arc::new(series.clone());
-                    interned.insert(series, s.clone());
-                    s
-                }
-            };
+            if service_port_of(comment).is_none() {
+                continue;
+            }
+            let id = comment.split(' ').next().unwrap_or_default();
+            let series = interned
+                .entry((r.counted, r.family, id))
+                .or_insert_with(|| {
+                    Arc::new(Series {
+                        counted: r.counted,
+                        family: r.family,
+                        service_port: id.into(),
+                    })
+                })
+                .clone();
             // A dump can list an element twice: one value per element.
             let e = now.entry(r.id).or_insert((series, 0));
             e.1 = e.1.max(r.packets);
@@ -191,39 +215,53 @@ pub const NEW_CONNECTIONS: &str = "kubenftproxy_service_new_connections_total";
 /// The name of the metric of refused connections.
 pub const REJECTED: &str = "kubenftproxy_service_rejected_total";
 
-/// A label value as the Prometheus text format escapes it.
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// Appends a label value as the Prometheus text format escapes it.
+fn push_label(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Appends one sample: `name{labels} value`.
+fn push_sample(out: &mut String, name: &str, s: &Series, v: u64) {
+    let (namespace, service, port) = s.labels();
+    out.push_str(name);
+    out.push_str("{namespace=\"");
+    push_label(out, namespace);
+    out.push_str("\",service=\"");
+    push_label(out, service);
+    out.push_str("\",port=\"");
+    push_label(out, port);
+    out.push_str("\",family=\"");
+    out.push_str(match s.family {
+        Family::V4 => "IPv4",
+        Family::V6 => "IPv6",
+    });
+    if let Counted::Rejected(reason) = s.counted {
+        out.push_str("\",reason=\"");
+        out.push_str(reason);
+    }
+    let _ = writeln!(out, "\"}} {v}");
 }
 
 /// The two metrics in the Prometheus text format.
 pub fn render(series: &BTreeMap<Arc<Series>, u64>) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(128 * series.len() + 512);
     let _ = writeln!(out, "# HELP {NEW_CONNECTIONS} New connections to a Service port sent to one of its endpoints, counted in the kernel (--service-counters)\n# TYPE {NEW_CONNECTIONS} counter");
-    let fam = |f: Family| match f {
-        Family::V4 => "IPv4",
-        Family::V6 => "IPv6",
-    };
-    let labels = |s: &Series| {
-        format!(
-            "namespace=\"{}\",service=\"{}\",port=\"{}\",family=\"{}\"",
-            label(&s.namespace),
-            label(&s.service),
-            label(&s.port),
-            fam(s.family)
-        )
-    };
     for (s, v) in series {
         if s.counted == Counted::NewConnections {
-            let _ = writeln!(out, "{NEW_CONNECTIONS}{{{}}} {v}", labels(s));
+            push_sample(&mut out, NEW_CONNECTIONS, s, *v);
         }
     }
     let _ = writeln!(out, "# HELP {REJECTED} New connections to a Service port refused (rejected or dropped) by our rules, by reason, counted in the kernel (--service-counters)\n# TYPE {REJECTED} counter");
     for (s, v) in series {
-        if let Counted::Rejected(reason) = s.counted {
-            let _ = writeln!(out, "{REJECTED}{{{},reason=\"{reason}\"}} {v}", labels(s));
+        if matches!(s.counted, Counted::Rejected(_)) {
+            push_sample(&mut out, REJECTED, s, *v);
         }
     }
     out
@@ -314,7 +352,7 @@ mod tests {
 
     fn value(out: &BTreeMap<Arc<Series>, u64>, service: &str, counted: Counted) -> Option<u64> {
         out.iter()
-            .find(|(s, _)| s.service == service && s.counted == counted)
+            .find(|(s, _)| s.labels().1 == service && s.counted == counted)
             .map(|(_, v)| *v)
     }
 
