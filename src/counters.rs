@@ -19,12 +19,12 @@
 //! for that reason) disappears, and starts again from 0 when one comes back. A restart
 //! of the proxy restarts the carried part: Prometheus sees a counter reset.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::netlink::{self, readback::decode_comment, Kernel};
+use crate::netlink::{self, readback::take_comment, Kernel};
 use crate::ruleset::build::{self, Counted};
 use crate::ruleset::ir::Family;
 
@@ -86,7 +86,7 @@ pub fn read(kernel: &mut Kernel) -> Result<Vec<Reading>, netlink::Error> {
                     family,
                     counted,
                     id: element_id(family, &set.name, &e.key, &e.key_end),
-                    comment: decode_comment(&e.userdata),
+                    comment: take_comment(e.userdata),
                     packets,
                 })
             }));
@@ -159,10 +159,12 @@ pub struct Totals {
 }
 
 impl Totals {
-    /// Takes in one scrape's readings; returns every series with its value.
-    pub fn update(&mut self, readings: Vec<Reading>) -> BTreeMap<Arc<Series>, u64> {
-        // The elements of one Service port (its frontends) share one series.
-        let mut interned: HashMap<(Counted, Family, &str), Arc<Series>> = HashMap::new();
+    /// Takes in one scrape's readings; returns every series with its value, in
+    /// series order.
+    pub fn update(&mut self, readings: Vec<Reading>) -> Vec<(Arc<Series>, u64)> {
+        // The elements of one Service port (its frontends) share one series: the
+        // series, and the sum of its elements' counters.
+        let mut series: HashMap<(Counted, Family, &str), (Arc<Series>, u64)> = HashMap::new();
         let mut now = ById::with_capacity_and_hasher(readings.len(), Default::default());
         for r in &readings {
             let Some(comment) = r.comment.as_deref() else {
@@ -172,39 +174,47 @@ impl Totals {
                 continue;
             }
             let id = comment.split(' ').next().unwrap_or_default();
-            let series = interned
-                .entry((r.counted, r.family, id))
-                .or_insert_with(|| {
-                    Arc::new(Series {
-                        counted: r.counted,
-                        family: r.family,
-                        service_port: id.into(),
-                    })
-                })
-                .clone();
-            // A dump can list an element twice: one value per element.
-            let e = now.entry(r.id).or_insert((series, 0));
-            e.1 = e.1.max(r.packets);
+            let (s, sum) = series.entry((r.counted, r.family, id)).or_insert_with(|| {
+                let s = Series {
+                    counted: r.counted,
+                    family: r.family,
+                    service_port: id.into(),
+                };
+                (Arc::new(s), 0)
+            });
+            match now.entry(r.id) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert((s.clone(), r.packets));
+                    *sum += r.packets;
+                }
+                // A dump can list an element twice: one value per element.
+                std::collections::hash_map::Entry::Occupied(mut o) => {
+                    let seen = &mut o.get_mut().1;
+                    if r.packets > *seen {
+                        *sum += r.packets - *seen;
+                        *seen = r.packets;
+                    }
+                }
+            }
         }
-        for (id, (series, old)) in self.last.drain() {
-            let kept = now.get(&id).is_some_and(|(s, v)| *s == series && *v >= old);
+        for (id, (s, old)) in self.last.drain() {
+            let kept = now.get(&id).is_some_and(|(n, v)| *n == s && *v >= old);
             if !kept {
                 // Gone, or deleted and added again (its counter started over): what
                 // it had counted stays in its series.
-                *self.carried.entry(series).or_default() += old;
+                *self.carried.entry(s).or_default() += old;
             }
-        }
-        let mut out: BTreeMap<Arc<Series>, u64> = BTreeMap::new();
-        for (series, v) in now.values() {
-            *out.entry(series.clone()).or_default() += v;
         }
         // A series without any element left ends (and starts again from 0).
-        self.carried.retain(|s, _| out.contains_key(s));
+        self.carried
+            .retain(|s, _| series.contains_key(&(s.counted, s.family, &*s.service_port)));
         for (s, c) in &self.carried {
-            if let Some(v) = out.get_mut(s) {
-                *v += c;
+            if let Some((_, sum)) = series.get_mut(&(s.counted, s.family, &*s.service_port)) {
+                *sum += c;
             }
         }
+        let mut out: Vec<(Arc<Series>, u64)> = series.into_values().collect();
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         self.last = now;
         out
     }
@@ -250,7 +260,7 @@ fn push_sample(out: &mut String, name: &str, s: &Series, v: u64) {
 }
 
 /// The two metrics in the Prometheus text format.
-pub fn render(series: &BTreeMap<Arc<Series>, u64>) -> String {
+pub fn render(series: &[(Arc<Series>, u64)]) -> String {
     let mut out = String::with_capacity(128 * series.len() + 512);
     let _ = writeln!(out, "# HELP {NEW_CONNECTIONS} New connections to a Service port sent to one of its endpoints, counted in the kernel (--service-counters)\n# TYPE {NEW_CONNECTIONS} counter");
     for (s, v) in series {
@@ -318,7 +328,7 @@ impl Scraper {
                         tracing::warn!(error = %crate::error_text::error_chain(&e), "cannot read the per-Service counters; /metrics leaves them out until a read succeeds");
                     }
                     st.failing = true;
-                    render(&BTreeMap::new())
+                    render(&[])
                 }
             }
         })
@@ -350,7 +360,7 @@ mod tests {
         }
     }
 
-    fn value(out: &BTreeMap<Arc<Series>, u64>, service: &str, counted: Counted) -> Option<u64> {
+    fn value(out: &[(Arc<Series>, u64)], service: &str, counted: Counted) -> Option<u64> {
         out.iter()
             .find(|(s, _)| s.labels().1 == service && s.counted == counted)
             .map(|(_, v)| *v)

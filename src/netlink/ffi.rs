@@ -458,6 +458,9 @@ pub struct ElemData {
 /// What [`collect_expr`] finds in a list of expressions.
 #[derive(Default)]
 struct Exprs {
+    /// whether to note the names (a set's declaration; not for each element, where it
+    /// would cost two allocations per element of a dump)
+    want_names: bool,
     /// each expression's name, in order
     names: Vec<String>,
     /// the values of the last `counter` expression: (packets, bytes)
@@ -487,14 +490,21 @@ unsafe extern "C" fn collect_expr(e: *mut sys::nftnl_expr, data: *mut libc::c_vo
     // otherwise borrowed during it; `e` is a valid expression of the walked list.
     let found = unsafe { &mut *(data as *mut Exprs) };
     // Safety: as above; NAME is the expression type's static name.
-    let name = copy_str(unsafe { sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16) });
-    if name == "counter" {
+    let name = unsafe { sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16) };
+    if name.is_null() {
+        return 0;
+    }
+    // Safety: a NUL-terminated string libnftnl owns for the expression's lifetime.
+    let name = unsafe { CStr::from_ptr(name) };
+    if name.to_bytes() == b"counter" {
         found.counter = Some((
             expr_u64(e, sys::NFTNL_EXPR_CTR_PACKETS).unwrap_or(0),
             expr_u64(e, sys::NFTNL_EXPR_CTR_BYTES).unwrap_or(0),
         ));
     }
-    found.names.push(name);
+    if found.want_names {
+        found.names.push(name.to_string_lossy().into_owned());
+    }
     0
 }
 
@@ -567,7 +577,10 @@ impl Set {
     /// The names of the set's own expressions (`NFTA_SET_EXPR`/`NFTA_SET_EXPRESSIONS`
     /// of a received declaration), in order.
     pub fn expr_names(&self) -> Vec<String> {
-        let mut exprs = Exprs::default();
+        let mut exprs = Exprs {
+            want_names: true,
+            ..Exprs::default()
+        };
         // Safety: a valid set; the callback only reads the expressions the set owns and
         // writes `exprs`, which outlives the call.
         unsafe {

@@ -268,19 +268,37 @@ pub(crate) fn decode_tuple(
     (off == bytes.len()).then_some(out)
 }
 
-/// The comment in an element's user data (nft's TLV type 0), if any.
-pub fn decode_comment(ud: &[u8]) -> Option<String> {
+/// Where the comment is in an element's user data (nft's TLV type 0, up to its NUL).
+fn comment_range(ud: &[u8]) -> Option<std::ops::Range<usize>> {
     let mut off = 0;
     while off + 2 <= ud.len() {
         let (ty, len) = (ud[off], ud[off + 1] as usize);
         let v = ud.get(off + 2..off + 2 + len)?;
         if ty == 0 {
-            let s = v.split(|b| *b == 0).next().unwrap_or(&[]);
-            return Some(String::from_utf8_lossy(s).into_owned());
+            let n = v.iter().position(|b| *b == 0).unwrap_or(v.len());
+            return Some(off + 2..off + 2 + n);
         }
         off += 2 + len;
     }
     None
+}
+
+/// The comment in an element's user data (nft's TLV type 0), if any.
+pub fn decode_comment(ud: &[u8]) -> Option<String> {
+    let r = comment_range(ud)?;
+    Some(String::from_utf8_lossy(&ud[r]).into_owned())
+}
+
+/// Like [`decode_comment`], in the user data's own allocation (a scrape of the
+/// counters takes the comment of every counted element).
+pub fn take_comment(mut ud: Vec<u8>) -> Option<String> {
+    let r = comment_range(&ud)?;
+    ud.truncate(r.end);
+    ud.drain(..r.start);
+    Some(
+        String::from_utf8(ud)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    )
 }
 
 /// The expressions the kernel holds on a set we declared: a counter for a counted set,
@@ -399,6 +417,26 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn comments_come_out_of_user_data() {
+        let ud = crate::netlink::encode::comment_udata("shop/web:http node port");
+        assert_eq!(
+            decode_comment(&ud).as_deref(),
+            Some("shop/web:http node port")
+        );
+        assert_eq!(take_comment(ud).as_deref(), Some("shop/web:http node port"));
+        // Another TLV first, then the comment.
+        let mut ud = vec![0xd1, 2, 7, 7];
+        ud.extend(crate::netlink::encode::comment_udata("a/b"));
+        assert_eq!(take_comment(ud).as_deref(), Some("a/b"));
+        assert_eq!(take_comment(vec![0xd1, 1, 0]), None);
+        assert_eq!(
+            take_comment(vec![0, 9, b'x']),
+            None,
+            "a length past the end"
+        );
+    }
 
     #[test]
     fn intervals_back_to_networks() {
