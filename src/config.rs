@@ -1204,4 +1204,32 @@ mod tests {
         assert_eq!(c2.conntrack, c.conntrack);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// `--service-counters` is off by default, and ours: the file has no field for it,
+    /// so next to `--config` the flag still counts (and is not reported as ignored).
+    #[test]
+    fn service_counters_flag_counts_with_or_without_a_config_file() {
+        assert!(!parse(&[]).unwrap().service_counters);
+        assert!(parse(&["--service-counters"]).unwrap().service_counters);
+        let dir = std::env::temp_dir().join(format!("knp-config-ctr-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("config.conf");
+        std::fs::write(
+            &f,
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n",
+        )
+        .unwrap();
+        let path = f.display().to_string();
+        for (flag, on) in [(None, false), (Some("--service-counters"), true)] {
+            let mut a = vec!["--config", path.as_str()];
+            a.extend(flag);
+            let (cli, notes) = parse_args(args(&a)).unwrap();
+            assert!(
+                !notes.iter().any(|n| n.contains("service-counters")),
+                "{notes:?}"
+            );
+            assert_eq!(ProxyConfig::from_cli(cli).unwrap().service_counters, on);
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
