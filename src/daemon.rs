@@ -413,139 +413,148 @@ pub async fn run_with(
         // The sync itself blocks this thread (netlink, building): tell the runtime, so that
         // /healthz, /metrics, healthCheckNodePort servers and the watchers keep being
         // served by the other worker meanwhile.
+        // Not listening to nftables notifications while we commit: see
+        // `ForeignChange::quiet` (the kernel would build one per element).
+        let quiet = |f: &mut dyn FnMut() -> Result<bool, proxier::Error>| match &foreign {
+            Some(m) => m.quiet(f),
+            None => f(),
+        };
         let result = tokio::task::block_in_place(|| {
-            // Partial sync: recompute only the dirty Services and commit the delta (also
-            // when a periodic reconcile is due: it follows, and changes never wait for a
-            // rebuild of the whole cluster).
-            let mut outcome: Option<Result<bool, proxier::Error>> = None;
-            if !need_full && !retry {
-                if let (Some(m), Ok(mut guard)) = (model.as_mut(), shared.rules.lock()) {
-                    if let Some(inc) = guard.as_mut() {
-                        let old: BTreeMap<ServicePortName, ServiceEntry> = dirty_services
-                            .iter()
-                            .flat_map(|svc| ports_of(m, svc))
-                            .collect();
-                        let mut problems = Problems::default();
-                        let changed =
-                            m.update_services(&sources.state, &dirty_services, &mut problems);
-                        // A held Service stays out unless its content changed.
-                        problems
-                            .0
-                            .extend(quarantine.apply(m, false, Instant::now()));
-                        match inc.update(m, &changed, false) {
-                            Some(ops) => {
-                                let r = proxier
-                                    .commit(&ops.pre)
-                                    .and_then(|_| proxier.commit(&ops.ops))
-                                    .map(|_| false);
-                                if r.is_ok() {
-                                    proxier.forget_removed_endpoints(inc.ruleset(), &ops.ops);
-                                    side.problems(&problems.0, true);
-                                    for name in &changed {
-                                        match m.services.get(name) {
-                                            Some(e) => {
-                                                port_side.insert(name.clone(), PortSide::of(e, m));
-                                            }
-                                            None => {
-                                                port_side.remove(name);
+            quiet(&mut || {
+                // Partial sync: recompute only the dirty Services and commit the delta (also
+                // when a periodic reconcile is due: it follows, and changes never wait for a
+                // rebuild of the whole cluster).
+                let mut outcome: Option<Result<bool, proxier::Error>> = None;
+                if !need_full && !retry {
+                    if let (Some(m), Ok(mut guard)) = (model.as_mut(), shared.rules.lock()) {
+                        if let Some(inc) = guard.as_mut() {
+                            let old: BTreeMap<ServicePortName, ServiceEntry> = dirty_services
+                                .iter()
+                                .flat_map(|svc| ports_of(m, svc))
+                                .collect();
+                            let mut problems = Problems::default();
+                            let changed =
+                                m.update_services(&sources.state, &dirty_services, &mut problems);
+                            // A held Service stays out unless its content changed.
+                            problems
+                                .0
+                                .extend(quarantine.apply(m, false, Instant::now()));
+                            match inc.update(m, &changed, false) {
+                                Some(ops) => {
+                                    let r = proxier
+                                        .commit(&ops.pre)
+                                        .and_then(|_| proxier.commit(&ops.ops))
+                                        .map(|_| false);
+                                    if r.is_ok() {
+                                        proxier.forget_removed_endpoints(inc.ruleset(), &ops.ops);
+                                        side.problems(&problems.0, true);
+                                        for name in &changed {
+                                            match m.services.get(name) {
+                                                Some(e) => {
+                                                    port_side
+                                                        .insert(name.clone(), PortSide::of(e, m));
+                                                }
+                                                None => {
+                                                    port_side.remove(name);
+                                                }
                                             }
                                         }
+                                        let new: BTreeMap<ServicePortName, ServiceEntry> = changed
+                                            .iter()
+                                            .filter_map(|n| {
+                                                m.services.get(n).map(|e| (n.clone(), e.clone()))
+                                            })
+                                            .collect();
+                                        let np = build_cfg
+                                            .as_ref()
+                                            .map(|b| b.nodeport_ips.clone())
+                                            .unwrap_or_default();
+                                        clean_conntrack(&shared, &old, &new, &np);
                                     }
-                                    let new: BTreeMap<ServicePortName, ServiceEntry> = changed
-                                        .iter()
-                                        .filter_map(|n| {
-                                            m.services.get(n).map(|e| (n.clone(), e.clone()))
-                                        })
-                                        .collect();
-                                    let np = build_cfg
-                                        .as_ref()
-                                        .map(|b| b.nodeport_ips.clone())
-                                        .unwrap_or_default();
-                                    clean_conntrack(&shared, &old, &new, &np);
+                                    outcome = Some(r);
                                 }
-                                outcome = Some(r);
-                            }
-                            None => {
-                                // Needs a full build (a contested frontend, ...).
-                                drop(guard);
+                                None => {
+                                    // Needs a full build (a contested frontend, ...).
+                                    drop(guard);
+                                }
                             }
                         }
                     }
                 }
-            }
-            // A periodic reconcile with nothing else to do keeps the desired ruleset it has
-            // (kept exact by the incremental updates) and only reads the kernel back to
-            // repair drift; rebuilding the cluster is for start-up, failures and global
-            // changes.
-            let partial_ok = match &outcome {
-                Some(r) => r.is_ok(),
-                None => dirty_services.is_empty(),
-            };
-            if full && !need_full && !retry && partial_ok {
-                if let Ok(mut guard) = shared.rules.lock() {
-                    if let Some(inc) = guard.as_mut() {
-                        let deferred = inc.take_deferred();
-                        outcome = Some(proxier.commit(&deferred).and_then(|_| {
-                            // Nobody else committed since we last knew our tables: they
-                            // hold what we think, and there is nothing to read back.
-                            if !reconcile_now && proxier.kernel_unchanged()? {
-                                return Ok(true);
-                            }
-                            // Another program changed our tables' structure (a flush,
-                            // a deleted chain): repair the structure at once, without
-                            // reading every element back.
-                            if reconcile_now {
-                                proxier.repair_structure(inc.ruleset())?;
-                                return Ok(true);
-                            }
-                            let report = proxier.sync_to(inc.ruleset())?;
+                // A periodic reconcile with nothing else to do keeps the desired ruleset it has
+                // (kept exact by the incremental updates) and only reads the kernel back to
+                // repair drift; rebuilding the cluster is for start-up, failures and global
+                // changes.
+                let partial_ok = match &outcome {
+                    Some(r) => r.is_ok(),
+                    None => dirty_services.is_empty(),
+                };
+                if full && !need_full && !retry && partial_ok {
+                    if let Ok(mut guard) = shared.rules.lock() {
+                        if let Some(inc) = guard.as_mut() {
+                            let deferred = inc.take_deferred();
+                            outcome = Some(proxier.commit(&deferred).and_then(|_| {
+                                // Nobody else committed since we last knew our tables: they
+                                // hold what we think, and there is nothing to read back.
+                                if !reconcile_now && proxier.kernel_unchanged()? {
+                                    return Ok(true);
+                                }
+                                // Another program changed our tables' structure (a flush,
+                                // a deleted chain): repair the structure at once, without
+                                // reading every element back.
+                                if reconcile_now {
+                                    proxier.repair_structure(inc.ruleset())?;
+                                    return Ok(true);
+                                }
+                                let report = proxier.sync_to(inc.ruleset())?;
+                                inc.adopt_kept(&report.kept);
+                                Ok(true)
+                            }));
+                        }
+                    }
+                }
+                let result = match outcome {
+                    Some(r) => r,
+                    None => {
+                        // Full sync: rebuild everything, read the kernel back, repair the diff.
+                        proxier::desired_full(&cfg, &sources.state).and_then(|mut d| {
+                            let bc = d.build.clone();
+                            let (mut inc, report, held) = proxier.sync_model(
+                                &mut d.model,
+                                &mut quarantine,
+                                |m| Incremental::full(m, &bc),
+                                Incremental::ruleset,
+                                |m| build(m, &bc),
+                            )?;
                             inc.adopt_kept(&report.kept);
+                            d.problems.extend(held);
+                            side.problems(&d.problems, false);
+                            port_side = d
+                                .model
+                                .services
+                                .iter()
+                                .map(|(n, e)| (n.clone(), PortSide::of(e, &d.model)))
+                                .collect();
+                            if let Some(old) = &model {
+                                let old_map = old.services.clone();
+                                clean_conntrack(
+                                    &shared,
+                                    &old_map,
+                                    &d.model.services,
+                                    &d.build.nodeport_ips,
+                                );
+                            }
+                            if let Ok(mut g) = shared.rules.lock() {
+                                *g = Some(inc);
+                            }
+                            model = Some(d.model);
+                            build_cfg = Some(d.build);
                             Ok(true)
-                        }));
+                        })
                     }
-                }
-            }
-            let result = match outcome {
-                Some(r) => r,
-                None => {
-                    // Full sync: rebuild everything, read the kernel back, repair the diff.
-                    proxier::desired_full(&cfg, &sources.state).and_then(|mut d| {
-                        let bc = d.build.clone();
-                        let (mut inc, report, held) = proxier.sync_model(
-                            &mut d.model,
-                            &mut quarantine,
-                            |m| Incremental::full(m, &bc),
-                            Incremental::ruleset,
-                            |m| build(m, &bc),
-                        )?;
-                        inc.adopt_kept(&report.kept);
-                        d.problems.extend(held);
-                        side.problems(&d.problems, false);
-                        port_side = d
-                            .model
-                            .services
-                            .iter()
-                            .map(|(n, e)| (n.clone(), PortSide::of(e, &d.model)))
-                            .collect();
-                        if let Some(old) = &model {
-                            let old_map = old.services.clone();
-                            clean_conntrack(
-                                &shared,
-                                &old_map,
-                                &d.model.services,
-                                &d.build.nodeport_ips,
-                            );
-                        }
-                        if let Ok(mut g) = shared.rules.lock() {
-                            *g = Some(inc);
-                        }
-                        model = Some(d.model);
-                        build_cfg = Some(d.build);
-                        Ok(true)
-                    })
-                }
-            };
-            result
+                };
+                result
+            })
         });
         last_sync = Some(Instant::now());
         shared.metrics.rebuilds(proxier.rebuilds());
