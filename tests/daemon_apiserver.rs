@@ -803,6 +803,19 @@ impl Env {
             .then(|| normalize(&String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// Waits until our table's listing equals `want` (a repair), or fails with the
+    /// differences.
+    fn wait_listing(&self, want: &str, what: &str) {
+        self.wait_until(what, WAIT, || {
+            let now = self.listing();
+            if now == want {
+                Ok(())
+            } else {
+                Err(format!("differences:\n{}", line_diff(want, &now)))
+            }
+        });
+    }
+
     fn listing(&self) -> String {
         self.try_listing(false)
             .unwrap_or_else(|| panic!("table ip kube-nft-proxy is missing\n{}", self.diag()))
@@ -1479,14 +1492,7 @@ fn flushed_table_is_repaired() {
             "differs from"
         }
     );
-    env.wait_until("the flushed table is repaired", WAIT, || {
-        let now = env.listing();
-        if now == before {
-            Ok(())
-        } else {
-            Err(format!("differences:\n{}", line_diff(&before, &now)))
-        }
-    });
+    env.wait_listing(&before, "the flushed table is repaired");
     env.wait_backends(dst, &[A, B], "traffic after the repair", WAIT);
 }
 
@@ -1517,14 +1523,7 @@ fn edited_element_is_repaired() {
     // `run` fails the test if nft refuses the edit.
     env.topo.node.run(&["nft", "-f", &path]);
     eprintln!("edited {line}");
-    env.wait_until("the edited element is repaired", WAIT, || {
-        let now = env.listing();
-        if now == before {
-            Ok(())
-        } else {
-            Err(format!("differences:\n{}", line_diff(&before, &now)))
-        }
-    });
+    env.wait_listing(&before, "the edited element is repaired");
     env.wait_backends(dst, &[A, B], "traffic after the repair", WAIT);
 }
 
@@ -1968,14 +1967,7 @@ fn an_element_deleted_by_hand_is_repaired() {
         &set,
         &frontend,
     ]);
-    env.wait_until("the deleted element is restored", WAIT, || {
-        let now = env.listing();
-        if now == before {
-            Ok(())
-        } else {
-            Err(format!("differences:\n{}", line_diff(&before, &now)))
-        }
-    });
+    env.wait_listing(&before, "the deleted element is restored");
     env.wait_backends(dst, &[A, B], "traffic after the repair", WAIT);
 }
 
