@@ -425,3 +425,69 @@ pub fn main(args: &[String]) -> ExitCode {
         Err(e) => fail(&format!("cannot write to stdout: {e}"), 1),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn careless_command_lines_are_refused_with_a_reason() {
+        let ok = "--source 10.0.0.1 --destination 10.96.0.10 --port 80";
+        assert!(parse(&args(ok)).is_ok());
+        for (bad, says) in [
+            (
+                "--source 10.0.0.1 --destination 10.96.0.10 --port 0",
+                "--port",
+            ),
+            (
+                "--source 10.0.0.1 --destination 10.96.0.10 --port 65536",
+                "--port",
+            ),
+            (
+                "--source 10.0.0.1 --destination 10.96.0.10 --port -1",
+                "--port",
+            ),
+            (
+                "--source 10.0.0.1 --destination fd00::1 --port 80",
+                "different families",
+            ),
+            (
+                "--source 10.0.0.0/8 --destination 10.96.0.10 --port 80",
+                "not an IP",
+            ),
+            ("--source 10.0.0.1 --destination 10.96.0.10", "required"),
+            (
+                "--source 10.0.0.1 --destination 10.96.0.10 --port 80 --protocol ICMP",
+                "--protocol",
+            ),
+            (
+                "--source 10.0.0.1 --destination 10.96.0.10 --port 80 --source-role admin",
+                "--source-role",
+            ),
+            (
+                "--source 10.0.0.1 --destination 10.96.0.10 --port 80 --output yaml",
+                "--output",
+            ),
+            (
+                "--source 10.0.0.1 --destination 10.96.0.10 --port",
+                "needs a value",
+            ),
+        ] {
+            let e = parse(&args(bad)).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        // `--flag=value`, lower-case protocols, and the proxy's own flags passed on.
+        let a = parse(&args(
+            "--source=fd00::5 --destination=fd00:96::1 --port=53 --protocol=sctp \
+             --source-role=pod-endpoint --manifests x.yaml",
+        ))
+        .unwrap();
+        assert_eq!(a.query.protocol, 132);
+        assert_eq!(a.query.role, Role::Pod);
+        assert_eq!(a.proxy_args, args("--manifests x.yaml"));
+    }
+}
