@@ -385,7 +385,7 @@ impl Proxier {
             let stale: Vec<Key> = kernel
                 .set_keys(family, set, &decl.key)?
                 .into_iter()
-                .filter(|k| matches!(k.last(), Some(Value::Index(t)) if !live.contains(t)))
+                .filter(|k| matches!(k.last(), Some(Value::Index(t)) if !live.contains(&t)))
                 // A dump can list an element twice; a delete of the same key twice in
                 // one transaction is refused.
                 .collect::<BTreeSet<Key>>()

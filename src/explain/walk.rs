@@ -352,7 +352,7 @@ impl<'a> Tracer<'a> {
             set.elements
                 .iter()
                 .find(|(k, _)| {
-                    k.len() == key.len() && k.iter().zip(key).all(|(e, v)| component_matches(e, v))
+                    k.len() == key.len() && k.iter().zip(key).all(|(e, v)| component_matches(&e, v))
                 })
                 .map(|(k, e)| (k.clone(), e.clone()))
         } else {
@@ -444,7 +444,7 @@ impl<'a> Tracer<'a> {
                                         .as_deref()
                                         .map(|c| format!(" ({c})"))
                                         .unwrap_or_default();
-                                    format!("{} in @{set}{c}", show_key(k))
+                                    format!("{} in @{set}{c}", show_key(&k.unpack()))
                                 }
                                 None => format!("{} not in @{set}", show_key(&key)),
                             };
@@ -530,12 +530,12 @@ impl<'a> Tracer<'a> {
                                     let mut b = p.clone();
                                     b.steps.push(format!(
                                         "{chain}: numgen random mod {m} = {i}: {} in @{map}: DNAT to {}",
-                                        show_key(&k),
-                                        endpoint_text(*a, *port)
+                                        show_key(&k.unpack()),
+                                        endpoint_text(a, port)
                                     ));
-                                    b.daddr = *a;
-                                    b.dport = *port;
-                                    b.dnat = Some((*a, *port));
+                                    b.daddr = a;
+                                    b.dport = port;
+                                    b.dnat = Some((a, port));
                                     out.push((b, RuleEnd::Accept));
                                 }
                                 None => missed = true,

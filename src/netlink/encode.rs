@@ -480,13 +480,13 @@ impl BatchBuilder {
         s.set_family(f.nfproto() as u32)?;
         for (key, data) in items {
             let mut e = SetElem::new()?;
-            e.set_key(&encode_tuple(key))?;
+            e.set_key(&encode_tuple(&key.unpack()))?;
             if decl.is_interval() {
-                e.set_key_end(&encode_tuple_end(key))?;
+                e.set_key_end(&encode_tuple_end(&key.unpack()))?;
             }
             if let Some(d) = data {
                 if !d.data.is_empty() {
-                    e.set_data(&encode_tuple(&d.data))?;
+                    e.set_data(&encode_tuple(&d.data.unpack()))?;
                 }
                 if let Some(c) = &d.comment {
                     e.set_userdata(&comment_udata(c))?;

@@ -504,21 +504,21 @@ pub const AFFINITY_PREFIX: &str = "affinity-";
 
 fn ip_of(key: &Key) -> IpAddr {
     match key.first() {
-        Some(Value::Addr(a)) => *a,
+        Some(Value::Addr(a)) => a,
         _ => IpAddr::from([0, 0, 0, 0]),
     }
 }
 
 fn proto_of(key: &Key) -> u8 {
     match key.get(1) {
-        Some(Value::Proto(p)) => *p,
+        Some(Value::Proto(p)) => p,
         _ => 0,
     }
 }
 
 fn port_of(key: &Key) -> u16 {
     match key.get(2) {
-        Some(Value::Port(p)) => *p,
+        Some(Value::Port(p)) => p,
         _ => 0,
     }
 }

@@ -388,7 +388,7 @@ pub fn early_shortcuts(old: &Table, new: &Table) -> BTreeMap<String, Vec<(Key, E
         let name = s.decl.name.as_str();
         let frontend_of = |k: &Key| -> Key {
             if name == names::SHORTCUT_ENDPOINTS {
-                k[..k.len().saturating_sub(1)].into()
+                k.without_last()
             } else {
                 k.clone()
             }
@@ -402,7 +402,7 @@ pub fn early_shortcuts(old: &Table, new: &Table) -> BTreeMap<String, Vec<(Key, E
         for (k, e) in &s.elements {
             if gaining.contains(&frontend_of(k)) && !held(name, k) {
                 if let Some(Value::Addr(ip)) = e.data.first() {
-                    ips.insert(*ip);
+                    ips.insert(ip);
                 }
                 out.entry(name.to_string())
                     .or_default()
@@ -602,7 +602,7 @@ mod tests {
         assert_eq!(kept.len(), 1, "{kept:?}");
         assert_eq!((kept[0].1.as_str(), &kept[0].2), ("pick-4", &svc));
         // No padding: index 2 goes at once (a draw that misses draws again).
-        assert!(o.iter().any(|x| matches!(x, Op::DelElements(_, d, keys) if d.name == "endpoints" && keys.iter().any(|k| k.last() == Some(&Value::Index(2))))), "{o:?}");
+        assert!(o.iter().any(|x| matches!(x, Op::DelElements(_, d, keys) if d.name == "endpoints" && keys.iter().any(|k| k.last() == Some(Value::Index(2))))), "{o:?}");
         // The next sync (from a kernel that holds both memberships) deletes the old one.
         let mut held = two.clone();
         for s in &mut held.sets {

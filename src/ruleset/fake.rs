@@ -153,7 +153,7 @@ fn overlaps(a: &Key, b: &Key) -> bool {
     a.len() == b.len()
         && a.iter()
             .zip(b.iter())
-            .all(|(x, y)| match (interval(x), interval(y)) {
+            .all(|(x, y)| match (interval(&x), interval(&y)) {
                 (Some((xs, xe)), Some((ys, ye))) if matches!(x, Value::Net(_)) => {
                     xs <= ye && ys <= xe
                 }
@@ -391,12 +391,12 @@ fn apply_op(tables: &mut BTreeMap<Family, Table>, op: &Op) -> Result<(), (i32, S
                 let fits = k.len() == decl.key.len()
                     && k.iter()
                         .zip(&decl.key)
-                        .all(|(v, t)| value_fits(v, *t, family))
+                        .all(|(v, t)| value_fits(&v, *t, family))
                     && e.data.len() == decl.data.len()
                     && e.data
                         .iter()
                         .zip(&decl.data)
-                        .all(|(v, t)| value_fits(v, *t, family));
+                        .all(|(v, t)| value_fits(&v, *t, family));
                 if !fits {
                     return refuse(
                         libc::EINVAL,
@@ -564,7 +564,7 @@ fn walk_chain<'a>(
         return Err(Unmodelled(format!("no chain {chain}")));
     };
     let field = |f: &Field| -> Result<Value, Unmodelled> {
-        Ok(match (f, &frontend[..]) {
+        Ok(match (f, &frontend.unpack()[..]) {
             (Field::Daddr, [a, ..]) => *a,
             (Field::L4Proto, [_, p, ..]) => *p,
             (Field::ThDport, [_, _, p, ..]) => *p,
@@ -639,7 +639,7 @@ fn walk_chain<'a>(
                         if let Some(Value::Index(i)) = k.last() {
                             misses -= 1;
                             *w.picks
-                                .entry((map.clone(), *i, e.data.to_vec()))
+                                .entry((map.clone(), i, e.data.to_vec()))
                                 .or_default() += mass / f64::from(*m);
                         }
                     }

@@ -64,7 +64,7 @@ impl PortContrib {
         for (set, k, e) in &self.elements {
             if &**set == build::names::CLUSTER_IPS {
                 if let Some(Value::Addr(ip)) = k.first() {
-                    cluster_ips.push(*ip);
+                    cluster_ips.push(ip);
                 }
             } else if let Some(ip) = endpoint_of(set, e) {
                 *mapped.entry(ip).or_default() += 1;
@@ -91,7 +91,7 @@ impl PortContrib {
 fn endpoint_of(set: &str, e: &ElementData) -> Option<IpAddr> {
     use build::names::{ENDPOINTS, SHORTCUT_ENDPOINTS};
     match e.data.first() {
-        Some(Value::Addr(ip)) if set == ENDPOINTS || set == SHORTCUT_ENDPOINTS => Some(*ip),
+        Some(Value::Addr(ip)) if set == ENDPOINTS || set == SHORTCUT_ENDPOINTS => Some(ip),
         _ => None,
     }
 }
@@ -424,14 +424,14 @@ impl Incremental {
                 }
             }
             for ip in old.cluster_ips {
-                let key = (intern(build::names::CLUSTER_IPS), build::cluster_ip_key(ip));
-                if !before.contains_key(&key) {
-                    let cur = table
-                        .set(&key.0)
-                        .and_then(|s| s.elements.get(&key.1))
-                        .cloned();
-                    before.insert(key, cur);
-                }
+                let k = build::cluster_ip_key(ip);
+                let cur = table
+                    .set(build::names::CLUSTER_IPS)
+                    .and_then(|s| s.elements.get(&k))
+                    .cloned();
+                before
+                    .entry((intern(build::names::CLUSTER_IPS), k))
+                    .or_insert(cur);
                 if let Some(n) = st.cluster_ip_refs.get_mut(&ip) {
                     *n -= 1;
                     if *n == 0 {
@@ -485,7 +485,7 @@ impl Incremental {
             // contribution is retracted).
             let alive = match key.1.first() {
                 Some(Value::Addr(ip)) if &*key.0 == build::names::CLUSTER_IPS => {
-                    st.cluster_ip_refs.contains_key(ip)
+                    st.cluster_ip_refs.contains_key(&ip)
                 }
                 _ => after.contains_key(key),
             };
@@ -806,15 +806,15 @@ fn early_shortcuts(
         let shortcut_class = pick(set) || build::class_of(set, SHORTCUT_PREFIX).is_some();
         for (k, e) in items {
             let frontend = if set == SHORTCUT_ENDPOINTS {
-                &k[..k.len().saturating_sub(1)]
+                k.without_last()
             } else if shortcut_class {
-                &k[..]
+                k.clone()
             } else {
                 continue;
             };
-            if gaining.iter().any(|g| g[..] == *frontend) {
+            if gaining.contains(&frontend) {
                 if let (true, Some(Value::Addr(ip))) = (set == SHORTCUT_ENDPOINTS, e.data.first()) {
-                    hairpins.insert(build::hairpin_key(*ip));
+                    hairpins.insert(build::hairpin_key(ip));
                 }
                 out.insert((set.clone(), k.clone()));
             }

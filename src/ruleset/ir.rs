@@ -343,43 +343,274 @@ impl SetDecl {
     }
 }
 
-/// A sequence of values (an element's key, or a map element's value), shared by
-/// reference.
+/// A sequence of values (an element's key, or a map element's value), packed into
+/// bytes.
 ///
-/// The incremental ruleset holds each element key three times: in the table, in the
-/// contribution of the service port that made it and in the reference counts of shared
-/// elements. At 30,000 Services that is 720k elements; a heap `Vec` per copy made keys
-/// the largest part of the daemon's memory. Clones of a `Values` share one allocation,
-/// and an empty sequence (a plain set's value) allocates nothing.
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Values(Option<Arc<[Value]>>);
+/// At 30,000 Services the table holds ~700k elements; as a heap slice of [`Value`]s
+/// (20 bytes each) every key and map value was an allocation of 56–96 bytes, the
+/// largest part of the daemon's memory. Packed, an IPv4 key (up to 22 bytes: a tag
+/// byte and the value's bytes per component) lives inside the 24-byte `Values`; only
+/// IPv6 keys longer than that take a shared allocation.
+///
+/// Each component is a tag byte and a tag-determined number of big-endian bytes, so the
+/// encoding is prefix-free and comparing bytes orders sequences as comparing their
+/// values does (element maps stay in the order `nft list` prints).
+#[derive(Clone)]
+pub struct Values(Packed);
 
-impl Values {
-    /// The values, with `v` appended (a new allocation).
-    pub fn with(&self, v: Value) -> Values {
-        let mut all = self.to_vec();
-        all.push(v);
-        all.into()
+#[derive(Clone)]
+enum Packed {
+    Inline { len: u8, bytes: [u8; INLINE] },
+    Heap(Arc<[u8]>),
+}
+
+const INLINE: usize = 22;
+
+/// The most components a key or value has (frontend . index, frontend . range).
+pub const MAX_VALUES: usize = 6;
+
+const _: () = assert!(std::mem::size_of::<Values>() == 24);
+
+mod tag {
+    pub const ADDR4: u8 = 0;
+    pub const ADDR6: u8 = 1;
+    pub const PROTO: u8 = 2;
+    pub const PORT: u8 = 3;
+    pub const INDEX: u8 = 4;
+    pub const NET4: u8 = 5;
+    pub const NET6: u8 = 6;
+}
+
+fn pack_one(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Addr(IpAddr::V4(a)) => {
+            out.push(tag::ADDR4);
+            out.extend_from_slice(&a.octets());
+        }
+        Value::Addr(IpAddr::V6(a)) => {
+            out.push(tag::ADDR6);
+            out.extend_from_slice(&a.octets());
+        }
+        Value::Proto(p) => out.extend_from_slice(&[tag::PROTO, *p]),
+        Value::Port(p) => {
+            out.push(tag::PORT);
+            out.extend_from_slice(&p.to_be_bytes());
+        }
+        Value::Index(i) => {
+            out.push(tag::INDEX);
+            out.extend_from_slice(&i.to_be_bytes());
+        }
+        Value::Net(IpNet::V4(n)) => {
+            out.push(tag::NET4);
+            out.extend_from_slice(&n.addr().octets());
+            out.push(n.prefix_len());
+        }
+        Value::Net(IpNet::V6(n)) => {
+            out.push(tag::NET6);
+            out.extend_from_slice(&n.addr().octets());
+            out.push(n.prefix_len());
+        }
     }
 }
 
-impl std::ops::Deref for Values {
+/// The first value packed in `b` and the bytes after it (`None` past the end; bytes
+/// this module did not write cannot occur).
+fn unpack_one(b: &[u8]) -> Option<(Value, &[u8])> {
+    fn take<const N: usize>(b: &[u8]) -> Option<([u8; N], &[u8])> {
+        let head: [u8; N] = b.get(..N)?.try_into().ok()?;
+        Some((head, &b[N..]))
+    }
+    let (&t, rest) = b.split_first()?;
+    Some(match t {
+        tag::ADDR4 => {
+            let (a, r) = take::<4>(rest)?;
+            (Value::Addr(IpAddr::from(a)), r)
+        }
+        tag::ADDR6 => {
+            let (a, r) = take::<16>(rest)?;
+            (Value::Addr(IpAddr::from(a)), r)
+        }
+        tag::PROTO => {
+            let (p, r) = take::<1>(rest)?;
+            (Value::Proto(p[0]), r)
+        }
+        tag::PORT => {
+            let (p, r) = take::<2>(rest)?;
+            (Value::Port(u16::from_be_bytes(p)), r)
+        }
+        tag::INDEX => {
+            let (i, r) = take::<4>(rest)?;
+            (Value::Index(u32::from_be_bytes(i)), r)
+        }
+        tag::NET4 => {
+            let (a, r) = take::<4>(rest)?;
+            let (p, r) = take::<1>(r)?;
+            let n = ipnet::Ipv4Net::new(a.into(), p[0]).ok()?;
+            (Value::Net(IpNet::V4(n)), r)
+        }
+        tag::NET6 => {
+            let (a, r) = take::<16>(rest)?;
+            let (p, r) = take::<1>(r)?;
+            let n = ipnet::Ipv6Net::new(a.into(), p[0]).ok()?;
+            (Value::Net(IpNet::V6(n)), r)
+        }
+        _ => return None,
+    })
+}
+
+/// The values of a [`Values`], unpacked on the stack.
+#[derive(Clone, Copy)]
+pub struct Unpacked {
+    n: usize,
+    v: [Value; MAX_VALUES],
+}
+
+impl std::ops::Deref for Unpacked {
     type Target = [Value];
     fn deref(&self) -> &[Value] {
-        self.0.as_deref().unwrap_or(&[])
+        &self.v[..self.n]
     }
 }
 
-impl From<Vec<Value>> for Values {
-    fn from(v: Vec<Value>) -> Values {
-        // Empty is always `None`, so that equal sequences compare and order equal.
-        Values((!v.is_empty()).then(|| Arc::from(v)))
+impl Values {
+    fn bytes(&self) -> &[u8] {
+        match &self.0 {
+            Packed::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Packed::Heap(b) => b,
+        }
+    }
+
+    fn from_bytes(b: &[u8]) -> Values {
+        Values(match u8::try_from(b.len()) {
+            Ok(len) if b.len() <= INLINE => {
+                let mut bytes = [0; INLINE];
+                bytes[..b.len()].copy_from_slice(b);
+                Packed::Inline { len, bytes }
+            }
+            _ => Packed::Heap(Arc::from(b)),
+        })
+    }
+
+    /// The values, in order.
+    pub fn iter(&self) -> impl Iterator<Item = Value> + '_ {
+        let mut rest = self.bytes();
+        std::iter::from_fn(move || {
+            let (v, r) = unpack_one(rest)?;
+            rest = r;
+            Some(v)
+        })
+    }
+
+    /// The values on the stack, to index and match as a slice.
+    pub fn unpack(&self) -> Unpacked {
+        let mut u = Unpacked {
+            n: 0,
+            v: [Value::Proto(0); MAX_VALUES],
+        };
+        for (slot, v) in u.v.iter_mut().zip(self.iter()) {
+            *slot = v;
+            u.n += 1;
+        }
+        u
+    }
+
+    /// The number of values.
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// Whether there is no value.
+    pub fn is_empty(&self) -> bool {
+        self.bytes().is_empty()
+    }
+
+    /// The first value.
+    pub fn first(&self) -> Option<Value> {
+        self.iter().next()
+    }
+
+    /// The value at `i`.
+    pub fn get(&self, i: usize) -> Option<Value> {
+        self.iter().nth(i)
+    }
+
+    /// The last value.
+    pub fn last(&self) -> Option<Value> {
+        self.iter().last()
+    }
+
+    /// The values without the last one (an endpoint map key's frontend).
+    pub fn without_last(&self) -> Values {
+        let u = self.unpack();
+        Values::from(&u[..u.len().saturating_sub(1)])
+    }
+
+    /// Whether the values begin with those of `prefix`.
+    pub fn starts_with(&self, prefix: &Values) -> bool {
+        self.bytes().starts_with(prefix.bytes())
+    }
+
+    /// The values, as a vector.
+    pub fn to_vec(&self) -> Vec<Value> {
+        self.iter().collect()
+    }
+
+    /// The values, with `v` appended.
+    pub fn with(&self, v: Value) -> Values {
+        let mut b = self.bytes().to_vec();
+        pack_one(&v, &mut b);
+        Values::from_bytes(&b)
+    }
+}
+
+impl Default for Values {
+    fn default() -> Values {
+        Values(Packed::Inline {
+            len: 0,
+            bytes: [0; INLINE],
+        })
+    }
+}
+
+impl PartialEq for Values {
+    fn eq(&self, other: &Values) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for Values {}
+
+impl PartialOrd for Values {
+    fn partial_cmp(&self, other: &Values) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Values {
+    fn cmp(&self, other: &Values) -> std::cmp::Ordering {
+        self.bytes().cmp(other.bytes())
+    }
+}
+
+impl std::hash::Hash for Values {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.bytes().hash(h)
     }
 }
 
 impl From<&[Value]> for Values {
     fn from(v: &[Value]) -> Values {
-        Values((!v.is_empty()).then(|| Arc::from(v)))
+        let mut b = Vec::with_capacity(INLINE);
+        for x in v {
+            pack_one(x, &mut b);
+        }
+        Values::from_bytes(&b)
+    }
+}
+
+impl From<Vec<Value>> for Values {
+    fn from(v: Vec<Value>) -> Values {
+        Values::from(&v[..])
     }
 }
 
@@ -391,7 +622,7 @@ impl FromIterator<Value> for Values {
 
 impl PartialEq<Vec<Value>> for Values {
     fn eq(&self, other: &Vec<Value>) -> bool {
-        **self == other[..]
+        self.iter().eq(other.iter().copied())
     }
 }
 
@@ -497,5 +728,96 @@ pub fn padded_len(t: KeyType, family: Family) -> u32 {
     match t {
         KeyType::Addr | KeyType::Net => family.addr_len(),
         KeyType::Proto | KeyType::Port | KeyType::Index => 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::Rng;
+
+    fn random_value(rng: &mut Rng) -> Value {
+        let byte = |rng: &mut Rng| (rng.next_u64() % 4) as u8;
+        match rng.below(7) {
+            0 => Value::Addr(IpAddr::from([10, byte(rng), byte(rng), byte(rng)])),
+            1 => Value::Addr(IpAddr::from([
+                0xfd00,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                u16::from(byte(rng)),
+            ])),
+            2 => Value::Proto(byte(rng)),
+            3 => Value::Port(u16::from(byte(rng)) * 300),
+            4 => Value::Index(u32::from(byte(rng)) << 20),
+            5 => {
+                Value::Net(IpNet::new(IpAddr::from([10, byte(rng), 0, 0]), 8 + byte(rng)).unwrap())
+            }
+            _ => Value::Net(
+                IpNet::new(
+                    IpAddr::from([0xfd00, u16::from(byte(rng)), 0, 0, 0, 0, 0, 0]),
+                    32,
+                )
+                .unwrap(),
+            ),
+        }
+    }
+
+    /// Packed values give back what went in, and order, compare and prefix-match as the
+    /// sequences of values do (element maps print in value order).
+    #[test]
+    fn packed_values_keep_the_values_and_their_order() {
+        let mut rng = Rng::new(11);
+        let mut seqs: Vec<Vec<Value>> = (0..400)
+            .map(|_| {
+                let n = rng.below(MAX_VALUES + 1);
+                (0..n).map(|_| random_value(&mut rng)).collect()
+            })
+            .collect();
+        seqs.push(Vec::new());
+        for a in &seqs {
+            let pa = Values::from(a.clone());
+            assert_eq!(pa.to_vec(), *a);
+            assert_eq!(&pa.unpack()[..], &a[..]);
+            assert_eq!(pa.len(), a.len());
+            assert_eq!(pa.first(), a.first().copied());
+            assert_eq!(pa.last(), a.last().copied());
+            assert_eq!(pa.without_last().to_vec(), a[..a.len().saturating_sub(1)]);
+            for b in &seqs {
+                let pb = Values::from(b.clone());
+                assert_eq!(pa.cmp(&pb), a.cmp(b), "{a:?} vs {b:?}");
+                assert_eq!(pa == pb, a == b);
+                assert_eq!(pa.starts_with(&pb), a.starts_with(b), "{a:?} vs {b:?}");
+            }
+            if let Some(v) = a.first() {
+                let mut longer = a.clone();
+                longer.push(*v);
+                assert_eq!(pa.with(*v).to_vec(), longer);
+            }
+        }
+    }
+
+    /// An IPv4 endpoint-map key and value live inside the `Values`; an IPv6 key with a
+    /// range does not fit and is shared on the heap.
+    #[test]
+    fn ipv4_keys_are_inline() {
+        let v4 = Values::from(vec![
+            Value::Addr(IpAddr::from([10, 96, 0, 1])),
+            Value::Proto(6),
+            Value::Port(80),
+            Value::Net("10.0.0.0/8".parse().unwrap()),
+        ]);
+        assert!(matches!(v4.0, Packed::Inline { .. }));
+        let v6 = Values::from(vec![
+            Value::Addr("fd00::1".parse().unwrap()),
+            Value::Proto(6),
+            Value::Port(80),
+            Value::Net("fd00::/64".parse().unwrap()),
+        ]);
+        assert!(matches!(v6.0, Packed::Heap(_)));
+        assert_eq!(v6.len(), 4);
     }
 }

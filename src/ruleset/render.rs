@@ -134,10 +134,10 @@ pub fn tuple(vs: &[Value]) -> String {
 
 /// Renders one element as it appears inside `{ ... }`.
 pub fn element(key: &Key, e: &ElementData) -> String {
-    let mut s = tuple(key);
+    let mut s = tuple(&key.unpack());
     if !e.data.is_empty() {
         s.push_str(" : ");
-        s.push_str(&tuple(&e.data));
+        s.push_str(&tuple(&e.data.unpack()));
     }
     if let Some(c) = &e.comment {
         let _ = write!(s, " comment \"{}\"", c.replace('"', "'"));
@@ -336,7 +336,10 @@ pub fn op(op: &super::diff::Op) -> String {
             "delete element {} {} {{ {} }}",
             t(*f),
             d.name,
-            keys.iter().map(|k| tuple(k)).collect::<Vec<_>>().join(", ")
+            keys.iter()
+                .map(|k| tuple(&k.unpack()))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Op::AddElements(f, d, els) => format!(
             "add element {} {} {{ {} }}",

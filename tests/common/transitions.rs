@@ -237,7 +237,7 @@ fn touched(ops: &[Op]) -> Option<BTreeSet<(Family, Key)>> {
         if d.key == [KeyType::Addr, KeyType::Proto, KeyType::Port] {
             Some(k.clone())
         } else if d.name == "endpoints" || d.name == "shortcut-endpoints" {
-            Some(k[..k.len() - 1].into())
+            Some(k.without_last())
         } else {
             None
         }
@@ -299,7 +299,7 @@ fn frontends(t: &Table, out: &mut BTreeSet<Key>) {
         if s.decl.key == [KeyType::Addr, KeyType::Proto, KeyType::Port] {
             out.extend(s.elements.keys().cloned());
         } else if s.decl.name == "endpoints" || s.decl.name == "shortcut-endpoints" {
-            out.extend(s.elements.keys().map(|k| Key::from(&k[..k.len() - 1])));
+            out.extend(s.elements.keys().map(Key::without_last));
         }
     }
 }
@@ -353,9 +353,9 @@ fn check_exact(k: &FakeKernel, only: Option<&BTreeSet<(Family, Key)>>, what: &st
                     .map(|s| {
                         s.elements
                             .keys()
-                            .filter(|k| k[..k.len() - 1] == front[..])
+                            .filter(|k| k.without_last() == *front)
                             .filter_map(|k| match k.last() {
-                                Some(Value::Index(i)) => Some(*i),
+                                Some(Value::Index(i)) => Some(i),
                                 _ => None,
                             })
                             .collect()
