@@ -3,7 +3,8 @@
 //! creates and deletes (fresh ones for every scale). Every figure is printed with its
 //! ratio to a baseline measured in the same run.
 //!
-//! For each scale N (N Services × 10 endpoints; default 1k, 10k, 30k):
+//! For each scale N (N Services × 10 endpoints; default 1k, 10k, 30k, and 100k Services
+//! × 5 endpoints as a probe of scale; `KNP_BENCH_SCALES` takes `N` or `NxE`):
 //!
 //! 1. **cold start**: the API server (in the node namespace) holds N Services, N
 //!    EndpointSlices, the Node and a ServiceCIDR; the daemon is started and timed until
@@ -43,8 +44,9 @@
 //! 8. **`--once` cold**: wall time (manifest file read, built, committed) next to `nft -f`
 //!    of the same ruleset, and peak RSS (`ru_maxrss`) next to `--once` with 10 services.
 //!
-//! Endpoints carry a `nodeName` of another node (as `synthetic::model`: not local), so
-//! no hairpin elements are programmed. Needs `ip`, `nft` and `conntrack`; the daemon is
+//! Endpoints carry a `nodeName` of another node (as `synthetic::model`: not local); each
+//! still has its hairpin pair, as upstream masquerades a hairpin to a remote endpoint
+//! too. Needs `ip`, `nft` and `conntrack`; the daemon is
 //! the `kube-nft-proxy` binary cargo builds for this bench (`target/release/`).
 //!
 //!     sudo cargo bench --bench e2e
@@ -76,6 +78,7 @@ use serde_json::{json, Value};
 
 /// The daemon binary cargo built for this bench (the release profile's output).
 const BIN: &str = env!("CARGO_BIN_EXE_kube-nft-proxy");
+/// Endpoints per Service unless the scale says otherwise (`NxE`).
 const ENDPOINTS: usize = 10;
 const NODE_NAME: &str = "bench-node";
 const METRICS: &str = "127.0.0.1:10249";
@@ -533,26 +536,23 @@ impl Hist {
 struct Cluster {
     names: Vec<(String, String)>,
     vips: Vec<Ipv4Addr>,
-    addrs: Vec<[Ipv4Addr; ENDPOINTS]>,
+    addrs: Vec<Vec<Ipv4Addr>>,
 }
 
 impl Cluster {
-    fn new(n: usize) -> Cluster {
+    fn new(n: usize, eps: usize) -> Cluster {
         let mut c = Cluster {
             names: Vec::with_capacity(n),
             vips: Vec::with_capacity(n),
             addrs: Vec::with_capacity(n),
         };
         for i in 0..n {
-            let e = synthetic::entry(i, ENDPOINTS);
+            let e = synthetic::entry(i, eps);
             let v4 = |ip: std::net::IpAddr| match ip {
                 std::net::IpAddr::V4(a) => a,
                 std::net::IpAddr::V6(_) => panic!("synthetic cluster is IPv4"),
             };
-            let mut addrs = [Ipv4Addr::UNSPECIFIED; ENDPOINTS];
-            for (a, ep) in addrs.iter_mut().zip(&e.endpoints) {
-                *a = v4(ep.ip);
-            }
+            let addrs = e.endpoints.iter().map(|ep| v4(ep.ip)).collect();
             c.vips.push(v4(e.port.cluster_ips[0]));
             c.names
                 .push((e.port.name.namespace.clone(), e.port.name.name.clone()));
@@ -1005,11 +1005,14 @@ fn main() {
         Path::new(BIN).is_file(),
         "the daemon binary {BIN} is missing: build it with `cargo build --release`"
     );
-    let mut scales: Vec<usize> = std::env::var("KNP_BENCH_SCALES")
-        .unwrap_or_else(|_| "1000,10000,30000".into())
+    let mut scales: Vec<(usize, usize)> = std::env::var("KNP_BENCH_SCALES")
+        .unwrap_or_else(|_| "1000,10000,30000,100000x5".into())
         .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .filter(|&n| n >= 10)
+        .filter_map(|s| match s.trim().split_once('x') {
+            Some((n, e)) => Some((n.parse().ok()?, e.parse().ok()?)),
+            None => Some((s.trim().parse().ok()?, ENDPOINTS)),
+        })
+        .filter(|&(n, e)| n >= 10 && e >= 1)
         .collect();
     scales.sort_unstable();
     scales.dedup();
@@ -1027,17 +1030,20 @@ fn main() {
     let nft_version = first_line_of("nft", &["--version"]);
     println!("e2e: daemon {BIN}");
     println!(
-        "e2e: scales {scales:?} services x {ENDPOINTS} endpoints; {nproc} CPUs, kernel {kernel}, {nft_version}"
+        "e2e: scales (services, endpoints each) {scales:?}; {nproc} CPUs, kernel {kernel}, {nft_version}"
     );
     remove_stale_namespaces();
     let run_start = Instant::now();
     let mut report = Report::default();
-    for &n in &scales {
-        println!("\n== {n} services x {ENDPOINTS} endpoints");
+    for &(n, eps) in &scales {
+        println!("\n== {n} services x {eps} endpoints");
+        if eps != ENDPOINTS {
+            report.note(format!("{n}: {eps} endpoints per Service"));
+        }
         let t0 = Instant::now();
         let load_start = loadavg();
-        let nft_load = control_plane(n, &mut report);
-        data_plane(n, nft_load, &mut report);
+        let nft_load = control_plane(n, eps, &mut report);
+        data_plane(n, eps, nft_load, &mut report);
         println!("  (scale done in {:.1} s)", t0.elapsed().as_secs_f64());
         report.note(format!(
             "{n}: load average (1/5/15 min) at the start of the scale {load_start}, at its end {}",
@@ -1049,7 +1055,7 @@ fn main() {
         "\n## Summary (e2e, {} s total)\n",
         run_start.elapsed().as_secs()
     );
-    println!("machine: {nproc} CPUs (nproc), kernel {kernel} (uname -r), {nft_version}; {ENDPOINTS} endpoints per service\n");
+    println!("machine: {nproc} CPUs (nproc), kernel {kernel} (uname -r), {nft_version}; {ENDPOINTS} endpoints per service unless noted\n");
     println!("| figure | services | value | baseline | ratio |");
     println!("|---|---|---|---|---|");
     for r in &report.rows {
@@ -1068,11 +1074,11 @@ fn main() {
 
 /// Figures 1–3: the daemon against the API server in one fresh node namespace.
 /// Returns how long `nft -f` of the same ruleset took (the baseline of `--once`).
-fn control_plane(n: usize, report: &mut Report) -> Duration {
+fn control_plane(n: usize, eps: usize, report: &mut Report) -> Duration {
     let dir = TempDir::new(&format!("cp{n}"));
     let node = Ns::new(&format!("node{n}"));
     let api = Api::start(&node);
-    let mut cluster = Cluster::new(n);
+    let mut cluster = Cluster::new(n, eps);
     let t = Instant::now();
     for o in cluster.objects(n) {
         api.get().apply(o);
@@ -1562,7 +1568,7 @@ impl Writer<'_> {
     fn change(&mut self, cluster: &mut Cluster) -> (Ipv4Addr, Instant) {
         let i = self.order[self.k % self.order.len()];
         self.k += 1;
-        let j = self.rng.below(ENDPOINTS);
+        let j = self.rng.below(cluster.addrs[i].len());
         assert!(self.next_addr < 1 << 16, "out of 10.200.0.0/16 addresses");
         let a = Ipv4Addr::from(LAT_BASE + self.next_addr);
         self.next_addr += 1;
@@ -1884,7 +1890,7 @@ impl Topo {
         node.run(&["ip", "route", "add", "10.128.0.0/9", "via", "10.0.2.10"]);
         node.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         backend.run(&["ip", "addr", "add", "10.0.2.10/24", "dev", "eth0"]);
-        for a in cluster.addrs[DP_SERVICE] {
+        for &a in &cluster.addrs[DP_SERVICE] {
             backend.run(&["ip", "addr", "add", &format!("{a}/32"), "dev", "eth0"]);
         }
         backend.run(&["ip", "route", "add", "default", "via", "10.0.2.1"]);
@@ -1982,9 +1988,9 @@ fn run_with_peak_rss(mut cmd: Command) -> (i32, String, u64) {
 /// Figure 4: client → node → backend, with 10 and with N services programmed, in two
 /// parallel chains measured alternately (A B A B ...) so that a slow phase of the
 /// machine hits both alike.
-fn data_plane(n: usize, nft_load: Duration, report: &mut Report) {
+fn data_plane(n: usize, eps: usize, nft_load: Duration, report: &mut Report) {
     let dir = TempDir::new(&format!("dp{n}"));
-    let cluster = Cluster::new(n);
+    let cluster = Cluster::new(n, eps);
     let small = Topo::new(&format!("s{n}"), &cluster, 10, &dir.0);
     let big = Topo::new(&format!("l{n}"), &cluster, n, &dir.0);
     report.add(
