@@ -217,12 +217,14 @@ impl ProxyModel {
                 ..Default::default()
             },
         };
-        let mut services = BTreeMap::new();
-        for name in state.services.keys() {
-            for e in service_entries(state, name, node_name, problems) {
-                services.insert(e.port.name.clone(), e);
-            }
-        }
+        // Collected, not inserted one by one: a map built from a sorted sequence has
+        // full nodes, one grown by inserts in order half-full ones.
+        let services = state
+            .services
+            .keys()
+            .flat_map(|name| service_entries(state, name, node_name, problems))
+            .map(|e| (e.port.name.clone(), e))
+            .collect();
         let service_cidrs = convert::service_cidrs(state.service_cidrs.values(), problems);
         let model = ProxyModel {
             services,

@@ -177,8 +177,8 @@ struct FamState {
     by_port: BTreeMap<ServicePortName, Held>,
     owner: BTreeMap<Key, ServicePortName>,
     /// how many ports hold each ClusterIP
-    cluster_ip_refs: BTreeMap<IpAddr, usize>,
-    hairpin_refs: BTreeMap<IpAddr, usize>,
+    cluster_ip_refs: BTreeMap<IpAddr, u32>,
+    hairpin_refs: BTreeMap<IpAddr, u32>,
     affinity: AffinityParts,
 }
 
@@ -264,6 +264,10 @@ impl Incremental {
                 &hairpins,
                 st.affinity.clone(),
             ));
+            // Rebuilt with full nodes (grown by inserts, a map's nodes are half full).
+            st.by_port = std::mem::take(&mut st.by_port).into_iter().collect();
+            st.owner = std::mem::take(&mut st.owner).into_iter().collect();
+            st.hairpin_refs = std::mem::take(&mut st.hairpin_refs).into_iter().collect();
             fams.push(st);
         }
         Incremental {
