@@ -65,8 +65,8 @@ pub fn endpoint(i: usize, j: usize) -> Endpoint {
         terminating: false,
         is_local: false,
         has_node: true,
-        zone_hints: vec![],
-        node_hints: vec![],
+        zone_hints: Default::default(),
+        node_hints: Default::default(),
     }
 }
 
@@ -254,8 +254,8 @@ pub fn random_entry(rng: &mut Rng, i: usize) -> ServiceEntry {
                 terminating: !ready && rng.one_in(2),
                 is_local: has_node && rng.one_in(2),
                 has_node,
-                zone_hints: vec![],
-                node_hints: vec![],
+                zone_hints: Default::default(),
+                node_hints: Default::default(),
             }
         })
         .collect();

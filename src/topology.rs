@@ -172,8 +172,8 @@ mod tests {
             terminating,
             is_local: local,
             has_node: true,
-            zone_hints: vec![],
-            node_hints: vec![],
+            zone_hints: Default::default(),
+            node_hints: Default::default(),
         }
     }
 
@@ -276,16 +276,16 @@ mod tests {
     fn zone_hints_restrict_cluster_endpoints() {
         let s = svc(false, false, false);
         let mut a = ep("10.0.0.1:80", false, true, true, false);
-        a.zone_hints = vec!["zone-a".into()];
+        a.zone_hints = vec!["zone-a".to_string()].into();
         let mut b = ep("10.0.0.2:80", false, true, true, false);
-        b.zone_hints = vec!["zone-b".into()];
+        b.zone_hints = vec!["zone-b".to_string()].into();
         let got = categorize(&s, &[a.clone(), b.clone()], "node", Some("zone-a"));
         assert_eq!(addrs(&got.cluster), Some(vec!["10.0.0.1:80".to_string()]));
         // Node without a zone label: hints ignored.
         let got = categorize(&s, &[a.clone(), b.clone()], "node", None);
         assert_eq!(got.cluster.map(|v| v.len()), Some(2));
         // One endpoint without hints: hints ignored.
-        b.zone_hints.clear();
+        b.zone_hints = Default::default();
         let got = categorize(&s, &[a, b], "node", Some("zone-a"));
         assert_eq!(got.cluster.map(|v| v.len()), Some(2));
     }

@@ -170,7 +170,34 @@ pub struct Endpoint {
     /// whether the slice names the endpoint's node at all
     pub has_node: bool,
     /// hints.forZones
-    pub zone_hints: Vec<String>,
+    pub zone_hints: Names,
     /// hints.forNodes
-    pub node_hints: Vec<String>,
+    pub node_hints: Names,
+}
+
+/// A list of names that is nearly always empty (topology hints), in one pointer.
+///
+/// The model holds every endpoint of the cluster (300k at 30,000 Services); two empty
+/// `Vec`s made 48 of an endpoint's 72 bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[allow(clippy::box_collection)] // the box is the point: one thin pointer, 8 bytes
+pub struct Names(Option<Box<Vec<String>>>);
+
+impl std::ops::Deref for Names {
+    type Target = [String];
+    fn deref(&self) -> &[String] {
+        self.0.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl From<Vec<String>> for Names {
+    fn from(v: Vec<String>) -> Names {
+        Names((!v.is_empty()).then(|| Box::new(v)))
+    }
+}
+
+impl FromIterator<String> for Names {
+    fn from_iter<I: IntoIterator<Item = String>>(iter: I) -> Names {
+        iter.into_iter().collect::<Vec<_>>().into()
+    }
 }

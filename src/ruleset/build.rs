@@ -447,16 +447,6 @@ pub(crate) fn service_plans(
     plans
 }
 
-fn plans(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> BTreeMap<Key, Plan> {
-    let mut plans: BTreeMap<Key, Plan> = BTreeMap::new();
-    for (_, entry) in model.claim_order() {
-        for (k, p) in service_plans(entry, &model.node, cfg, family) {
-            plans.entry(k).or_insert(p);
-        }
-    }
-    plans
-}
-
 const LB_IP: &str = "load balancer IP";
 
 /// The name base of a service port's affinity chains and sets: readable
@@ -1442,14 +1432,18 @@ pub fn class_of(set: &str, prefix: &str) -> Option<usize> {
 }
 
 /// Element contributions gathered by set.
-pub(crate) type BySet = BTreeMap<Arc<str>, BTreeMap<Key, ElementData>>;
+///
+/// Lists, not maps: appending costs 64 bytes an element where a map grown by inserts
+/// costs about twice that in half-full nodes; [`assemble`] sorts each list once and
+/// builds its map with full nodes.
+pub(crate) type BySet = BTreeMap<Arc<str>, Vec<(Key, ElementData)>>;
 
 /// Adds contributions to `by_set`; the first contribution of a key gives its value.
 /// Gathered as they are made, so that a full build never holds every contribution in
 /// a list besides the table (at 30k Services that list alone was ~50 MiB).
 pub(crate) fn gather(by_set: &mut BySet, elements: impl IntoIterator<Item = Contribution>) {
     for (set, k, e) in elements {
-        by_set.entry(set).or_default().entry(k).or_insert(e);
+        by_set.entry(set).or_default().push((k, e));
     }
 }
 
@@ -1464,15 +1458,17 @@ pub(crate) fn assemble(
 ) -> Table {
     let hp = by_set.entry(intern(HAIRPIN)).or_default();
     for ip in hairpins {
-        hp.insert(hairpin_key(*ip), ElementData::default());
+        hp.push((hairpin_key(*ip), ElementData::default()));
     }
     let dispatch = Dispatch::of_sets(by_set.keys().map(|s| &**s));
     let mut sets = fixed_sets(cfg.service_counters);
     sets.extend(class_decls(&dispatch, cfg.service_counters));
     for s in &mut sets {
-        if let Some(e) = by_set.remove(s.decl.name.as_str()) {
-            // Rebuilt from its sorted iterator, a map's nodes are full; grown by inserts
-            // they are about half full (at 30k Services: ~35 MiB of nodes saved).
+        if let Some(mut e) = by_set.remove(s.decl.name.as_str()) {
+            // The first contribution of a key gives its value: a stable sort keeps
+            // contributions in order, and the dedup keeps the first of equal keys.
+            e.sort_by(|a, b| a.0.cmp(&b.0));
+            e.dedup_by(|later, first| later.0 == first.0);
             s.elements = e.into_iter().collect();
         }
     }
@@ -1487,20 +1483,29 @@ pub(crate) fn assemble(
 
 /// Builds one family's table.
 pub fn build_table(model: &ProxyModel, cfg: &BuildConfig, family: Family) -> Table {
-    let plans = plans(model, cfg, family);
     let mut elements = Vec::new();
     for entry in model.services.values() {
         cluster_ip_elements(entry, family, &mut elements);
     }
-    let mut hairpins = Vec::new();
-    let mut affinity = AffinityParts::default();
-    for (key, plan) in &plans {
-        plan_elements(key, plan, &mut elements, &mut hairpins);
-        affinity_parts(key, plan, cfg, &mut affinity);
-    }
-    let hairpins: BTreeSet<IpAddr> = hairpins.into_iter().collect();
     let mut by_set = BySet::new();
-    gather(&mut by_set, elements);
+    gather(&mut by_set, elements.drain(..));
+    // Each plan's elements are gathered as it is made, in claim order, so that no map
+    // of every plan (with copies of every endpoint: ~21 MiB at 30k Services) is held.
+    let mut claimed: BTreeSet<Key> = BTreeSet::new();
+    let mut ips = Vec::new();
+    let mut hairpins: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut affinity = AffinityParts::default();
+    for (_, entry) in model.claim_order() {
+        for (key, plan) in service_plans(entry, &model.node, cfg, family) {
+            if !claimed.insert(key.clone()) {
+                continue;
+            }
+            plan_elements(&key, &plan, &mut elements, &mut ips);
+            gather(&mut by_set, elements.drain(..));
+            hairpins.extend(ips.drain(..));
+            affinity_parts(&key, &plan, cfg, &mut affinity);
+        }
+    }
     assemble(
         family,
         cfg,

@@ -80,6 +80,15 @@ pub fn diff_keeping(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>, kept
         for c in &new.chains {
             out.push(Op::AddChain(f, chain_shell(c)));
         }
+        // Rules before elements: a rule that looks up a map binds it, and binding a map
+        // makes the kernel check every element it already holds (`nf_tables_bind_set`
+        // walks the set). Bound while empty, each element is checked once as it comes:
+        // at 30k Services the walks were 12% of a full load.
+        for c in &new.chains {
+            for r in &c.rules {
+                out.push(Op::AddRule(f, c.name.clone(), r.clone()));
+            }
+        }
         for s in &new.sets {
             if !s.elements.is_empty() {
                 out.push(Op::AddElements(
@@ -90,11 +99,6 @@ pub fn diff_keeping(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>, kept
                         .map(|(k, e)| (k.clone(), e.clone()))
                         .collect(),
                 ));
-            }
-        }
-        for c in &new.chains {
-            for r in &c.rules {
-                out.push(Op::AddRule(f, c.name.clone(), r.clone()));
             }
         }
         return;
