@@ -983,7 +983,7 @@ fn run_classes(n: usize, cfg: &BuildConfig) {
                 .flat_map(|t| t.sets.iter_mut())
                 .find(|s| s.decl.name == set);
             if let Some(s) = s {
-                s.elements.insert(key, value);
+                std::sync::Arc::make_mut(&mut s.elements).insert(key, value);
             }
         }
     };

@@ -89,7 +89,7 @@ fn with_kept(mut desired: Ruleset, kept: &[diff::Kept]) -> Ruleset {
             .flat_map(|t| t.sets.iter_mut())
             .find(|s| &s.decl.name == map);
         if let Some(s) = set {
-            s.elements.insert(key.clone(), value.clone());
+            Arc::make_mut(&mut s.elements).insert(key.clone(), value.clone());
         }
     }
     desired
@@ -472,8 +472,8 @@ impl Proxier {
                     continue;
                 };
                 if let Some(s) = table.set(&decl.name).filter(|s| !s.elements.is_empty()) {
-                    let items = s.elements.iter().map(|(k, e)| (k.clone(), e.clone()));
-                    fills.push(Op::AddElements(*f, decl.clone(), items.collect()));
+                    let items = diff::Items::All(s.elements.clone());
+                    fills.push(Op::AddElements(*f, decl.clone(), items));
                 }
             }
             ops.extend(structural);

@@ -183,7 +183,7 @@ fn a_failed_atomic_sync_leaves_the_kernel_as_found() {
                 .flat_map(|t| t.sets.iter_mut())
                 .find(|s| s.decl.name == "pick-2")
                 .expect("the class of the other Services");
-            set.elements.insert(
+            std::sync::Arc::make_mut(&mut set.elements).insert(
                 vec![
                     Value::Addr("fd00::1".parse().expect("static address")),
                     Value::Proto(6),

@@ -100,7 +100,7 @@ fn the_kernel_model_refuses_what_the_kernel_refuses() {
             &[Op::AddElements(
                 Family::V4,
                 fw,
-                vec![el("0.0.0.0/0"), el("10.96.1.1/32")]
+                vec![el("0.0.0.0/0"), el("10.96.1.1/32")].into()
             )]
         ),
         Err(libc::EEXIST)

@@ -874,7 +874,7 @@ mod tests {
             vec![Value::Addr("10.0.0.1".parse().unwrap())].into(),
             ElementData::default(),
         )];
-        let err = encode(&[Op::AddElements(Family::V4, long, one)])
+        let err = encode(&[Op::AddElements(Family::V4, long, one.into())])
             .err()
             .expect("an oversize element message was encoded");
         let Error::Encode { op, source } = &err else {
@@ -920,7 +920,7 @@ mod tests {
         let err = encode(&[Op::AddElements(
             Family::V6,
             d,
-            vec![(key.into(), ElementData::default())],
+            vec![(key.into(), ElementData::default())].into(),
         )])
         .err()
         .expect("an 80-byte key was encoded");
@@ -1117,9 +1117,9 @@ mod tests {
                 Op::AddSet(f, ranges.clone()),
                 Op::AddSet(f, affinity),
                 Op::DelSet(f, name.clone()),
-                Op::AddElements(f, map.clone(), vec![map_el.clone(); 2000]),
+                Op::AddElements(f, map.clone(), vec![map_el.clone(); 2000].into()),
                 Op::DelElements(f, map, vec![map_el.0; 2000]),
-                Op::AddElements(f, ranges.clone(), vec![range_el.clone(); 2000]),
+                Op::AddElements(f, ranges.clone(), vec![range_el.clone(); 2000].into()),
                 Op::DelElements(f, ranges, vec![range_el.0; 2000]),
                 Op::AddRule(f, name.clone(), all(f)),
             ];

@@ -18,7 +18,7 @@ pub mod socket;
 use std::collections::BTreeMap;
 use std::io;
 
-use crate::ruleset::diff::Op;
+use crate::ruleset::diff::{Items, Op};
 use crate::ruleset::ir::Family;
 
 pub use encode::{encode, Batch};
@@ -206,7 +206,7 @@ impl Kernel {
             b.add(i, op)?;
             if let Op::AddElements(_, _, els) = op {
                 counts.insert(i, els.len());
-                *els = Vec::new();
+                *els = Items::List(Vec::new());
             }
         }
         let batch = b.finish();

@@ -363,7 +363,7 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
                     timeout: None,
                     counter: false,
                 },
-                elements: BTreeMap::new(),
+                elements: Default::default(),
             });
             continue;
         };
@@ -408,7 +408,7 @@ pub fn to_known(raw: &RawTable, family: Family, desired: &Table) -> Table {
         };
         t.sets.push(Set {
             decl,
-            elements: if bad { BTreeMap::new() } else { elements },
+            elements: Arc::new(if bad { BTreeMap::new() } else { elements }),
         });
     }
     t

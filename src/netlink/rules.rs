@@ -645,7 +645,10 @@ pub fn read_ir(conn: &mut Conn, family: Family) -> Result<Option<ReadBack>, Erro
                 );
             }
         }
-        table.sets.push(Set { decl, elements });
+        table.sets.push(Set {
+            decl,
+            elements: std::sync::Arc::new(elements),
+        });
     }
 
     for m in conn.dump(NFT_MSG_GETCHAIN, fam, &req)? {

@@ -187,7 +187,7 @@ fn decl(name: &str, key: Vec<KeyType>, data: Vec<KeyType>, comment: &'static str
             timeout: None,
             counter: false,
         },
-        elements: BTreeMap::new(),
+        elements: Default::default(),
     }
 }
 
@@ -631,7 +631,7 @@ fn affinity_chain(
             timeout: Some(affinity.timeout),
             counter: false,
         },
-        elements: BTreeMap::new(),
+        elements: Default::default(),
     });
     let key = |e: &Endpoint| {
         let tag = affinity
@@ -1469,7 +1469,7 @@ pub(crate) fn assemble(
             // contributions in order, and the dedup keeps the first of equal keys.
             e.sort_by(|a, b| a.0.cmp(&b.0));
             e.dedup_by(|later, first| later.0 == first.0);
-            s.elements = e.into_iter().collect();
+            s.elements = Arc::new(e.into_iter().collect());
         }
     }
     let chains = chains(family, cfg, service_cidrs, &dispatch, &affinity);

@@ -7,6 +7,7 @@
 //! flushed and refilled in the same transaction; elements are always diffed exactly.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::ir::*;
 
@@ -28,13 +29,76 @@ pub enum Op {
     /// delete elements
     DelElements(Family, SetDecl, Vec<Key>),
     /// add elements
-    AddElements(Family, SetDecl, Vec<(Key, ElementData)>),
+    AddElements(Family, SetDecl, Items),
     /// append a rule to a chain
     AddRule(Family, String, Rule),
     /// delete the whole table
     DelTable(Family),
     /// delete another program's table (migration from kube-proxy only)
     DelForeignTable(Family, String),
+}
+
+/// The elements of an [`Op::AddElements`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Items {
+    /// these elements
+    List(Vec<(Key, ElementData)>),
+    /// every element of a set of the desired table (a set created with its elements),
+    /// shared with the table rather than copied
+    All(Arc<ElementMap>),
+}
+
+impl Items {
+    /// The number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Items::List(v) => v.len(),
+            Items::All(m) => m.len(),
+        }
+    }
+
+    /// Whether there is no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The elements, in order.
+    pub fn iter(&self) -> ItemsIter<'_> {
+        match self {
+            Items::List(v) => ItemsIter::List(v.iter()),
+            Items::All(m) => ItemsIter::All(m.iter()),
+        }
+    }
+}
+
+impl From<Vec<(Key, ElementData)>> for Items {
+    fn from(v: Vec<(Key, ElementData)>) -> Items {
+        Items::List(v)
+    }
+}
+
+impl FromIterator<(Key, ElementData)> for Items {
+    fn from_iter<I: IntoIterator<Item = (Key, ElementData)>>(iter: I) -> Items {
+        Items::List(iter.into_iter().collect())
+    }
+}
+
+/// The iterator of [`Items::iter`].
+pub enum ItemsIter<'a> {
+    /// over a list
+    List(std::slice::Iter<'a, (Key, ElementData)>),
+    /// over a set's map
+    All(std::collections::btree_map::Iter<'a, Key, ElementData>),
+}
+
+impl<'a> Iterator for ItemsIter<'a> {
+    type Item = (&'a Key, &'a ElementData);
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            ItemsIter::List(i) => i.next().map(|(k, e)| (k, e)),
+            ItemsIter::All(i) => i.next(),
+        }
+    }
 }
 
 /// What the diff knows about the kernel's copy of one table.
@@ -94,10 +158,7 @@ pub fn diff_keeping(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>, kept
                 out.push(Op::AddElements(
                     f,
                     s.decl.clone(),
-                    s.elements
-                        .iter()
-                        .map(|(k, e)| (k.clone(), e.clone()))
-                        .collect(),
+                    Items::All(s.elements.clone()),
                 ));
             }
         }
@@ -169,7 +230,7 @@ pub fn diff_keeping(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>, kept
         match old_s {
             None => add.extend(s.elements.iter().map(|(k, e)| (k.clone(), e.clone()))),
             Some(o) => {
-                for (k, e) in &o.elements {
+                for (k, e) in o.elements.iter() {
                     match s.elements.get(k) {
                         None if kept_on_shrink(old_t, new, &s.decl.name, k) => {
                             kept.push((f, s.decl.name.clone(), k.clone(), e.clone()));
@@ -182,7 +243,7 @@ pub fn diff_keeping(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>, kept
                         Some(_) => {}
                     }
                 }
-                for (k, e) in &s.elements {
+                for (k, e) in s.elements.iter() {
                     if !o.elements.contains_key(k) {
                         add.push((k.clone(), e.clone()));
                     }
@@ -193,7 +254,7 @@ pub fn diff_keeping(old: Option<Known<'_>>, new: &Table, out: &mut Vec<Op>, kept
             out.push(Op::DelElements(f, s.decl.clone(), del));
         }
         if !add.is_empty() {
-            adds.push(Op::AddElements(f, s.decl.clone(), add));
+            adds.push(Op::AddElements(f, s.decl.clone(), add.into()));
         }
     }
     out.extend(adds);
@@ -349,8 +410,8 @@ pub fn stage(old: &Table, new: &Table, pre: &mut Vec<Op>) -> Option<Table> {
     }
     for (set, items) in early {
         if let Some(s) = stage.sets.iter_mut().find(|s| s.decl.name == set) {
-            pre.push(Op::AddElements(f, s.decl.clone(), items.clone()));
-            s.elements.extend(items);
+            pre.push(Op::AddElements(f, s.decl.clone(), items.clone().into()));
+            Arc::make_mut(&mut s.elements).extend(items);
         }
     }
     Some(stage)
@@ -403,7 +464,7 @@ pub fn early_shortcuts(old: &Table, new: &Table) -> BTreeMap<String, Vec<(Key, E
         {
             continue;
         }
-        for (k, e) in &s.elements {
+        for (k, e) in s.elements.iter() {
             if gaining.contains(&frontend_of(k)) && !held(name, k) {
                 if let Some(Value::Addr(ip)) = e.data.first() {
                     ips.insert(ip);
@@ -611,7 +672,7 @@ mod tests {
         let mut held = two.clone();
         for s in &mut held.sets {
             if s.decl.name == "pick-4" {
-                s.elements.insert(svc.clone(), kept[0].3.clone());
+                Arc::make_mut(&mut s.elements).insert(svc.clone(), kept[0].3.clone());
             }
         }
         let (o, kept) = ops(&held, &two);

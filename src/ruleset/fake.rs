@@ -311,7 +311,7 @@ fn apply_op(tables: &mut BTreeMap<Family, Table>, op: &Op) -> Result<(), (i32, S
                 Some(_) => {}
                 None => t.sets.push(Set {
                     decl: d.clone(),
-                    elements: BTreeMap::new(),
+                    elements: Default::default(),
                 }),
             }
         }
@@ -387,7 +387,7 @@ fn apply_op(tables: &mut BTreeMap<Family, Table>, op: &Op) -> Result<(), (i32, S
                 return refuse(libc::ENOENT, format!("elements for missing set {}", d.name));
             };
             let decl = set.decl.clone();
-            for (k, e) in items {
+            for (k, e) in items.iter() {
                 let fits = k.len() == decl.key.len()
                     && k.iter()
                         .zip(&decl.key)
@@ -430,7 +430,7 @@ fn apply_op(tables: &mut BTreeMap<Family, Table>, op: &Op) -> Result<(), (i32, S
                         }
                     }
                 }
-                set.elements.insert(k.clone(), e.clone());
+                std::sync::Arc::make_mut(&mut set.elements).insert(k.clone(), e.clone());
             }
         }
         Op::DelElements(_, d, keys) => {
@@ -438,7 +438,10 @@ fn apply_op(tables: &mut BTreeMap<Family, Table>, op: &Op) -> Result<(), (i32, S
                 return refuse(libc::ENOENT, format!("delete from missing set {}", d.name));
             };
             for k in keys {
-                if set.elements.remove(k).is_none() {
+                if std::sync::Arc::make_mut(&mut set.elements)
+                    .remove(k)
+                    .is_none()
+                {
                     return refuse(
                         libc::ENOENT,
                         format!("delete of missing element {k:?} from {}", d.name),

@@ -288,7 +288,7 @@ impl Incremental {
             }
             let table = &mut self.ruleset.tables[fi];
             if let Some(s) = table.sets.iter_mut().find(|s| s.decl.name == set) {
-                if s.elements.remove(&key).is_some() {
+                if Arc::make_mut(&mut s.elements).remove(&key).is_some() {
                     dels.entry((fi, set)).or_default().push(key);
                 }
             }
@@ -314,7 +314,7 @@ impl Incremental {
             };
             let table = &mut self.ruleset.tables[fi];
             if let Some(s) = table.sets.iter_mut().find(|s| &s.decl.name == map) {
-                s.elements.insert(key.clone(), value.clone());
+                Arc::make_mut(&mut s.elements).insert(key.clone(), value.clone());
                 self.deferred.push((fi, map.clone(), key.clone()));
             }
         }
@@ -593,15 +593,17 @@ impl Incremental {
         }
         for (set, keys) in &dels {
             if let Some(s) = table.sets.iter_mut().find(|s| &s.decl.name == set) {
+                let elements = Arc::make_mut(&mut s.elements);
                 for k in keys {
-                    s.elements.remove(k);
+                    elements.remove(k);
                 }
             }
         }
         for (set, items) in &adds {
             if let Some(s) = table.sets.iter_mut().find(|s| &s.decl.name == set) {
+                let elements = Arc::make_mut(&mut s.elements);
                 for (k, e) in items {
-                    s.elements.insert(k.clone(), e.clone());
+                    elements.insert(k.clone(), e.clone());
                 }
             }
         }
@@ -681,10 +683,10 @@ impl Incremental {
                 .into_iter()
                 .partition(|(k, _)| early.contains(&(set.clone(), k.clone())));
             if !first.is_empty() {
-                pre.push(Op::AddElements(family, s.decl.clone(), first));
+                pre.push(Op::AddElements(family, s.decl.clone(), first.into()));
             }
             if !rest.is_empty() {
-                ops.push(Op::AddElements(family, s.decl.clone(), rest));
+                ops.push(Op::AddElements(family, s.decl.clone(), rest.into()));
             }
         }
         if !new_sets.is_empty() || !emptied.is_empty() {
@@ -715,7 +717,7 @@ impl Incremental {
             sets: sets
                 .map(|s| Set {
                     decl: s.decl.clone(),
-                    elements: BTreeMap::new(),
+                    elements: Default::default(),
                 })
                 .collect(),
             chains: chains.to_vec(),

@@ -272,7 +272,7 @@ pub fn table(t: &Table) -> String {
         }
         if !s.elements.is_empty() {
             let _ = writeln!(out, "\t\telements = {{");
-            for (k, e) in &s.elements {
+            for (k, e) in s.elements.iter() {
                 let _ = writeln!(out, "\t\t\t{},", element(k, e));
             }
             let _ = writeln!(out, "\t\t}}");

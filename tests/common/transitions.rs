@@ -181,7 +181,8 @@ pub fn without_kept(r: &Ruleset) -> Ruleset {
             }
             for s in &mut t.sets {
                 if let Some(p) = class(&s.decl.name) {
-                    s.elements.retain(|k, _| smallest.get(k) == Some(&p));
+                    std::sync::Arc::make_mut(&mut s.elements)
+                        .retain(|k, _| smallest.get(k) == Some(&p));
                 }
             }
         }
