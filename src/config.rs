@@ -101,6 +101,15 @@ pub struct Cli {
     /// (`kubenftproxy_service_*_total`; a series per Service port and family).
     #[arg(long)]
     pub service_counters: bool,
+    /// Do not listen to nftables notifications. By default the daemon listens between
+    /// its syncs, to repair another program's change to our tables at once; while it
+    /// listens, the kernel builds a notification for every element any program
+    /// commits, in every network namespace, which makes large commits of other
+    /// programs several times slower. Without it, a change to our chains and rules is
+    /// still found within 250 ms (generation poll), a changed element at the next
+    /// --sync-period.
+    #[arg(long)]
+    pub no_nft_listener: bool,
 
     /// How often to reconcile everything with the kernel when running continuously.
     #[arg(long, visible_alias = "iptables-sync-period", default_value = "30s", value_parser = parse_duration)]
@@ -311,6 +320,7 @@ const WITH_CONFIG: &[&str] = &[
     "dry_run",
     "cleanup_kube_proxy",
     "service_counters",
+    "no_nft_listener",
 ];
 
 /// The `--flag` spelling of a clap id.
@@ -485,6 +495,8 @@ pub struct ProxyConfig {
     pub ipvs_exclude_cidrs: Vec<IpNet>,
     /// `--service-counters`: per-Service counters in the kernel and on `/metrics`
     pub service_counters: bool,
+    /// `--no-nft-listener`: no nftables notifications (drift found by polling only)
+    pub no_nft_listener: bool,
     /// full resync period
     pub sync_period: Duration,
     /// shortest time between syncs
@@ -669,6 +681,7 @@ impl ProxyConfig {
             cleanup_kube_proxy: cli.cleanup_kube_proxy,
             ipvs_exclude_cidrs,
             service_counters: cli.service_counters,
+            no_nft_listener: cli.no_nft_listener,
             sync_period: cli.sync_period,
             min_sync_period: cli.min_sync_period,
             kubeconfig: cli.kubeconfig,
@@ -807,6 +820,7 @@ pub fn parse_args(raw: Vec<String>) -> Result<(Cli, Vec<String>), ArgsError> {
         cleanup: cli.cleanup,
         cleanup_kube_proxy: cli.cleanup_kube_proxy,
         service_counters: cli.service_counters,
+        no_nft_listener: cli.no_nft_listener,
         init_only: cli.init_only,
         config: cli.config,
         write_config_to: cli.write_config_to,
@@ -1208,9 +1222,14 @@ mod tests {
     /// `--service-counters` is off by default, and ours: the file has no field for it,
     /// so next to `--config` the flag still counts (and is not reported as ignored).
     #[test]
-    fn service_counters_flag_counts_with_or_without_a_config_file() {
-        assert!(!parse(&[]).unwrap().service_counters);
-        assert!(parse(&["--service-counters"]).unwrap().service_counters);
+    /// Our own switches (no kube-proxy counterpart) are taken with or without a
+    /// config file, without a warning.
+    fn own_switches_count_with_or_without_a_config_file() {
+        type Get = fn(&ProxyConfig) -> bool;
+        let switches: [(&str, Get); 2] = [
+            ("--service-counters", |c| c.service_counters),
+            ("--no-nft-listener", |c| c.no_nft_listener),
+        ];
         let dir = std::env::temp_dir().join(format!("knp-config-ctr-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("config.conf");
@@ -1220,15 +1239,19 @@ mod tests {
         )
         .unwrap();
         let path = f.display().to_string();
-        for (flag, on) in [(None, false), (Some("--service-counters"), true)] {
-            let mut a = vec!["--config", path.as_str()];
-            a.extend(flag);
-            let (cli, notes) = parse_args(args(&a)).unwrap();
-            assert!(
-                !notes.iter().any(|n| n.contains("service-counters")),
-                "{notes:?}"
-            );
-            assert_eq!(ProxyConfig::from_cli(cli).unwrap().service_counters, on);
+        for (switch, get) in switches {
+            assert!(!get(&parse(&[]).unwrap()), "{switch}");
+            assert!(get(&parse(&[switch]).unwrap()), "{switch}");
+            for (flag, on) in [(None, false), (Some(switch), true)] {
+                let mut a = vec!["--config", path.as_str()];
+                a.extend(flag);
+                let (cli, notes) = parse_args(args(&a)).unwrap();
+                assert!(
+                    !notes.iter().any(|n| n.contains(&switch[2..])),
+                    "{notes:?}"
+                );
+                assert_eq!(get(&ProxyConfig::from_cli(cli).unwrap()), on, "{switch}");
+            }
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }

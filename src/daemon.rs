@@ -265,6 +265,7 @@ pub async fn run_with(
     // meanwhile goes in between.
     let mut readback_now = false;
     let foreign = match crate::netlink::monitor::start() {
+        _ if cfg.no_nft_listener => None,
         Ok(f) => Some(f),
         Err(e) => {
             tracing::warn!(error = %e, "no nftables notifications; another program's changes to our elements are repaired at the next --sync-period");
