@@ -1246,10 +1246,7 @@ mod tests {
                 let mut a = vec!["--config", path.as_str()];
                 a.extend(flag);
                 let (cli, notes) = parse_args(args(&a)).unwrap();
-                assert!(
-                    !notes.iter().any(|n| n.contains(&switch[2..])),
-                    "{notes:?}"
-                );
+                assert!(!notes.iter().any(|n| n.contains(&switch[2..])), "{notes:?}");
                 assert_eq!(get(&ProxyConfig::from_cli(cli).unwrap()), on, "{switch}");
             }
         }
