@@ -1149,21 +1149,22 @@ fn control_plane(n: usize, eps: usize, report: &mut Report) -> Duration {
         ms(cold),
         ms(observed)
     );
-    let kernel_set = node.run(&["nft", "list", "set", "ip", "kube-nft-proxy", "frontends-10"]);
+    let class = class_set(eps);
+    let kernel_set = node.run(&["nft", "list", "set", "ip", "kube-nft-proxy", &class]);
     let in_kernel = kernel_set.matches(" . tcp . 80").count();
     let rules = get_in(&node.name, METRICS, "/debug/rules", Duration::from_secs(60))
         .unwrap_or_else(|e| daemon.fail("GET /debug/rules", &e));
-    let in_rules = section(&rules, "set frontends-10 {")
+    let in_rules = section(&rules, &format!("set {class} {{"))
         .matches(" . tcp . 80")
         .count();
     if in_kernel != n || in_rules != n {
         daemon.fail(
             "after the first sync the kernel must hold N frontends",
-            &format!("want {n}; kernel frontends-10 has {in_kernel}, /debug/rules has {in_rules}"),
+            &format!("want {n}; kernel {class} has {in_kernel}, /debug/rules has {in_rules}"),
         );
     }
     println!(
-        "  checked: frontends-10 holds {in_kernel} elements in the kernel ({in_rules} in /debug/rules, {:.1} MiB of nft text)",
+        "  checked: {class} holds {in_kernel} elements in the kernel ({in_rules} in /debug/rules, {:.1} MiB of nft text)",
         rules.len() as f64 / (1 << 20) as f64
     );
     // While the daemon runs, it listens to nftables notifications between its syncs,
@@ -1872,6 +1873,15 @@ fn dp_client(dst: SocketAddr, secs: f64) -> DpRun {
 }
 
 /// Writes services `0..count` of `cluster` (plus Node and ServiceCIDR) as a JSON List.
+/// The count-class set that holds every frontend of Services with `eps` endpoints.
+fn class_set(eps: usize) -> String {
+    if eps.is_power_of_two() {
+        format!("pick-{eps}")
+    } else {
+        format!("frontends-{eps}")
+    }
+}
+
 fn write_manifests(path: &Path, cluster: &Cluster, count: usize) {
     let list = json!({"apiVersion": "v1", "kind": "List", "items": cluster.objects(count)});
     let f = File::create(path).unwrap_or_else(|e| panic!("create {path:?}: {e}"));
@@ -1929,7 +1939,14 @@ impl Topo {
         );
         let once = t.elapsed();
         let _ = std::fs::remove_file(&file);
-        let set = node.run(&["nft", "list", "set", "ip", "kube-nft-proxy", "frontends-10"]);
+        let set = node.run(&[
+            "nft",
+            "list",
+            "set",
+            "ip",
+            "kube-nft-proxy",
+            &class_set(cluster.addrs[0].len()),
+        ]);
         let held = set.matches(" . tcp . 80").count();
         assert_eq!(
             held, count,
