@@ -690,11 +690,10 @@ impl Proxier {
         }
         self.last = None;
         let start = Instant::now();
-        let mut plan = self.plan(desired, true)?;
+        let plan = self.plan(desired, true)?;
         let touched_rules = plan.ops.iter().chain(&plan.pre).any(diff::touches_rules);
         self.commit(&plan.pre)?;
-        self.commit_draining(&mut plan.ops)?;
-        // Reads only the chain operations, which keep what they hold.
+        self.commit(&plan.ops)?;
         self.forget_removed_endpoints(desired, &plan.ops);
         Ok(SyncReport {
             full: true,
@@ -712,20 +711,6 @@ impl Proxier {
             return Ok(());
         }
         let result = self.kernel()?.apply(ops);
-        self.committed(result)
-    }
-
-    /// [`Proxier::commit`] of operations the caller no longer needs the elements of
-    /// (see [`netlink::Kernel::apply_draining`]): a full load's peak memory.
-    fn commit_draining(&mut self, ops: &mut [Op]) -> Result<(), Error> {
-        if ops.is_empty() {
-            return Ok(());
-        }
-        let result = self.kernel()?.apply_draining(ops);
-        self.committed(result)
-    }
-
-    fn committed(&mut self, result: Result<(), netlink::Error>) -> Result<(), Error> {
         match result {
             Err(e @ netlink::Error::Rejected { .. }) => {
                 self.refused = true;
@@ -767,7 +752,7 @@ impl Proxier {
         let plan = self.plan(desired, full);
         // Whatever happens next, the kernel no longer holds what `last` says for sure.
         self.last = None;
-        let mut plan = plan?;
+        let plan = plan?;
         let touched_rules = plan.ops.iter().chain(&plan.pre).any(diff::touches_rules);
         if self.atomic && !plan.pre.is_empty() {
             // Both transactions are asked about as one before the first is committed, so
@@ -781,8 +766,7 @@ impl Proxier {
             }
         }
         self.commit(&plan.pre)?;
-        self.commit_draining(&mut plan.ops)?;
-        // Reads only the chain operations, which keep what they hold.
+        self.commit(&plan.ops)?;
         self.forget_removed_endpoints(desired, &plan.ops);
         Ok(SyncReport {
             full: plan.read_back,

@@ -15,10 +15,9 @@ pub mod readback;
 pub mod rules;
 pub mod socket;
 
-use std::collections::BTreeMap;
 use std::io;
 
-use crate::ruleset::diff::{Items, Op};
+use crate::ruleset::diff::Op;
 use crate::ruleset::ir::Family;
 
 pub use encode::{encode, Batch};
@@ -191,47 +190,8 @@ impl Kernel {
         self.commit(&batch, ops)
     }
 
-    /// Commits the operations as one transaction, as [`Kernel::apply`] does, emptying
-    /// each element list as soon as it is encoded: a full load's lists hold a copy of
-    /// every element of the table (about 40 MiB at 30k Services), which would
-    /// otherwise still be held next to the whole batch. Afterwards the element
-    /// operations hold no elements; an error still names the operation with its count.
-    pub fn apply_draining(&mut self, ops: &mut [Op]) -> Result<(), Error> {
-        if ops.is_empty() {
-            return Ok(());
-        }
-        let mut b = encode::BatchBuilder::new();
-        let mut counts = BTreeMap::new();
-        for (i, op) in ops.iter_mut().enumerate() {
-            b.add(i, op)?;
-            if let Op::AddElements(_, _, els) = op {
-                counts.insert(i, els.len());
-                *els = Items::List(Vec::new());
-            }
-        }
-        let batch = b.finish();
-        self.commit_naming(&batch, |i| {
-            let op = ops.get(i)?;
-            Some(match (op, counts.get(&i)) {
-                (Op::AddElements(f, d, _), Some(n)) => {
-                    format!("add {n} elements to {} {}", f.nft(), d.name)
-                }
-                _ => describe(op),
-            })
-        })
-    }
-
     /// Commits an already encoded batch (for benchmarks that time the commit alone).
     pub fn commit(&mut self, batch: &Batch, ops: &[Op]) -> Result<(), Error> {
-        self.commit_naming(batch, |i| ops.get(i).map(describe))
-    }
-
-    /// Commits `batch`; a refusal names the operation `name` gives for its index.
-    fn commit_naming(
-        &mut self,
-        batch: &Batch,
-        name: impl Fn(usize) -> Option<String>,
-    ) -> Result<(), Error> {
         self.conn.commit(batch).map_err(|e| match e {
             Error::Rejected {
                 errno, seq, text, ..
@@ -242,7 +202,7 @@ impl Kernel {
                 op: if seq == batch.begin_seq {
                     Some("commit".into())
                 } else {
-                    batch.op_for_seq(seq).and_then(&name)
+                    batch.op_for_seq(seq).and_then(|i| ops.get(i)).map(describe)
                 },
             },
             e => e,

@@ -96,6 +96,16 @@ fn endpoint_of(set: &str, e: &ElementData) -> Option<IpAddr> {
     }
 }
 
+/// The elements of `map` whose key begins with frontend `k` (its endpoint-map entries,
+/// its allowed source ranges).
+fn prefixed<'a>(
+    map: &'a ElementMap,
+    k: &'a Key,
+) -> impl Iterator<Item = (&'a Key, &'a ElementData)> {
+    map.range(k.clone()..)
+        .take_while(move |(ek, _)| ek.starts_with(k))
+}
+
 /// The elements of `table` that frontend `k` holds (set, key, value), in every set but
 /// the ClusterIPs and the hairpin pairs, found by key: the fixed sets by the frontend
 /// itself, the endpoint maps and the firewall's allowed sources by the frontend as a key
@@ -119,12 +129,8 @@ fn owned_elements(table: &Table, k: &Key, out: &mut Vec<(Arc<str>, Key, ElementD
             out.push((intern(name), ek.clone(), e.clone()));
         };
         if s.decl.key.len() > frontend.len() {
-            let found = s
-                .elements
-                .range(k.clone()..)
-                .take_while(|(ek, _)| ek.starts_with(k));
             let mut n = 0;
-            for (ek, e) in found {
+            for (ek, e) in prefixed(&s.elements, k) {
                 push(ek, e);
                 n += 1;
             }
@@ -163,12 +169,9 @@ fn in_class(table: &Table, set: &str, k: &Key) -> bool {
             None => return false,
         },
     };
-    let n = table.set(map).map_or(0, |s| {
-        s.elements
-            .range(k.clone()..)
-            .take_while(|(ek, _)| ek.starts_with(k))
-            .count()
-    });
+    let n = table
+        .set(map)
+        .map_or(0, |s| prefixed(&s.elements, k).count());
     n > 0 && n.next_power_of_two() == p
 }
 
